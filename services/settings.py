@@ -1,0 +1,120 @@
+"""The one settings object: every knob casestream has, read from environment variables.
+
+Production differs from the local stack only by URLs and credentials: point
+``CASESTREAM_KAFKA_BOOTSTRAP``, ``CASESTREAM_REGISTRY_URL`` and ``CASESTREAM_CLICKHOUSE_URL``
+at the real cluster and nothing else changes. The local stack (``casestream stack up``) derives
+the ports it listens on from the same URLs, so tests can run a private stack on other ports by
+setting these variables.
+
+| variable | default | meaning |
+| --- | --- | --- |
+| CASESTREAM_HOME | ./.casestream | data, logs and pid files of the local stack |
+| CASESTREAM_CACHE | ~/.cache/casestream | downloaded jars (Kafka classpath, Apicurio), shared by clones |
+| CASESTREAM_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers |
+| CASESTREAM_KAFKA_CONTROLLER_PORT | 9093 | local KRaft controller port |
+| CASESTREAM_KAFKA_VERSION | 4.1.1 | Kafka release fetched from Maven Central |
+| CASESTREAM_REGISTRY_URL | http://127.0.0.1:8081/apis/ccompat/v7 | Confluent-compatible registry |
+| CASESTREAM_REGISTRY_MANAGEMENT_PORT | 9001 | Apicurio management (health) port |
+| CASESTREAM_APICURIO_VERSION | 3.3.3 | Apicurio release fetched from Maven Central |
+| CASESTREAM_REGISTRY_JAVA | (a JDK >= 21 found on the machine) | java binary for Apicurio 3.3 |
+| CASESTREAM_CLICKHOUSE_URL | http://127.0.0.1:8123 | ClickHouse HTTP endpoint |
+| CASESTREAM_CLICKHOUSE_USER / _PASSWORD | casestream / casestream | read-write user of the platform |
+| CASESTREAM_CLICKHOUSE_DATABASE | casestream | database holding every table |
+| CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
+| CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
+| CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    cache: Path
+    kafka_bootstrap: str
+    kafka_controller_port: int
+    kafka_version: str
+    registry_url: str
+    registry_management_port: int
+    apicurio_version: str
+    registry_java: str | None
+    clickhouse_url: str
+    clickhouse_user: str
+    clickhouse_password: str = field(repr=False)
+    clickhouse_database: str
+    analyst_user: str
+    analyst_password: str = field(repr=False)
+    prefect_api_url: str
+    topic_partitions: int
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            home=Path(_env("CASESTREAM_HOME", ".casestream")).resolve(),
+            cache=Path(_env("CASESTREAM_CACHE", str(Path.home() / ".cache" / "casestream"))),
+            kafka_bootstrap=_env("CASESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
+            kafka_controller_port=int(_env("CASESTREAM_KAFKA_CONTROLLER_PORT", "9093")),
+            kafka_version=_env("CASESTREAM_KAFKA_VERSION", "4.1.1"),
+            registry_url=_env("CASESTREAM_REGISTRY_URL", "http://127.0.0.1:8081/apis/ccompat/v7"),
+            registry_management_port=int(_env("CASESTREAM_REGISTRY_MANAGEMENT_PORT", "9001")),
+            apicurio_version=_env("CASESTREAM_APICURIO_VERSION", "3.3.3"),
+            registry_java=os.environ.get("CASESTREAM_REGISTRY_JAVA") or None,
+            clickhouse_url=_env("CASESTREAM_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
+            clickhouse_user=_env("CASESTREAM_CLICKHOUSE_USER", "casestream"),
+            clickhouse_password=_env("CASESTREAM_CLICKHOUSE_PASSWORD", "casestream"),
+            clickhouse_database=_env("CASESTREAM_CLICKHOUSE_DATABASE", "casestream"),
+            analyst_user=_env("CASESTREAM_ANALYST_USER", "analyst"),
+            analyst_password=_env("CASESTREAM_ANALYST_PASSWORD", "analyst"),
+            prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
+            topic_partitions=int(_env("CASESTREAM_TOPIC_PARTITIONS", "4")),
+        )
+
+    # Where the local stack listens, derived from the URLs so there is one source of truth.
+    @property
+    def kafka_host_port(self) -> tuple[str, int]:
+        first = self.kafka_bootstrap.split(",")[0]
+        host, _, port = first.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+    @property
+    def registry_host_port(self) -> tuple[str, int]:
+        return _host_port(self.registry_url, 8081)
+
+    @property
+    def clickhouse_host_port(self) -> tuple[str, int]:
+        return _host_port(self.clickhouse_url, 8123)
+
+    @property
+    def prefect_host_port(self) -> tuple[str, int]:
+        return _host_port(self.prefect_api_url, 4200)
+
+    def clickhouse_client(self, *, analyst: bool = False, database: str | None = None, **kwargs):
+        """A clickhouse-connect client for the platform user (or the read-only analyst)."""
+        import clickhouse_connect
+
+        url = urlparse(self.clickhouse_url)
+        return clickhouse_connect.get_client(
+            host=url.hostname,
+            port=url.port or (8443 if url.scheme == "https" else 8123),
+            secure=url.scheme == "https",
+            username=self.analyst_user if analyst else self.clickhouse_user,
+            password=self.analyst_password if analyst else self.clickhouse_password,
+            database=database or self.clickhouse_database,
+            **kwargs,
+        )
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parsed = urlparse(url)
+    return parsed.hostname or "127.0.0.1", parsed.port or default_port

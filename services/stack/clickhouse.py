@@ -1,0 +1,57 @@
+"""The local ClickHouse endpoint: one process owning the chDB data dir, speaking ClickHouse HTTP.
+
+Users come from a JSON file written here from the settings: the platform's read-write user, the
+read-only analyst user and a read-only passwordless ``default`` (so `curl ?query=SELECT 1` works
+the way it does against a fresh ClickHouse server).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import httpx
+
+from services.settings import Settings
+from services.stack.process import ManagedProcess
+
+NAME = "clickhouse"
+
+
+def process(settings: Settings) -> ManagedProcess:
+    return ManagedProcess(NAME, settings.home)
+
+
+def write_users_file(settings: Settings):
+    path = settings.home / "clickhouse" / "users.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    users = {
+        "users": {
+            settings.clickhouse_user: {"password": settings.clickhouse_password, "readonly": False},
+            settings.analyst_user: {"password": settings.analyst_password, "readonly": True},
+            "default": {"password": "", "readonly": True},
+        }
+    }
+    path.write_text(json.dumps(users, indent=2))
+    path.chmod(0o600)
+    return path
+
+
+def start(settings: Settings, log=print) -> None:
+    host, port = settings.clickhouse_host_port
+    data_dir = settings.home / "clickhouse" / "data"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    process(settings).start(
+        [
+            sys.executable, "-m", "services.clickhouse_endpoint",
+            "--host", host, "--port", str(port),
+            "--data-dir", str(data_dir),
+            "--users-file", str(write_users_file(settings)),
+        ],
+        marker=str(data_dir),
+    )
+
+
+def is_ready(settings: Settings) -> bool:
+    response = httpx.get(f"{settings.clickhouse_url.rstrip('/')}/ping", timeout=2)
+    return response.status_code == 200

@@ -1,0 +1,150 @@
+"""Detached server processes tracked by pid files, so `stack up` and `stack down` are idempotent.
+
+Each server runs in its own session (process group) with stdout/stderr going to a log file under
+``$CASESTREAM_HOME/logs``. The pid file also records a marker that must appear in the process's
+command line: a stale pid file whose pid was reused by an unrelated process is never killed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ManagedProcess:
+    name: str
+    home: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.home / "run" / f"{self.name}.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.home / "logs" / f"{self.name}.log"
+
+    def pid(self) -> int | None:
+        """The live pid of this server, or None (cleaning up a stale pid file)."""
+        try:
+            pid_text, marker = self.pid_file.read_text().split("\n", 1)
+            pid = int(pid_text)
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        if state == "Z" or marker.strip() not in cmdline:
+            self.pid_file.unlink(missing_ok=True)
+            return None
+        return pid
+
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+              marker: str) -> int:
+        """Start the server unless it already runs; returns its pid."""
+        existing = self.pid()
+        if existing:
+            return existing
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_file, "ab") as log:
+            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            log.flush()
+            proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})},
+                cwd=cwd,
+                start_new_session=True,
+            )
+        self.pid_file.write_text(f"{proc.pid}\n{marker}\n")
+        return proc.pid
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """SIGTERM the whole process group, SIGKILL after `timeout`; True if something was stopped."""
+        pid = self.pid()
+        if pid is None:
+            return False
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _group_alive(pid):
+            time.sleep(0.2)
+        if _group_alive(pid):
+            _signal_group(pid, signal.SIGKILL)
+            while _group_alive(pid):
+                time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL without grace: used by fault-injection tests."""
+        pid = self.pid()
+        if pid is not None:
+            _signal_group(pid, signal.SIGKILL)
+            while _group_alive(pid):
+                time.sleep(0.05)
+            self.pid_file.unlink(missing_ok=True)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(pid, sig)
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any non-zombie process of the group is left."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        # fields: state ppid pgrp ...
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
+               proc: ManagedProcess | None = None, interval: float = 0.5) -> None:
+    """Poll `check` until true; on timeout raise with the server's log tail to show why."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - a server still starting answers in many wrong ways
+            pass
+        if proc is not None and proc.pid() is None:
+            raise RuntimeError(f"{what}: process exited during start-up\n{proc.log_tail()}")
+        time.sleep(interval)
+    tail = f"\n{proc.log_tail()}" if proc else ""
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s{tail}")
