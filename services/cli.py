@@ -31,6 +31,9 @@ def main() -> None:
     states into ClickHouse; Prefect flows build provincial and national rollups and reports.
     Configuration comes from CASESTREAM_* environment variables (`casestream settings`).
     """
+    from services.stack.prefect import prefect_env
+
+    _apply_env(prefect_env(_settings()))
 
 
 @main.command("settings")
@@ -94,3 +97,56 @@ def stack_fetch() -> None:
     from services.stack.fetch import fetch_all
 
     fetch_all(_settings())
+
+
+# --------------------------------------------------------------------------- ClickHouse
+@main.command("migrate")
+@click.option("--database", default=None, help="target database (default: the configured one)")
+def migrate_cmd(database: str | None) -> None:
+    """Apply the versioned ClickHouse migrations under infra/clickhouse/migrations."""
+    from services.serving.migrations import migrate
+
+    migrate(_settings(), database=database)
+
+
+# --------------------------------------------------------------------------- worker
+@main.command("worker")
+@click.option("--loglevel", default="info", show_default=True)
+def worker_cmd(loglevel: str) -> None:
+    """Run the stream worker in the foreground (agency topics → ClickHouse)."""
+    from services.processor.worker import run
+
+    run(_settings(), loglevel=loglevel)
+
+
+# --------------------------------------------------------------------------- rollups
+@main.group()
+def rollups() -> None:
+    """Build the provincial and national rollups (Prefect flows)."""
+
+
+@rollups.command("build")
+@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="first day of the range (its period is included)")
+@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]),
+              help="last day of the range (its period is included)")
+@click.option("--period", "periods", multiple=True,
+              type=click.Choice(["month", "quarter", "year"]), help="default: all three")
+def rollups_build(first, last, periods) -> None:
+    """Rebuild rollups for every period in a range (idempotent)."""
+    from flows.rollups import build_rollups
+
+    written = build_rollups(first.date(), last.date(), list(periods) or None)
+    for key, count in written.items():
+        click.echo(f"  {key:<32} {count} rows")
+
+
+def _apply_env(env: dict[str, str]) -> None:
+    """Prefect reads its settings from the environment when first imported/used."""
+    import os
+
+    for key, value in env.items():
+        if key in ("PREFECT_API_URL", "PREFECT_HOME") or key not in os.environ:
+            os.environ[key] = value
+if __name__ == "__main__":
+    main()

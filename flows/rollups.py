@@ -1,0 +1,116 @@
+"""Prefect flows that build `rollup_national` and `rollup_province` from the fact tables.
+
+`build_rollups` recomputes every period in a range (a backfill) and inserts it with a newer
+`built_at`, so re-running replaces the periods and changes no figure. Stock metrics (pending at
+end, monitored) are cumulated from the first event, so any period can be rebuilt on its own.
+`refresh_recent` is the scheduled one: it rebuilds the periods that late events may have touched.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+from prefect import flow, get_run_logger, task
+
+from services.contracts import reference as ref
+from services.serving.rollups import (
+    GEOGRAPHIES,
+    METRIC_COLUMNS,
+    PERIOD_KINDS,
+    REPORTING_TZ,
+    period_grid,
+    period_start_of,
+    rollup_sql,
+)
+from services.settings import Settings
+
+
+def _province_map() -> tuple[list[str], list[str]]:
+    """Old province code → today's province code, from the reference data's successors."""
+    today = date.today()
+    codes = [p.code for p in ref.provinces()]
+    mapped = [(c, ref.current_province(c, today)) for c in dict.fromkeys(codes)]
+    return [a for a, _ in mapped], [b for _, b in mapped]
+
+
+def _history_start(client) -> date | None:
+    first = client.command(
+        "SELECT toDate(min(occurred_at), {tz:String}) FROM events WHERE event_type != ''",
+        parameters={"tz": REPORTING_TZ},
+    )
+    if not first or str(first).startswith("1970"):
+        return None
+    return date.fromisoformat(str(first))
+
+
+@task(retries=2, retry_delay_seconds=5)
+def compute_and_store(period_kind: str, first: date, last: date, national: bool,
+                      geography: str) -> int:
+    """Compute one rollup table's rows for [first, last] and insert them as the newest build."""
+    settings = Settings.from_env()
+    client = settings.clickhouse_client()
+    history_start = _history_start(client)
+    if history_start is None:
+        return 0
+    grid = period_grid(min(history_start, first), last, period_kind)
+    map_from, map_to = _province_map()
+    result = client.query(
+        rollup_sql(period_kind, national=national, geography=geography),
+        parameters={
+            "tz": REPORTING_TZ, "grid": grid, "period_kind": period_kind,
+            "first": period_start_of(first, period_kind), "last": period_start_of(last, period_kind),
+            "map_from": map_from, "map_to": map_to,
+        },
+    )
+    built_at = datetime.now(UTC)
+    names = result.column_names
+    rows = []
+    for values in result.result_rows:
+        record = dict(zip(names, values, strict=True))
+        head = [period_kind, record["period_start"], record["period_end"]]
+        if not national:
+            head = [geography, *head, record["scope"]]
+        rows.append([*head, *(record[c] for c in METRIC_COLUMNS), built_at])
+    table = "rollup_national_state" if national else "rollup_province_state"
+    head_columns = ["period_kind", "period_start", "period_end"]
+    if not national:
+        head_columns = ["geography", *head_columns, "province_code"]
+    if rows:
+        client.insert(table, rows, column_names=[*head_columns, *METRIC_COLUMNS, "built_at"])
+    client.insert(
+        "rollup_runs",
+        [[f"{'national' if national else 'province:' + geography}", period_kind, first, last,
+          len(rows), built_at]],
+        column_names=["flow", "period_kind", "first_period", "last_period", "rows_written",
+                      "finished_at"],
+    )
+    return len(rows)
+
+
+@flow(name="build-rollups")
+def build_rollups(
+    first: date,
+    last: date,
+    period_kinds: list[str] | None = None,
+    geographies: list[str] | None = None,
+) -> dict[str, int]:
+    """Backfill: rebuild national and provincial rollups for every period from first to last."""
+    logger = get_run_logger()
+    kinds = period_kinds or list(PERIOD_KINDS)
+    geos = geographies or list(GEOGRAPHIES)
+    written: dict[str, int] = {}
+    for kind in kinds:
+        written[f"national/{kind}"] = compute_and_store(kind, first, last, True, "historical")
+        for geography in geos:
+            written[f"province/{geography}/{kind}"] = compute_and_store(
+                kind, first, last, False, geography
+            )
+    logger.info("rollups rebuilt %s..%s: %s", first, last, written)
+    return written
+
+
+@flow(name="refresh-recent-rollups")
+def refresh_recent(days_back: int = 400) -> dict[str, int]:
+    """Scheduled refresh of the periods recent and late events can still change."""
+    today = date.today()
+    return build_rollups(today - timedelta(days=days_back), today)

@@ -1,0 +1,176 @@
+"""The agency SDK: validate, keep in the outbox, encode with the registry, produce, confirm.
+
+    from services.agency.publisher import Publisher
+    with Publisher("20-INSP") as pub:
+        pub.publish({"event_id": "…", "event_type": "case_opened", …})
+    # leaving the block waits for Kafka's acknowledgements; what is not acknowledged stays
+    # in the outbox and is sent by the next Publisher for the same agency.
+
+Guarantees: an event that `publish` accepted is on disk before `publish` returns; it is produced
+with an idempotent producer (acks=all) and marked delivered only from Kafka's delivery report.
+The broker or the registry being down delays delivery, it loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer
+
+from services.agency.outbox import Outbox
+from services.contracts.codec import AvroCodec
+from services.contracts.events import (
+    kafka_key,
+    parse_event,
+    topic_for_agency,
+    validate_publisher,
+)
+from services.contracts.registry import make_client, register_agency_subject
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event_id: str
+    new: bool  # False when this event_id was accepted before (idempotent no-op)
+
+
+def _to_storable(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalized event → JSON-safe dict (occurred_at as epoch ms, which Avro accepts)."""
+    stored = dict(event)
+    stored["occurred_at"] = round(event["occurred_at"].timestamp() * 1000)
+    return stored
+
+
+class Publisher:
+    """Publishes one agency's events. Thread-safe; use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        agency_id: str,
+        settings: Settings | None = None,
+        *,
+        outbox_path: Path | str | None = None,
+        producer_config: dict[str, Any] | None = None,
+        registry_client: Any = None,
+    ) -> None:
+        self.agency_id = agency_id
+        self.topic = topic_for_agency(agency_id)
+        self.settings = settings or Settings.from_env()
+        self.outbox = Outbox(
+            outbox_path or self.settings.home / "outbox" / f"{agency_id}.sqlite"
+        )
+        self._registry = registry_client or make_client(self.settings.registry_url)
+        self._codec = AvroCodec()
+        self._schema_id: int | None = None
+        self._in_flight: set[str] = set()
+        self._lock = threading.Lock()
+        self.delivery_errors = 0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                "message.timeout.ms": 60_000,
+                **(producer_config or {}),
+            }
+        )
+        self._send_pending()
+
+    # ------------------------------------------------------------------ public API
+
+    def publish(self, event: Mapping[str, Any]) -> Accepted:
+        """Validate one event (JSON form) and accept it; raises EventValidationError."""
+        return self.publish_many([event])[0]
+
+    def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[Accepted]:
+        """Validate all, then accept all in one outbox transaction (all or none on error)."""
+        normalized = []
+        for event in events:
+            valid = parse_event(event)
+            validate_publisher(valid, self.agency_id)
+            normalized.append(valid)
+        stored = [(e["event_id"], _to_storable(e)) for e in normalized]
+        added = self.outbox.add_many(stored)
+        self._produce([item for item, new in zip(stored, added, strict=True) if new])
+        return [Accepted(eid, new) for (eid, _), new in zip(stored, added, strict=True)]
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait for acknowledgements, re-sending what failed; returns events still pending."""
+        deadline = time.monotonic() + timeout
+        while True:
+            self._producer.flush(max(0.0, min(5.0, deadline - time.monotonic())))
+            self._send_pending()
+            pending = self.outbox.counts()["pending"]
+            if pending == 0 or time.monotonic() >= deadline:
+                return pending
+            time.sleep(0.2)
+
+    def close(self, timeout: float = 30.0) -> int:
+        pending = self.flush(timeout)
+        self.outbox.close()
+        return pending
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ internals
+
+    def schema_id(self) -> int:
+        if self._schema_id is None:
+            self._schema_id = register_agency_subject(self._registry, self.agency_id)
+        return self._schema_id
+
+    def _send_pending(self) -> None:
+        """(Re)produce every outbox event that is neither delivered nor in flight."""
+        with self._lock:
+            todo = [item for item in self.outbox.pending() if item[0] not in self._in_flight]
+        self._produce(todo)
+
+    def _produce(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        if not items:
+            return
+        try:
+            schema_id = self.schema_id()
+        except Exception as exc:  # noqa: BLE001 - registry down: events wait in the outbox
+            log.warning("registry unavailable (%s); %d events wait in the outbox", exc, len(items))
+            return
+        for event_id, event in items:
+            value = self._codec.encode(event, schema_id)
+            with self._lock:
+                self._in_flight.add(event_id)
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, key=kafka_key(event), value=value,
+                        on_delivery=self._delivered(event_id),
+                    )
+                    break
+                except BufferError:  # local queue full: let deliveries drain
+                    self._producer.poll(0.1)
+            self._producer.poll(0)
+
+    def _delivered(self, event_id: str):
+        def callback(err: KafkaError | None, _msg: Any) -> None:
+            with self._lock:
+                self._in_flight.discard(event_id)
+            if err is None:
+                self.outbox.mark_delivered([event_id])
+            else:
+                self.delivery_errors += 1
+                log.warning("delivery of %s failed (%s); it stays in the outbox", event_id, err)
+
+        return callback

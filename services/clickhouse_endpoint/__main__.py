@@ -1,0 +1,39 @@
+"""Command line entry point used by the stack manager (keep the flags stable)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .server import serve
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m services.clickhouse_endpoint",
+        description="Serve the ClickHouse HTTP protocol from a chDB data directory.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8123, help="port to listen on (default 8123; 0 picks a free one)")
+    parser.add_argument("--data-dir", required=True, help="chDB data directory (created if missing)")
+    parser.add_argument(
+        "--users-file",
+        default=None,
+        help='JSON {"users": {name: {"password": str, "readonly": bool}}}; '
+        "without it only 'default' (empty password, writable) exists",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        serve(args.host, args.port, args.data_dir, args.users_file)
+    except ValueError as exc:  # a bad users file: say why instead of a traceback
+        print(f"clickhouse_endpoint: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

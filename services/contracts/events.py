@@ -1,0 +1,498 @@
+"""One case event: JSON form <-> validated, normalized (Avro-ready) form.
+
+JSON form (what agencies send; one object per line in ``.jsonl``)::
+
+    {"event_id": "0b6f1c2e-...", "event_type": "case_transferred", "case_id": "20-INSP/2024/0123",
+     "agency_id": "20-INSP", "occurred_at": "2024-03-05T09:30:00+07:00", "sequence": 1234,
+     "payload": {"transfer_id": "T-20-INSP-0456", "to_agency_id": "20-POLICE",
+                 "reason": "signs_of_crime"}}
+
+Normalized form (what :func:`parse_event` returns, what ``codec.encode`` takes and what
+``codec.decode`` returns)::
+
+    {"event_id": "0b6f1c2e-...",            # lower-case canonical UUID text
+     "event_type": "case_transferred",
+     "case_id": "20-INSP/2024/0123",
+     "agency_id": "20-INSP",
+     "occurred_at": datetime(2024, 3, 5, 2, 30, tzinfo=timezone.utc),   # aware, UTC, ms precision
+     "utc_offset_minutes": 420,
+     "sequence": 1234,                      # or None
+     "payload": {"transfer_id": ..., "to_agency_id": ..., "reason": ...}}  # every field of the
+                                            # payload record, None for absent optional ones
+
+The payload rules (fields, which are required, enum symbols) are derived from
+``schemas/case_event.avsc``, so the validator and the schema cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable, Mapping
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+from services.contracts import reference as _ref
+from services.contracts.schema import PAYLOAD_RECORD_BY_EVENT_TYPE, enum_symbols, named_types
+
+#: The event types of the contract, in schema order.
+EVENT_TYPES: tuple[str, ...] = enum_symbols("casestream.EventType")
+
+#: Regex of an agency topic (Python ``re``); group ``agency_id``.  Use ``fullmatch``.
+TOPIC_PATTERN = re.compile(r"^agency\.(?P<agency_id>[0-9]{2}-[A-Z]+)\.events$")
+#: The same as a librdkafka subscription pattern (``consumer.subscribe([TOPIC_SUBSCRIPTION])``).
+TOPIC_SUBSCRIPTION = r"^agency\.[0-9][0-9]-[A-Z]+\.events$"
+
+#: Allowed clock skew between the agency and the platform for "not in the future".
+CLOCK_SKEW = timedelta(minutes=5)
+
+#: Earliest accepted event time (the platform's horizon).
+EARLIEST_OCCURRED_AT = datetime(1970, 1, 1, tzinfo=UTC)
+
+MAX_OFFSET_MINUTES = 18 * 60
+LONG_MAX = 2**63 - 1
+INT_MAX = 2**31 - 1
+
+JSON_FIELDS = (
+    "event_id",
+    "event_type",
+    "case_id",
+    "agency_id",
+    "occurred_at",
+    "sequence",
+    "payload",
+)
+REQUIRED_JSON_FIELDS = frozenset(JSON_FIELDS) - {"sequence"}
+
+_UUID_RE = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+#: Case, transfer and appraisal ids: 1-128 visible ASCII characters (no spaces).
+ID_RE = re.compile(r"^[!-~]{1,128}$")
+_MAX_TEXT = 1024
+
+if set(EVENT_TYPES) != set(PAYLOAD_RECORD_BY_EVENT_TYPE):  # pragma: no cover - import-time guard
+    raise RuntimeError("EventType symbols and PAYLOAD_RECORD_BY_EVENT_TYPE disagree")
+
+
+class EventValidationError(ValueError):
+    """An event breaks the contract.
+
+    ``field`` is the path of the offending field (``"payload.to_agency_id"``; ``"<event>"`` for
+    the whole object), ``value`` the offending value and ``reason`` a human explanation.
+    """
+
+    def __init__(self, field: str, value: Any, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{field}: {reason} (got {_show(value)})")
+
+    def __reduce__(self):  # keep pickling (multiprocessing, faust) working
+        return (type(self), (self.field, self.value, self.reason))
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def topic_for_agency(agency_id: str) -> str:
+    """``"20-POLICE"`` -> ``"agency.20-POLICE.events"`` (ValueError on a malformed id)."""
+    _ref.parse_agency_id(agency_id)
+    return f"agency.{agency_id}.events"
+
+
+def agency_from_topic(topic: str) -> str:
+    """``"agency.20-POLICE.events"`` -> ``"20-POLICE"`` (ValueError when not an agency topic)."""
+    m = TOPIC_PATTERN.fullmatch(topic) if isinstance(topic, str) else None
+    if not m:
+        raise ValueError(f"not an agency topic: {topic!r} (expected agency.<agency_id>.events)")
+    return m["agency_id"]
+
+
+def kafka_key(event: Mapping[str, Any]) -> bytes:
+    """Kafka message key of an event: its ``case_id`` in UTF-8."""
+    return str(event["case_id"]).encode("utf-8")
+
+
+# --------------------------------------------------------------------------- payload specs
+
+
+class _Ctx:
+    __slots__ = ("local_date", "agency_id", "ref")
+
+    def __init__(self, local_date: date, agency_id: str, ref: _ref.ReferenceData | None) -> None:
+        self.local_date = local_date
+        self.agency_id = agency_id
+        self.ref = ref
+
+
+_Checker = Callable[[Any, str, _Ctx], Any]
+
+
+class _FieldSpec:
+    __slots__ = ("name", "nullable", "required", "default", "check")
+
+    def __init__(self, name: str, nullable: bool, required: bool, default: Any, check: _Checker):
+        self.name = name
+        self.nullable = nullable
+        self.required = required
+        self.default = default
+        self.check = check
+
+
+def _check_int(lo: int, hi: int) -> _Checker:
+    def check(value: Any, path: str, ctx: _Ctx) -> int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise EventValidationError(path, value, "must be an integer")
+        if value < lo:
+            raise EventValidationError(path, value, f"must be >= {lo}")
+        if value > hi:
+            raise EventValidationError(path, value, f"must be <= {hi}")
+        return value
+
+    return check
+
+
+def _check_bool(value: Any, path: str, ctx: _Ctx) -> bool:
+    if not isinstance(value, bool):
+        raise EventValidationError(path, value, "must be a boolean (true/false)")
+    return value
+
+
+def _check_enum(symbols: tuple[str, ...]) -> _Checker:
+    allowed = frozenset(symbols)
+    listing = ", ".join(symbols)
+
+    def check(value: Any, path: str, ctx: _Ctx) -> str:
+        if not isinstance(value, str) or value not in allowed:
+            raise EventValidationError(path, value, f"must be one of: {listing}")
+        return value
+
+    return check
+
+
+def _check_id(value: Any, path: str, ctx: _Ctx) -> str:
+    if not isinstance(value, str) or not ID_RE.fullmatch(value):
+        raise EventValidationError(
+            path, value, "must be a string of 1-128 visible ASCII characters without spaces"
+        )
+    return value
+
+
+def _check_text(value: Any, path: str, ctx: _Ctx) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > _MAX_TEXT:
+        raise EventValidationError(
+            path, value, f"must be a non-empty string of at most {_MAX_TEXT} characters"
+        )
+    return value
+
+
+def _check_agency_ref(value: Any, path: str, ctx: _Ctx) -> str:
+    _check_known_agency(value, path, ctx.local_date, ctx.ref)
+    if value == ctx.agency_id:
+        raise EventValidationError(path, value, "must differ from the event's own agency_id")
+    return value
+
+
+def _check_known_agency(value: Any, path: str, at: date, ref: _ref.ReferenceData | None) -> str:
+    if not isinstance(value, str) or not _ref.AGENCY_ID_PATTERN.fullmatch(value):
+        raise EventValidationError(
+            path, value, "must be an agency id <2-digit province code>-<TYPE>, e.g. 20-POLICE"
+        )
+    if not _ref.is_known_agency(value, at, ref):
+        code, type_code = _ref.parse_agency_id(value)
+        if type_code not in _ref.agency_types(ref):
+            hint = f"unknown agency type {type_code!r}"
+        elif not _ref.is_known_province(code, None, ref):
+            hint = f"unknown province code {code!r}"
+        else:
+            hint = "not valid on that date"
+            with contextlib.suppress(KeyError, ValueError):
+                hint += f"; its successor is {_ref.current_agency(value, at, ref)}"
+        raise EventValidationError(path, value, f"unknown agency on {at.isoformat()} ({hint})")
+    return value
+
+
+def _type_checker(field_name: str, avro_type: Any, types: dict[str, dict]) -> _Checker:
+    if isinstance(avro_type, str) and avro_type in types:
+        avro_type = types[avro_type]
+    if isinstance(avro_type, str):
+        avro_type = {"type": avro_type}
+    kind = avro_type["type"]
+    if kind == "enum":
+        return _check_enum(tuple(avro_type["symbols"]))
+    if kind == "boolean":
+        return _check_bool
+    if kind == "long":
+        # Every number in a payload is a count or an amount of money: never negative.
+        return _check_int(0, LONG_MAX)
+    if kind == "int":
+        return _check_int(0, INT_MAX)
+    if kind == "string":
+        if field_name.endswith("agency_id"):
+            return _check_agency_ref
+        if field_name.endswith("_id"):
+            return _check_id
+        return _check_text
+    raise NotImplementedError(f"payload field {field_name}: Avro type {kind!r} is not supported")
+
+
+def _field_spec(field: dict[str, Any], types: dict[str, dict]) -> _FieldSpec:
+    avro_type = field["type"]
+    nullable = False
+    if isinstance(avro_type, list):
+        branches = [b for b in avro_type if b != "null"]
+        nullable = len(branches) < len(avro_type)
+        if len(branches) != 1:
+            raise NotImplementedError(
+                f"payload field {field['name']}: only [null, T] unions supported"
+            )
+        avro_type = branches[0]
+    has_default = "default" in field
+    return _FieldSpec(
+        name=field["name"],
+        nullable=nullable,
+        required=not has_default,
+        default=field.get("default"),
+        check=_type_checker(field["name"], avro_type, types),
+    )
+
+
+def _build_payload_specs() -> dict[str, tuple[_FieldSpec, ...]]:
+    types = named_types()
+    return {
+        event_type: tuple(_field_spec(f, types) for f in types[record]["fields"])
+        for event_type, record in PAYLOAD_RECORD_BY_EVENT_TYPE.items()
+    }
+
+
+_PAYLOAD_SPECS = _build_payload_specs()
+
+
+def payload_fields(event_type: str) -> tuple[str, ...]:
+    """Names of the payload fields of ``event_type``, in schema order."""
+    return tuple(s.name for s in _PAYLOAD_SPECS[event_type])
+
+
+def required_payload_fields(event_type: str) -> tuple[str, ...]:
+    return tuple(s.name for s in _PAYLOAD_SPECS[event_type] if s.required)
+
+
+def _parse_payload(event_type: str, payload: Any, ctx: _Ctx) -> dict[str, Any]:
+    if not isinstance(payload, Mapping):
+        raise EventValidationError("payload", payload, "must be a JSON object")
+    specs = _PAYLOAD_SPECS[event_type]
+    names = {s.name for s in specs}
+    for key in sorted(payload, key=str):
+        if key not in names:
+            raise EventValidationError(
+                f"payload.{key}",
+                payload[key],
+                f"unknown field for event_type {event_type} (allowed: {', '.join(s.name for s in specs)})",
+            )
+    out: dict[str, Any] = {}
+    for spec in specs:
+        path = f"payload.{spec.name}"
+        if spec.name not in payload:
+            if spec.required:
+                raise EventValidationError(
+                    path, None, f"required field for event_type {event_type} is missing"
+                )
+            out[spec.name] = spec.default
+            continue
+        value = payload[spec.name]
+        if value is None:
+            if not spec.nullable:
+                raise EventValidationError(path, None, "must not be null")
+            out[spec.name] = None
+            continue
+        out[spec.name] = spec.check(value, path, ctx)
+    return out
+
+
+# --------------------------------------------------------------------------- envelope
+
+
+def _now_utc(now: datetime | None) -> datetime:
+    if now is None:
+        return datetime.now(UTC)
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    return now
+
+
+def parse_occurred_at(value: Any, path: str = "occurred_at") -> tuple[datetime, int, date]:
+    """ISO-8601 string with offset -> (UTC instant truncated to ms, offset minutes, local date)."""
+    if not isinstance(value, str):
+        raise EventValidationError(path, value, "must be an ISO-8601 string with a UTC offset")
+    try:
+        local = datetime.fromisoformat(value)
+    except ValueError:
+        raise EventValidationError(path, value, "is not a valid ISO-8601 timestamp") from None
+    offset = local.utcoffset()
+    if offset is None:
+        raise EventValidationError(path, value, "must include a UTC offset, e.g. +07:00 or Z")
+    if offset % timedelta(minutes=1):
+        raise EventValidationError(path, value, "UTC offset must be a whole number of minutes")
+    minutes = int(offset.total_seconds()) // 60
+    if abs(minutes) > MAX_OFFSET_MINUTES:
+        raise EventValidationError(path, value, "UTC offset must be within +-18:00")
+    try:
+        instant = local.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise EventValidationError(path, value, "is out of range") from None
+    instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+    if instant < EARLIEST_OCCURRED_AT:
+        raise EventValidationError(path, value, "must not be before 1970-01-01T00:00:00Z")
+    return instant, minutes, local.date()
+
+
+def parse_event(
+    obj: Any, *, now: datetime | None = None, ref: _ref.ReferenceData | None = None
+) -> dict[str, Any]:
+    """Validate one event in JSON form and return its normalized (Avro-ready) form.
+
+    ``now`` (aware datetime, default: the current time) is the reference for "not in the
+    future"; ``ref`` overrides the shipped reference data (tests).  Raises
+    :class:`EventValidationError` naming the first offending field.
+    """
+    if not isinstance(obj, Mapping):
+        raise EventValidationError("<event>", obj, "event must be a JSON object")
+    for key in sorted(obj, key=str):
+        if key not in JSON_FIELDS:
+            raise EventValidationError(
+                str(key), obj[key], f"unknown field (allowed: {', '.join(JSON_FIELDS)})"
+            )
+    for key in JSON_FIELDS:
+        if key in REQUIRED_JSON_FIELDS and key not in obj:
+            raise EventValidationError(key, None, "required field is missing")
+        if key in REQUIRED_JSON_FIELDS and obj[key] is None:
+            raise EventValidationError(key, None, "must not be null")
+
+    event_id = obj["event_id"]
+    if not isinstance(event_id, str) or not _UUID_RE.fullmatch(event_id):
+        raise EventValidationError(
+            "event_id", event_id, "must be a UUID in 8-4-4-4-12 hexadecimal form"
+        )
+
+    event_type = obj["event_type"]
+    if not isinstance(event_type, str) or event_type not in _PAYLOAD_SPECS:
+        raise EventValidationError(
+            "event_type", event_type, f"must be one of: {', '.join(EVENT_TYPES)}"
+        )
+
+    case_id = obj["case_id"]
+    if not isinstance(case_id, str) or not ID_RE.fullmatch(case_id):
+        raise EventValidationError(
+            "case_id", case_id, "must be a string of 1-128 visible ASCII characters without spaces"
+        )
+
+    occurred_at, offset_minutes, local_date = parse_occurred_at(obj["occurred_at"])
+    current = _now_utc(now)
+    if occurred_at > current + CLOCK_SKEW:
+        raise EventValidationError(
+            "occurred_at",
+            obj["occurred_at"],
+            f"is in the future (now is {current.astimezone(UTC).isoformat(timespec='seconds')}, "
+            f"{int(CLOCK_SKEW.total_seconds() // 60)} minutes of clock skew allowed)",
+        )
+
+    agency_id = _check_known_agency(obj["agency_id"], "agency_id", local_date, ref)
+
+    sequence = obj.get("sequence")
+    if sequence is not None:
+        _check_int(0, LONG_MAX)(sequence, "sequence", None)  # type: ignore[arg-type]
+
+    payload = _parse_payload(event_type, obj["payload"], _Ctx(local_date, agency_id, ref))
+
+    return {
+        "event_id": event_id.lower(),
+        "event_type": event_type,
+        "case_id": case_id,
+        "agency_id": agency_id,
+        "occurred_at": occurred_at,
+        "utc_offset_minutes": offset_minutes,
+        "sequence": sequence,
+        "payload": payload,
+    }
+
+
+def parse_json_line(
+    line: str | bytes, *, now: datetime | None = None, ref: _ref.ReferenceData | None = None
+) -> dict[str, Any]:
+    """Parse one ``.jsonl`` line (JSON text) and validate it with :func:`parse_event`."""
+    try:
+        obj = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise EventValidationError("<event>", line, f"is not valid JSON: {exc}") from None
+    return parse_event(obj, now=now, ref=ref)
+
+
+def format_occurred_at(occurred_at: datetime | int, utc_offset_minutes: int) -> str:
+    """Reproduce the agency's ISO-8601 string from the UTC instant and the offset.
+
+    Seconds precision, or milliseconds when non-zero; ``Z`` for a zero offset (so an input
+    written as ``+00:00`` comes back as ``Z``: same instant, same offset).
+    """
+    if isinstance(occurred_at, int):
+        occurred_at = EARLIEST_OCCURRED_AT + timedelta(milliseconds=occurred_at)
+    elif occurred_at.tzinfo is None:
+        raise ValueError("occurred_at must be timezone-aware")
+    local = occurred_at.astimezone(timezone(timedelta(minutes=utc_offset_minutes)))
+    text = local.isoformat(timespec="milliseconds" if local.microsecond else "seconds")
+    return text[:-6] + "Z" if utc_offset_minutes == 0 else text
+
+
+def to_json_form(event: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalized event -> JSON form (canonical: optional fields that are null are omitted)."""
+    out: dict[str, Any] = {
+        "event_id": str(event["event_id"]),
+        "event_type": event["event_type"],
+        "case_id": event["case_id"],
+        "agency_id": event["agency_id"],
+        "occurred_at": format_occurred_at(event["occurred_at"], event["utc_offset_minutes"]),
+    }
+    if event.get("sequence") is not None:
+        out["sequence"] = event["sequence"]
+    out["payload"] = {k: v for k, v in event["payload"].items() if v is not None}
+    return out
+
+
+def validate_event(
+    event: Mapping[str, Any], *, now: datetime | None = None, ref: _ref.ReferenceData | None = None
+) -> dict[str, Any]:
+    """Validate an event already in normalized form (e.g. decoded from Kafka).
+
+    Applies exactly the rules of :func:`parse_event` (events written by foreign Confluent
+    serializers are well-typed Avro but may still break the contract: unknown agency, payload
+    record not matching event_type, event in the future, ...).  Returns the event re-normalized.
+    """
+    if not isinstance(event, Mapping):
+        raise EventValidationError("<event>", event, "event must be a mapping")
+    try:
+        json_form = to_json_form(event)
+    except EventValidationError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise EventValidationError(
+            "<event>", dict(event), f"is not a normalized event: {exc!r}"
+        ) from None
+    return parse_event(json_form, now=now, ref=ref)
+
+
+def validate_publisher(event: Mapping[str, Any], agency_id: str) -> None:
+    """The publishing agency may only publish its own events (JSON or normalized form)."""
+    own = event.get("agency_id") if isinstance(event, Mapping) else None
+    if own != agency_id:
+        raise EventValidationError(
+            "agency_id",
+            own,
+            f"event belongs to agency {own!r} but is published by agency {agency_id!r}: "
+            f"an agency may only publish its own events to its own topic",
+        )

@@ -1,0 +1,44 @@
+"""Kafka topics the platform owns, created up front with the partition counts we want.
+
+faust creates only its own internal topics, and a topic auto-created by a first produce gets the
+broker default; so the worker, the SDK and the tests call `ensure_topics` first.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.contracts.events import topic_for_agency
+from services.settings import Settings
+
+FACTS_TOPIC = "casestream.facts-by-case"
+DLQ_TOPIC = "casestream.dlq"
+PROBE_TOPIC = "casestream.probe"
+
+
+def ensure_topics(settings: Settings, extra: dict[str, int] | None = None,
+                  timeout: float = 30.0) -> list[str]:
+    """Create missing topics (name → partitions); returns the names created."""
+    wanted = {FACTS_TOPIC: settings.topic_partitions, DLQ_TOPIC: 1, **(extra or {})}
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [
+        NewTopic(name, num_partitions=partitions, replication_factor=-1)
+        for name, partitions in wanted.items()
+        if name not in existing
+    ]
+    if not missing:
+        return []
+    created = []
+    for name, future in admin.create_topics(missing, request_timeout=timeout).items():
+        try:
+            future.result()
+            created.append(name)
+        except Exception as exc:  # noqa: BLE001
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+    return created
+
+
+def ensure_agency_topic(settings: Settings, agency_id: str) -> None:
+    ensure_topics(settings, {topic_for_agency(agency_id): settings.topic_partitions})

@@ -1,0 +1,157 @@
+"""A case's state and its ClickHouse rows, derived from the set of its facts.
+
+Why from the whole set, every time: events of one case come from several agency topics, so their
+arrival order differs between runs, restarts and rebuilds. Folding the facts in event-time order
+(`Fact.order_key`) makes the rows a function of *which* events exist, not of when they arrived:
+duplicates change nothing, a receipt before its transfer pairs up, a late event corrects the
+past, and a rebuild reproduces the tables exactly. `version` = number of distinct facts, so a
+ReplacingMergeTree keeps the most complete derivation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from services.processor.facts import Fact, ms_to_datetime, province_of
+from services.processor.transfer_lag import (
+    appraisal_row,
+    pair_appraisals,
+    pair_transfers,
+    transfer_row,
+)
+
+CASE_COLUMNS = [
+    "case_id", "opened_agency_id", "province_code", "opened_at", "origin", "field",
+    "subject_kind", "prominent", "damage_vnd", "current_agency_id", "current_stage", "status",
+    "outcome", "resolved_at", "reopened_count", "monitored", "monitoring_level", "monitored_at",
+    "transfers_sent", "transfers_in_flight", "discipline_party_members", "discipline_party_orgs",
+    "assets_identified_vnd", "assets_recovered_vnd", "last_event_at", "event_count", "version",
+]
+
+
+@dataclass
+class CaseState:
+    case_id: str
+    opened_agency_id: str = ""
+    opened_ms: int | None = None
+    origin: str = ""
+    field: str = ""
+    subject_kind: str = ""
+    prominent: bool = False
+    damage_vnd: int | None = None
+    current_agency_id: str = ""
+    current_stage: str = ""
+    status: str = "open"
+    outcome: str = ""
+    resolved_ms: int | None = None
+    reopened_count: int = 0
+    monitoring_level: str = ""
+    monitored_ms: int | None = None
+    discipline_party_members: int = 0
+    discipline_party_orgs: int = 0
+    assets_identified_vnd: int = 0
+    assets_recovered_vnd: int = 0
+    last_event_ms: int = 0
+    event_count: int = 0
+    transfers_sent: int = 0
+    transfers_in_flight: int = 0
+
+    @property
+    def monitored(self) -> bool:
+        return self.monitored_ms is not None
+
+
+def fold(facts: Iterable[Fact]) -> CaseState:
+    """The case's state after all its facts, applied in event-time order."""
+    ordered = sorted({f.event_id: f for f in facts}.values(), key=lambda f: f.order_key)
+    if not ordered:
+        raise ValueError("a case state needs at least one fact")
+    state = CaseState(case_id=ordered[0].case_id)
+    for fact in ordered:
+        _apply(state, fact)
+    state.event_count = len(ordered)
+    transfers = pair_transfers(ordered)
+    state.transfers_sent = sum(1 for t in transfers.values() if t.sent_ms is not None)
+    state.transfers_in_flight = sum(
+        1 for t in transfers.values() if t.sent_ms is not None and t.status == "pending"
+    )
+    return state
+
+
+def _apply(state: CaseState, fact: Fact) -> None:
+    p = fact.payload
+    kind = fact.event_type
+    state.last_event_ms = max(state.last_event_ms, fact.occurred_ms)
+    if not state.current_agency_id:
+        state.current_agency_id = fact.agency_id
+    if kind == "case_opened":
+        if state.opened_ms is None:
+            state.opened_ms = fact.occurred_ms
+            state.opened_agency_id = fact.agency_id
+            state.origin = p.get("origin") or ""
+            state.field = p.get("field") or ""
+            state.subject_kind = p.get("subject_kind") or ""
+            state.prominent = bool(p.get("prominent"))
+            state.damage_vnd = p.get("damage_vnd")
+            state.current_agency_id = fact.agency_id
+    elif kind == "transfer_received":
+        state.current_agency_id = fact.agency_id
+    elif kind == "stage_changed":
+        state.current_stage = p.get("stage") or ""
+    elif kind == "monitoring_assigned":
+        if state.monitored_ms is None:
+            state.monitored_ms = fact.occurred_ms
+        state.monitoring_level = p.get("level") or state.monitoring_level
+    elif kind == "discipline_imposed":
+        count = int(p.get("count") or 0)
+        if p.get("target") == "party_organization":
+            state.discipline_party_orgs += count
+        else:
+            state.discipline_party_members += count
+    elif kind == "assets_recovered":
+        state.assets_identified_vnd += int(p.get("identified_vnd") or 0)
+        state.assets_recovered_vnd += int(p.get("recovered_vnd") or 0)
+    elif kind == "case_resolved":
+        state.status = "resolved"
+        state.outcome = p.get("outcome") or ""
+        state.resolved_ms = fact.occurred_ms
+    elif kind == "case_reopened":
+        state.status = "open"
+        state.outcome = ""
+        state.resolved_ms = None
+        state.reopened_count += 1
+
+
+def case_row(state: CaseState, version: int) -> list[Any]:
+    return [
+        state.case_id, state.opened_agency_id, province_of(state.opened_agency_id),
+        ms_to_datetime(state.opened_ms), state.origin, state.field, state.subject_kind,
+        int(state.prominent), state.damage_vnd, state.current_agency_id, state.current_stage,
+        state.status, state.outcome, ms_to_datetime(state.resolved_ms), state.reopened_count,
+        int(state.monitored), state.monitoring_level, ms_to_datetime(state.monitored_ms),
+        state.transfers_sent, state.transfers_in_flight, state.discipline_party_members,
+        state.discipline_party_orgs, state.assets_identified_vnd, state.assets_recovered_vnd,
+        ms_to_datetime(state.last_event_ms), state.event_count, version,
+    ]
+
+
+@dataclass
+class CaseRows:
+    case: list[Any]
+    transfers: list[list[Any]]
+    appraisals: list[list[Any]]
+
+
+def derive_rows(facts: Iterable[Fact]) -> CaseRows:
+    """Every ClickHouse row that describes this case, all carrying the same version."""
+    unique = list({f.event_id: f for f in facts}.values())
+    version = len(unique)
+    state = fold(unique)
+    transfers = [
+        row for t in pair_transfers(unique).values()
+        if (row := transfer_row(t, version)) is not None
+    ]
+    appraisals = [appraisal_row(a, version) for a in pair_appraisals(unique).values()]
+    return CaseRows(case_row(state, version), transfers, appraisals)

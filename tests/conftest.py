@@ -1,0 +1,82 @@
+"""Shared fixtures: one private local stack per test session, on its own ports and data dir.
+
+The stack is the real one (Kafka KRaft, Apicurio, the chDB ClickHouse endpoint, Prefect) started
+by the same code as `casestream stack up`, listening on 127.0.0.1 only, and stopped at the end of
+the session. Its ports differ from the developer defaults so a running dev stack is untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from services.settings import Settings
+from tests.helpers import WorkerProcess
+
+REPO = Path(__file__).resolve().parents[1]
+
+TEST_ENV = {
+    "CASESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
+    "CASESTREAM_KAFKA_CONTROLLER_PORT": "19093",
+    "CASESTREAM_REGISTRY_URL": "http://127.0.0.1:18081/apis/ccompat/v7",
+    "CASESTREAM_REGISTRY_MANAGEMENT_PORT": "19001",
+    "CASESTREAM_CLICKHOUSE_URL": "http://127.0.0.1:18123",
+    "CASESTREAM_PREFECT_API_URL": "http://127.0.0.1:14200/api",
+    "CASESTREAM_TOPIC_PARTITIONS": "4",
+}
+
+
+@pytest.fixture(scope="session")
+def stack_settings() -> Iterator[Settings]:
+    """Settings of the session's private stack (not started: see `stack`)."""
+    home = Path(tempfile.mkdtemp(prefix="casestream-test-"))
+    saved = {k: os.environ.get(k) for k in [*TEST_ENV, "CASESTREAM_HOME"]}
+    os.environ.update(TEST_ENV)
+    os.environ["CASESTREAM_HOME"] = str(home)
+    from services.stack.prefect import prefect_env
+
+    settings = Settings.from_env()
+    for key, value in prefect_env(settings).items():
+        os.environ[key] = value
+    try:
+        yield settings
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def stack(stack_settings: Settings) -> Iterator[Settings]:
+    """The running private stack with migrations applied."""
+    from services.serving.migrations import migrate
+    from services.stack import manager
+
+    try:
+        manager.up(stack_settings, log=lambda m: print(m, file=sys.stderr))
+        migrate(stack_settings, log=lambda m: None)
+        yield stack_settings
+    finally:
+        manager.down(stack_settings, log=lambda m: None)
+
+
+@pytest.fixture(scope="session")
+def worker(stack: Settings) -> Iterator[WorkerProcess]:
+    """One worker for the session, consuming every agency topic into the stack's ClickHouse."""
+    w = WorkerProcess(stack).start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def ch(stack: Settings):
+    return stack.clickhouse_client()
