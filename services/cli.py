@@ -110,13 +110,35 @@ def migrate_cmd(database: str | None) -> None:
 
 
 # --------------------------------------------------------------------------- worker
-@main.command("worker")
+@main.group()
+def worker() -> None:
+    """The stream worker: agency topics → validated facts → case state → ClickHouse."""
+
+
+@worker.command("run")
 @click.option("--loglevel", default="info", show_default=True)
-def worker_cmd(loglevel: str) -> None:
-    """Run the stream worker in the foreground (agency topics → ClickHouse)."""
+def worker_run(loglevel: str) -> None:
+    """Run the worker in the foreground until Ctrl-C / SIGTERM."""
     from services.processor.worker import run
 
     run(_settings(), loglevel=loglevel)
+
+
+@worker.command("start")
+def worker_start() -> None:
+    """Start the worker in the background (log under CASESTREAM_HOME/logs/worker.log)."""
+    from services.stack import worker as worker_proc
+
+    pid = worker_proc.start(_settings())
+    click.echo(f"worker running, pid {pid}")
+
+
+@worker.command("stop")
+def worker_stop() -> None:
+    """Stop the background worker (it finishes its batch and commits first)."""
+    from services.stack import worker as worker_proc
+
+    click.echo("worker stopped" if worker_proc.process(_settings()).stop() else "worker was not running")
 
 
 # --------------------------------------------------------------------------- rollups
@@ -148,5 +170,26 @@ def _apply_env(env: dict[str, str]) -> None:
     for key, value in env.items():
         if key in ("PREFECT_API_URL", "PREFECT_HOME") or key not in os.environ:
             os.environ[key] = value
+# --------------------------------------------------------------------------- agencies
+@main.command("publish")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--agency", default=None,
+              help="publish as this agency only (rows of other agencies are rejected); "
+                   "default: operator import, each row to its own agency's topic")
+@click.option("--max-errors", default=50, show_default=True, help="rejected lines to print")
+def publish_cmd(file: str, agency: str | None, max_errors: int) -> None:
+    """Bulk-import digitised records from a JSONL or CSV FILE.
+
+    Bad rows are reported with their line number, field and value; good rows are published.
+    Importing the same file again publishes nothing new (idempotent by event_id).
+    Exit status 1 when any row was rejected or is still waiting in the outbox.
+    """
+    from services.agency.bulk_import import format_summary, import_file, print_progress
+
+    summary = import_file(file, _settings(), only_agency=agency, progress=print_progress)
+    click.echo(format_summary(summary, max_errors), nl=False)
+    sys.exit(1 if summary.rejected or summary.pending else 0)
+
+
 if __name__ == "__main__":
     main()

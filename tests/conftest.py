@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -21,23 +22,40 @@ from tests.helpers import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
-TEST_ENV = {
-    "CASESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:19092",
-    "CASESTREAM_KAFKA_CONTROLLER_PORT": "19093",
-    "CASESTREAM_REGISTRY_URL": "http://127.0.0.1:18081/apis/ccompat/v7",
-    "CASESTREAM_REGISTRY_MANAGEMENT_PORT": "19001",
-    "CASESTREAM_CLICKHOUSE_URL": "http://127.0.0.1:18123",
-    "CASESTREAM_PREFECT_API_URL": "http://127.0.0.1:14200/api",
-    "CASESTREAM_TOPIC_PARTITIONS": "4",
-}
+def free_ports(count: int) -> list[int]:
+    """Ports free right now on 127.0.0.1, so parallel test sessions never collide."""
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def stack_env() -> dict[str, str]:
+    kafka, controller, registry, management, clickhouse, prefect = free_ports(6)
+    return {
+        "CASESTREAM_KAFKA_BOOTSTRAP": f"127.0.0.1:{kafka}",
+        "CASESTREAM_KAFKA_CONTROLLER_PORT": str(controller),
+        "CASESTREAM_REGISTRY_URL": f"http://127.0.0.1:{registry}/apis/ccompat/v7",
+        "CASESTREAM_REGISTRY_MANAGEMENT_PORT": str(management),
+        "CASESTREAM_CLICKHOUSE_URL": f"http://127.0.0.1:{clickhouse}",
+        "CASESTREAM_PREFECT_API_URL": f"http://127.0.0.1:{prefect}/api",
+        "CASESTREAM_TOPIC_PARTITIONS": "4",
+    }
 
 
 @pytest.fixture(scope="session")
 def stack_settings() -> Iterator[Settings]:
     """Settings of the session's private stack (not started: see `stack`)."""
     home = Path(tempfile.mkdtemp(prefix="casestream-test-"))
-    saved = {k: os.environ.get(k) for k in [*TEST_ENV, "CASESTREAM_HOME"]}
-    os.environ.update(TEST_ENV)
+    env = stack_env()
+    saved = {k: os.environ.get(k) for k in [*env, "CASESTREAM_HOME"]}
+    os.environ.update(env)
     os.environ["CASESTREAM_HOME"] = str(home)
     from services.stack.prefect import prefect_env
 

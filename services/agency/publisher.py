@@ -51,11 +51,15 @@ def _to_storable(event: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class Publisher:
-    """Publishes one agency's events. Thread-safe; use as a context manager or call close()."""
+    """Publishes one agency's events. Thread-safe; use as a context manager or call close().
+
+    `agency_id=None` makes an operator publisher (bulk import of many agencies' records): each
+    event still goes to its own agency's topic and subject, through one producer and one outbox.
+    """
 
     def __init__(
         self,
-        agency_id: str,
+        agency_id: str | None,
         settings: Settings | None = None,
         *,
         outbox_path: Path | str | None = None,
@@ -63,14 +67,15 @@ class Publisher:
         registry_client: Any = None,
     ) -> None:
         self.agency_id = agency_id
-        self.topic = topic_for_agency(agency_id)
+        if agency_id is not None:
+            topic_for_agency(agency_id)  # ValueError for a malformed id
         self.settings = settings or Settings.from_env()
         self.outbox = Outbox(
-            outbox_path or self.settings.home / "outbox" / f"{agency_id}.sqlite"
+            outbox_path or self.settings.home / "outbox" / f"{agency_id or 'operator'}.sqlite"
         )
         self._registry = registry_client or make_client(self.settings.registry_url)
         self._codec = AvroCodec()
-        self._schema_id: int | None = None
+        self._schema_ids: dict[str, int] = {}
         self._in_flight: set[str] = set()
         self._lock = threading.Lock()
         self.delivery_errors = 0
@@ -98,7 +103,8 @@ class Publisher:
         normalized = []
         for event in events:
             valid = parse_event(event)
-            validate_publisher(valid, self.agency_id)
+            if self.agency_id is not None:
+                validate_publisher(valid, self.agency_id)
             normalized.append(valid)
         stored = [(e["event_id"], _to_storable(e)) for e in normalized]
         added = self.outbox.add_many(stored)
@@ -129,10 +135,11 @@ class Publisher:
 
     # ------------------------------------------------------------------ internals
 
-    def schema_id(self) -> int:
-        if self._schema_id is None:
-            self._schema_id = register_agency_subject(self._registry, self.agency_id)
-        return self._schema_id
+    def schema_id(self, agency_id: str) -> int:
+        """The registered schema id of the agency's subject (registered on first use)."""
+        if agency_id not in self._schema_ids:
+            self._schema_ids[agency_id] = register_agency_subject(self._registry, agency_id)
+        return self._schema_ids[agency_id]
 
     def _send_pending(self) -> None:
         """(Re)produce every outbox event that is neither delivered nor in flight."""
@@ -141,21 +148,20 @@ class Publisher:
         self._produce(todo)
 
     def _produce(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        if not items:
-            return
-        try:
-            schema_id = self.schema_id()
-        except Exception as exc:  # noqa: BLE001 - registry down: events wait in the outbox
-            log.warning("registry unavailable (%s); %d events wait in the outbox", exc, len(items))
-            return
         for event_id, event in items:
+            agency = event["agency_id"]
+            try:
+                schema_id = self.schema_id(agency)
+            except Exception as exc:  # noqa: BLE001 - registry down: events wait in the outbox
+                log.warning("registry unavailable (%s); events wait in the outbox", exc)
+                return
             value = self._codec.encode(event, schema_id)
             with self._lock:
                 self._in_flight.add(event_id)
             while True:
                 try:
                     self._producer.produce(
-                        self.topic, key=kafka_key(event), value=value,
+                        topic_for_agency(agency), key=kafka_key(event), value=value,
                         on_delivery=self._delivered(event_id),
                     )
                     break

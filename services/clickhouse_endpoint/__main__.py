@@ -13,9 +13,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m services.clickhouse_endpoint",
         description="Serve the ClickHouse HTTP protocol from a chDB data directory.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8123, help="port to listen on (default 8123; 0 picks a free one)")
-    parser.add_argument("--data-dir", required=True, help="chDB data directory (created if missing)")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8123,
+        help="port to listen on (default 8123; 0 picks a free one)",
+    )
+    parser.add_argument(
+        "--data-dir", required=True, help="chDB data directory (created if missing)"
+    )
     parser.add_argument(
         "--users-file",
         default=None,

@@ -63,7 +63,9 @@ def extract_credentials(headers: Mapping[str, str], params: Mapping[str, str]) -
     if authorization is not None:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "basic":
-            raise _auth_failed("", f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported")
+            raise _auth_failed(
+                "", f"Invalid authentication: '{scheme}' HTTP Authorization scheme is not supported"
+            )
         try:
             decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
@@ -106,7 +108,9 @@ class UserDirectory:
             password = spec.get("password", "")
             readonly = spec.get("readonly", False)
             if not isinstance(password, str) or not isinstance(readonly, bool):
-                raise ValueError(f"users file {path}: user {name!r} needs a string password and boolean readonly")
+                raise ValueError(
+                    f"users file {path}: user {name!r} needs a string password and boolean readonly"
+                )
             users[name] = User(name, password, readonly)
         return cls(users)
 
@@ -118,7 +122,9 @@ class UserDirectory:
         user = self._users.get(credentials.user)
         # Compare even for unknown users so response time does not reveal which names exist.
         expected = user.password if user is not None else "\x00unknown-user"
-        matches = hmac.compare_digest(credentials.password.encode("utf-8"), expected.encode("utf-8"))
+        matches = hmac.compare_digest(
+            credentials.password.encode("utf-8"), expected.encode("utf-8")
+        )
         if user is None or not matches:
             raise _auth_failed(credentials.user)
         return user

@@ -41,11 +41,15 @@ class Encoder(Protocol):
 
 
 def _truncated(encoding: str) -> ClickHouseError:
-    return ClickHouseError(271, f"Cannot decompress request body: {encoding} data is truncated", "CANNOT_DECOMPRESS")
+    return ClickHouseError(
+        271, f"Cannot decompress request body: {encoding} data is truncated", "CANNOT_DECOMPRESS"
+    )
 
 
 def _corrupt(encoding: str, exc: Exception) -> ClickHouseError:
-    return ClickHouseError(271, f"Cannot decompress request body as {encoding}: {exc}", "CANNOT_DECOMPRESS")
+    return ClickHouseError(
+        271, f"Cannot decompress request body as {encoding}: {exc}", "CANNOT_DECOMPRESS"
+    )
 
 
 class _IdentityDecoder:
@@ -85,7 +89,6 @@ class _Lz4FramesDecoder:
 class _ZstdFramesDecoder:
     def __init__(self) -> None:
         self._decoder = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-        self._pending_input = False
 
     def decompress(self, data: bytes) -> bytes:
         if not data:
@@ -144,7 +147,9 @@ def make_decoder(content_encoding: str | None) -> Decoder:
         return _ZlibMembersDecoder(31, "gzip")
     if encoding == "deflate":
         return _ZlibMembersDecoder(15, "deflate")
-    raise ClickHouseError(89, f"Unknown compression method: {content_encoding}", "UNKNOWN_COMPRESSION_METHOD")
+    raise ClickHouseError(
+        89, f"Unknown compression method: {content_encoding}", "UNKNOWN_COMPRESSION_METHOD"
+    )
 
 
 class _Lz4StreamEncoder:

@@ -12,6 +12,7 @@ Everything chDB raises is converted to ``ClickHouseError`` here so callers deal 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -98,10 +99,8 @@ class ResultStream:
     def close(self) -> None:
         if not self._done:
             self._done = True
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._raw.streaming_cancel_query(self._handle)
-            except RuntimeError:
-                pass
 
 
 class InsertStream:
@@ -136,10 +135,8 @@ class InsertStream:
     def cancel(self) -> None:
         if self._open:
             self._open = False
-            try:
+            with contextlib.suppress(RuntimeError):
                 self._raw.insert_cancel(self._handle)
-            except RuntimeError:
-                pass
 
 
 def settings_statement(settings: Mapping[str, str]) -> str:
@@ -161,7 +158,9 @@ class EngineConnection:
     def __init__(self, raw: Any) -> None:
         self._raw = raw
 
-    def execute(self, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None) -> Outcome:
+    def execute(
+        self, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None
+    ) -> Outcome:
         try:
             result = self._raw.query(sql, fmt, params=dict(params or {}))
         except RuntimeError as exc:
@@ -215,7 +214,12 @@ class EngineConnection:
         self.execute("SET " + ", ".join(parts))
 
     def current_database(self) -> str:
-        return self.execute("SELECT currentDatabase()", "TabSeparatedRaw").data.decode("utf-8").strip()
+        return (
+            self.execute("SELECT currentDatabase()", "TabSeparatedRaw").data.decode("utf-8").strip()
+        )
+
+    def current_timezone(self) -> str:
+        return self.execute("SELECT timezone()", "TabSeparatedRaw").data.decode("utf-8").strip()
 
     def use_database(self, name: str) -> None:
         self.execute(f"USE {quote_identifier(name)}")
@@ -223,10 +227,8 @@ class EngineConnection:
     def close(self) -> None:
         raw, self._raw = self._raw, None
         if raw is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 raw.close()
-            except RuntimeError:
-                pass
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,7 @@ class ServerInfo:
     version: str
     timezone: str
     http_compression_default: bool
+    setting_names: frozenset[str]
 
 
 class Engine:
@@ -260,10 +263,12 @@ class Engine:
             "JSONEachRow",
         ).data
         info = json.loads(row)
+        names = anchor.execute("SELECT name FROM system.settings", "TabSeparatedRaw").data
         self.info = ServerInfo(
             version=str(info["version"]),
             timezone=str(info["timezone"]),
             http_compression_default=str(info["compression"]).lower() in ("1", "true"),
+            setting_names=frozenset(names.decode("utf-8").split()),
         )
 
     def connect(self) -> EngineConnection:
@@ -279,7 +284,5 @@ class Engine:
         with self._lock:
             anchor, self._anchor = self._anchor, None
         if anchor is not None:
-            try:
+            with contextlib.suppress(RuntimeError):
                 anchor.close()
-            except RuntimeError:
-                pass

@@ -85,7 +85,13 @@ _NAME_TO_CODE = {name: code for code, name in ERROR_NAMES.items()}
 _STATUS_BY_NAME: dict[str, int] = {
     "REQUIRED_PASSWORD": 401,
     **dict.fromkeys(
-        ("UNKNOWN_USER", "WRONG_PASSWORD", "AUTHENTICATION_FAILED", "SET_NON_GRANTED_ROLE", "ACCESS_DENIED"),
+        (
+            "UNKNOWN_USER",
+            "WRONG_PASSWORD",
+            "AUTHENTICATION_FAILED",
+            "SET_NON_GRANTED_ROLE",
+            "ACCESS_DENIED",
+        ),
         403,
     ),
     **dict.fromkeys(

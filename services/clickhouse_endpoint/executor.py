@@ -64,6 +64,26 @@ READONLY_SETTINGS = frozenset(
 )
 READONLY_SETTING_PREFIXES = ("output_format_", "format_")
 
+# HTTP-server settings that clients (clickhouse-connect among them) send routinely. They mean
+# nothing to an embedded engine, so if a chDB build does not know one it is dropped instead of
+# failing every request with UNKNOWN_SETTING. Any other unknown setting is still an error.
+HTTP_ONLY_SETTINGS = frozenset(
+    {
+        "enable_http_compression",
+        "http_zlib_compression_level",
+        "send_progress_in_http_headers",
+        "http_headers_progress_interval_ms",
+        "cancel_http_readonly_queries_on_client_close",
+        "http_native_compression_disable_checksumming_on_decompress",
+        "add_http_cors_header",
+        "http_response_buffer_size",
+        "http_wait_end_of_query",
+        "http_write_exception_in_output_format",
+        "date_time_input_format",
+        "cast_string_to_dynamic_use_inference",
+    }
+)
+
 # Output formats whose per-block chunks from chDB concatenate into one valid document.
 # (chDB restarts the writer per streamed block, so formats with a header, footer or names
 # row are produced in one piece instead.)
@@ -146,10 +166,6 @@ class Reply:
     statement_kind: str = ""
     _cleanup: ExitStack = field(default_factory=ExitStack, repr=False)
 
-    @property
-    def result_rows(self) -> int:
-        return self.outcome.result_rows
-
     def close(self) -> None:
         self._cleanup.close()
 
@@ -182,12 +198,17 @@ def read_input(query_param: str | None, body: RequestBody | None) -> _Input:
         else:
             head += chunk
     if isinstance(split, sql.InsertSplit):
-        statement_text = bytes(head[: len(split.statement.encode("latin-1"))]).decode("utf-8", errors="replace")
+        # Offsets are byte offsets (the text was decoded as latin-1); re-decode as UTF-8.
+        statement_text = (
+            bytes(head[: split.statement_end]).decode("utf-8", errors="replace").strip()
+        )
         leading = bytes(head[split.data_offset :])
         rest = body.chunks() if body is not None and not eof else iter(())
         return _Input(
             sql.parse_statement(statement_text),
-            sql.InsertSplit(statement_text.strip(), split.input_format, split.data_offset),
+            sql.InsertSplit(
+                statement_text, split.input_format, split.data_offset, split.statement_end
+            ),
             chain([leading] if leading else [], rest),
         )
     if not eof and body is not None:
@@ -213,7 +234,14 @@ class Executor:
 
     # -- checks -----------------------------------------------------------------------------
 
-    def _check_request(self, request: HttpQuery, user: User, source: _Input, settings: Mapping[str, str]) -> None:
+    def _check_request(
+        self,
+        request: HttpQuery,
+        user: User,
+        source: _Input,
+        settings: Mapping[str, str],
+        readonly_reason: str | None,
+    ) -> None:
         params = request.params
         if is_true(params.get("compress")) or is_true(params.get("decompress")):
             raise ClickHouseError(
@@ -222,8 +250,6 @@ class Executor:
                 "this endpoint; use HTTP Content-Encoding and Accept-Encoding instead",
                 "NOT_IMPLEMENTED",
             )
-        if request.files:
-            raise ClickHouseError(48, "External data (file parts in multipart requests) is not supported", "NOT_IMPLEMENTED")
         statement = source.statement
         if not statement.text:
             raise ClickHouseError(62, "Empty query", "SYNTAX_ERROR")
@@ -240,17 +266,14 @@ class Executor:
             for name in settings:
                 if not readonly_setting_allowed(name):
                     raise readonly_error(f"Cannot modify '{name}' setting in readonly mode")
-        if user.readonly or request.method == "GET":
-            self._check_read_statement(statement, source.insert is not None, user, request.method)
+        if readonly_reason is not None:
+            self._check_read_statement(statement, source.insert is not None, user, readonly_reason)
 
-    def _check_read_statement(self, statement: sql.Statement, is_insert: bool, user: User, method: str) -> None:
+    def _check_read_statement(
+        self, statement: sql.Statement, is_insert: bool, user: User, reason: str
+    ) -> None:
         def refuse() -> ClickHouseError:
-            if user.readonly:
-                return readonly_error(f"{user.name}: Cannot execute query in readonly mode")
-            return readonly_error(
-                "Cannot execute query in readonly mode. For queries over HTTP, method GET implies "
-                "readonly. You should use method POST for modifying queries"
-            )
+            return _readonly_refusal(user, reason)
 
         if is_insert:
             raise refuse()
@@ -262,33 +285,45 @@ class Executor:
                 raise refuse()
             if user.readonly:
                 for assignment in assignments:
-                    if not readonly_setting_allowed(assignment.name) or assignment.name == "readonly":
-                        raise readonly_error(f"Cannot modify '{assignment.name}' setting in readonly mode")
+                    if (
+                        not readonly_setting_allowed(assignment.name)
+                        or assignment.name == "readonly"
+                    ):
+                        raise readonly_error(
+                            f"Cannot modify '{assignment.name}' setting in readonly mode"
+                        )
             return
         if not statement.is_read:
             raise refuse()
 
-    def _check_with_engine(self, conn: EngineConnection, source: _Input, user: User, method: str) -> None:
+    def _check_with_engine(
+        self, conn: EngineConnection, source: _Input, user: User, readonly_reason: str | None
+    ) -> None:
         """Second opinion from chDB's real parser on what the statement does."""
         verdict = conn.classify(source.insert.statement if source.insert else source.statement.text)
         if int(verdict.get("statement_count", 0)) > 1:
             raise ClickHouseError(62, "Multi-statements are not allowed", "SYNTAX_ERROR")
         query_class = getattr(verdict.get("query_class"), "name", str(verdict.get("query_class")))
-        read_mode = user.readonly or method == "GET"
-        if read_mode and source.statement.is_read and query_class not in ("READ_ONLY", "UNKNOWN"):
-            if user.readonly:
-                raise readonly_error(f"{user.name}: Cannot execute query in readonly mode")
-            raise readonly_error(
-                "Cannot execute query in readonly mode. For queries over HTTP, method GET implies readonly"
-            )
+        if (
+            readonly_reason is not None
+            and source.statement.is_read
+            and query_class not in ("READ_ONLY", "UNKNOWN")
+        ):
+            raise _readonly_refusal(user, readonly_reason)
 
     # -- execution --------------------------------------------------------------------------
 
     def _run(self, request: HttpQuery, user: User, stack: ExitStack) -> Reply:
         params = request.params
         settings, binds = split_params(params)
+        known = self.engine.info.setting_names
+        settings = {k: v for k, v in settings.items() if k in known or k not in HTTP_ONLY_SETTINGS}
+        for name in request.files:  # <name>_structure etc. describe external tables
+            for suffix in EXTERNAL_TABLE_PARAM_SUFFIXES:
+                settings.pop(name + suffix, None)
+        lock_level, readonly_reason = _readonly_mode(user, request.method, settings)
         source = read_input(params.get("query"), request.body)
-        self._check_request(request, user, source, settings)
+        self._check_request(request, user, source, settings, readonly_reason)
         statement = source.statement
 
         session: Session | None = None
@@ -299,10 +334,13 @@ class Executor:
                 # Registered first so it runs after the session lock below is released.
                 stack.callback(self.sessions.close_session, user, session_id)
             session = stack.enter_context(
-                self.sessions.acquire(user, session_id, timeout, is_true(params.get("session_check")))
+                self.sessions.acquire(
+                    user, session_id, timeout, is_true(params.get("session_check"))
+                )
             )
 
         database = params.get("database") or None
+        on_session_connection = session is not None and session.connection is not None
         if session is not None and session.connection is not None:
             conn = session.connection
             self._overlay_request_state(conn, statement, settings, database, stack)
@@ -317,19 +355,49 @@ class Executor:
             if database:
                 conn.use_database(database)
 
-        self._check_with_engine(conn, source, user, request.method)
-        timezone = settings.get("session_timezone") or self.engine.info.timezone
+        if request.files:
+            self._load_external_tables(conn, request.files, params, stack)
+        self._check_with_engine(conn, source, user, readonly_reason)
+        timezone = self.engine.info.timezone
+        if statement.returns_rows:
+            # The client decodes DateTime values in this zone; a session may have changed it.
+            timezone = conn.current_timezone()
 
         if user.readonly:
             remembered = self._remember_readonly_session_state(conn, statement, session)
             if remembered is not None:
                 return Reply(outcome=remembered, timezone=timezone, statement_kind=statement.kind)
-            conn.execute("SET readonly = 1")
+        if lock_level is not None and not on_session_connection:
+            # chDB itself now refuses any write, whatever our own checks missed.
+            conn.execute(f"SET readonly = {sql.quote_string(lock_level)}")
 
         reply = self._execute(conn, source, binds, params, stack)
         reply.timezone = timezone
         reply.statement_kind = statement.kind
         return reply
+
+    def _load_external_tables(
+        self,
+        conn: EngineConnection,
+        files: Mapping[str, bytes],
+        params: Mapping[str, str],
+        stack: ExitStack,
+    ) -> None:
+        """ClickHouse "external data": each uploaded file becomes a temporary table.
+
+        They live on the request's connection and are dropped when the reply closes, so on a
+        session connection they do not outlive the request either.
+        """
+        for name, data in files.items():
+            columns = external_table_columns(name, params)
+            table = sql.quote_identifier(name)
+            conn.execute(f"CREATE TEMPORARY TABLE {table} ({columns})")
+            stack.callback(_quietly, conn.execute, f"DROP TEMPORARY TABLE IF EXISTS {table}")
+            inserter = conn.begin_insert(
+                f"INSERT INTO {table}", params.get(f"{name}_format") or "TabSeparated"
+            )
+            inserter.append(data)
+            inserter.finish()
 
     def _overlay_request_state(
         self,
@@ -365,7 +433,9 @@ class Executor:
             outcome = conn.execute(statement.text)
             if session is not None:
                 current = conn.read_settings([a.name for a in assignments])
-                session.settings.update({name: value for name, (value, _changed) in current.items()})
+                session.settings.update(
+                    {name: value for name, (value, _changed) in current.items()}
+                )
             return outcome
         if statement.kind == "USE":
             outcome = conn.execute(statement.text)
@@ -403,7 +473,9 @@ class Executor:
             if lowered in STREAMABLE_FORMATS:
                 return self._stream_reply(conn, statement.text, fmt, binds, stack, None)
             if lowered == "arrowstream":
-                return self._stream_reply(conn, statement.text, fmt, binds, stack, _merge_arrow_streams)
+                return self._stream_reply(
+                    conn, statement.text, fmt, binds, stack, _merge_arrow_streams
+                )
         outcome = conn.execute(statement.text, fmt, binds)
         return Reply(format=fmt, body=outcome.data, outcome=outcome)
 
@@ -425,6 +497,66 @@ class Executor:
         reply = Reply(format=fmt, outcome=stream.outcome)
         reply.stream = chain([first], chunks) if first is not None else iter(())
         return reply
+
+
+EXTERNAL_TABLE_PARAM_SUFFIXES = ("_structure", "_types", "_format")
+
+
+def external_table_columns(name: str, params: Mapping[str, str]) -> str:
+    """Column list for an external table from ``<name>_structure`` or ``<name>_types``.
+
+    The text ends up inside ``CREATE TEMPORARY TABLE t (...)``, so it must not be able to
+    close that parenthesis or start another statement.
+    """
+    structure = params.get(f"{name}_structure")
+    types = params.get(f"{name}_types")
+    if structure:
+        columns = structure
+    elif types:
+        columns = ", ".join(
+            f"_{i} {t}" for i, t in enumerate(sql.split_top_level(types, ","), start=1)
+        )
+    else:
+        raise ClickHouseError(
+            36,
+            f"Neither structure nor types have not been provided for external table {name}. "
+            f"Use fields {name}_structure or {name}_types to do so.",
+            "BAD_ARGUMENTS",
+        )
+    if not sql.is_balanced(columns):
+        raise ClickHouseError(36, f"Invalid structure of external table {name}", "BAD_ARGUMENTS")
+    return columns
+
+
+def _readonly_mode(
+    user: User, method: str, settings: dict[str, str]
+) -> tuple[str | None, str | None]:
+    """(readonly level to lock the connection with, why the request is read-only).
+
+    Read-only users get ``readonly=1``; a GET gets ``readonly=2`` like in ClickHouse; a
+    writable user may also ask for a read-only request with the ``readonly`` setting, which is
+    taken out of ``settings`` here because it is applied last: once set, it cannot be undone
+    on the connection.
+    """
+    if user.readonly:
+        return "1", "user"
+    requested = settings.pop("readonly", "0").strip()
+    if requested not in ("", "0"):
+        return requested, "get" if method == "GET" else "setting"
+    if method == "GET":
+        return "2", "get"
+    return None, None
+
+
+def _readonly_refusal(user: User, reason: str) -> ClickHouseError:
+    if reason == "user":
+        return readonly_error(f"{user.name}: Cannot execute query in readonly mode")
+    if reason == "get":
+        return readonly_error(
+            "Cannot execute query in readonly mode. For queries over HTTP, method GET implies "
+            "readonly. You should use method POST for modifying queries"
+        )
+    return readonly_error("Cannot execute query in readonly mode")
 
 
 def _quietly(action: Callable[..., object], *args: object) -> None:

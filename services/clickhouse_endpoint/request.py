@@ -88,7 +88,9 @@ class RequestBody:
             try:
                 self._remaining = int(length_header)
             except ValueError:
-                raise ClickHouseError(36, f"Invalid Content-Length: {length_header}", "BAD_ARGUMENTS") from None
+                raise ClickHouseError(
+                    36, f"Invalid Content-Length: {length_header}", "BAD_ARGUMENTS"
+                ) from None
         self.fully_read = not self._chunked and self._remaining == 0
         self._raw = self._raw_chunks()
         self._decoded_eof = False
@@ -98,11 +100,15 @@ class RequestBody:
             while True:
                 line = self._rfile.readline(65537)
                 if not line:
-                    raise ClickHouseError(210, "Connection closed in the middle of a chunked body", "NETWORK_ERROR")
+                    raise ClickHouseError(
+                        210, "Connection closed in the middle of a chunked body", "NETWORK_ERROR"
+                    )
                 try:
                     size = int(line.split(b";", 1)[0].strip(), 16)
                 except ValueError:
-                    raise ClickHouseError(36, "Malformed chunk in chunked request body", "BAD_ARGUMENTS") from None
+                    raise ClickHouseError(
+                        36, "Malformed chunk in chunked request body", "BAD_ARGUMENTS"
+                    ) from None
                 if size == 0:
                     while True:  # trailers, then the blank line
                         trailer = self._rfile.readline(65537)
@@ -113,7 +119,9 @@ class RequestBody:
                 while size > 0:
                     data = self._rfile.read(min(size, _MAX_CHUNK))
                     if not data:
-                        raise ClickHouseError(210, "Connection closed in the middle of a chunk", "NETWORK_ERROR")
+                        raise ClickHouseError(
+                            210, "Connection closed in the middle of a chunk", "NETWORK_ERROR"
+                        )
                     size -= len(data)
                     yield data
                 self._rfile.readline(65537)  # CRLF after the chunk data
@@ -121,7 +129,9 @@ class RequestBody:
             while self._remaining > 0:
                 data = self._rfile.read(min(self._remaining, _MAX_CHUNK))
                 if not data:
-                    raise ClickHouseError(210, "Connection closed before the whole body arrived", "NETWORK_ERROR")
+                    raise ClickHouseError(
+                        210, "Connection closed before the whole body arrived", "NETWORK_ERROR"
+                    )
                 self._remaining -= len(data)
                 if self._remaining == 0:
                     self.fully_read = True
@@ -151,7 +161,9 @@ class RequestBody:
         for chunk in self.chunks():
             size += len(chunk)
             if size > limit:
-                raise ClickHouseError(62, f"Max query size exceeded (limit {limit} bytes)", "SYNTAX_ERROR")
+                raise ClickHouseError(
+                    62, f"Max query size exceeded (limit {limit} bytes)", "SYNTAX_ERROR"
+                )
             parts.append(chunk)
         return b"".join(parts)
 

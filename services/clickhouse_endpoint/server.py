@@ -95,6 +95,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
     sys_version = ""
     server: EndpointServer
 
+    def version_string(self) -> str:
+        return "ClickHouse"
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         """Silence the stdlib access log; ``_log_request`` writes one richer line instead."""
 
@@ -197,7 +200,11 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
     def _response_encoder(self, params: dict[str, str]) -> tuple[str | None, Encoder | None]:
         requested = params.get("enable_http_compression")
-        enabled = is_true(requested) if requested is not None else self.server.app.engine.info.http_compression_default
+        enabled = (
+            is_true(requested)
+            if requested is not None
+            else self.server.app.engine.info.http_compression_default
+        )
         if not enabled:
             return None, None
         encoding = choose_response_encoding(self.headers.get("Accept-Encoding"))
@@ -317,7 +324,9 @@ def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+            stream=sys.stderr,
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
     users = UserDirectory.from_file(users_file)
     engine = Engine(data_dir)
@@ -340,7 +349,9 @@ def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, request_stop)
-    reaper = threading.Thread(target=_reap_sessions, args=(app, stop), name="session-reaper", daemon=True)
+    reaper = threading.Thread(
+        target=_reap_sessions, args=(app, stop), name="session-reaper", daemon=True
+    )
     reaper.start()
     bound_host, bound_port = server.server_address[:2]
     log.info(

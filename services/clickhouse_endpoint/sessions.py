@@ -52,9 +52,7 @@ def parse_timeout(value: str | None) -> float:
     try:
         timeout = float(value)
     except ValueError:
-        raise ClickHouseError(
-            36, f"Invalid session timeout: '{value}'", "BAD_ARGUMENTS"
-        ) from None
+        raise ClickHouseError(36, f"Invalid session timeout: '{value}'", "BAD_ARGUMENTS") from None
     if timeout < 0 or timeout > MAX_TIMEOUT_S:
         raise ClickHouseError(
             36,
@@ -72,7 +70,9 @@ class SessionManager:
         self._lock = threading.Lock()
 
     @contextmanager
-    def acquire(self, user: User, session_id: str, timeout_s: float, check: bool) -> Iterator[Session]:
+    def acquire(
+        self, user: User, session_id: str, timeout_s: float, check: bool
+    ) -> Iterator[Session]:
         """Hold the session exclusively for one request, creating it unless ``check`` is set."""
         self.expire_idle()
         key = (user.name, session_id)
@@ -80,12 +80,16 @@ class SessionManager:
             session = self._sessions.get(key)
             if session is None:
                 if check:
-                    raise ClickHouseError(372, f"Session {session_id} not found", "SESSION_NOT_FOUND")
+                    raise ClickHouseError(
+                        372, f"Session {session_id} not found", "SESSION_NOT_FOUND"
+                    )
                 session = Session(user.name, session_id, user.readonly)
                 self._sessions[key] = session
             if not session.lock.acquire(blocking=False):
                 raise ClickHouseError(
-                    373, f"Session {session_id} is locked by a concurrent client", "SESSION_IS_LOCKED"
+                    373,
+                    f"Session {session_id} is locked by a concurrent client",
+                    "SESSION_IS_LOCKED",
                 )
             session.timeout_s = timeout_s
         try:

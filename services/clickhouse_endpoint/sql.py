@@ -182,11 +182,15 @@ def split_statements(text: str) -> list[str]:
 
 
 # First keywords of statements that produce a result set (and so get X-ClickHouse-Format).
-ROW_RETURNING_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "(", "FROM"})
+ROW_RETURNING_KEYWORDS = frozenset(
+    {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "CHECK", "(", "FROM"}
+)
 # Keywords chDB can stream block by block (it refuses send_query for SHOW/DESCRIBE/...).
 STREAMABLE_KEYWORDS = frozenset({"SELECT", "WITH", "(", "FROM"})
 # Statements a read-only user may run as-is (SET and USE get their own treatment).
-READ_KEYWORDS = frozenset({"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(", "FROM"})
+READ_KEYWORDS = frozenset(
+    {"SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN", "(", "FROM"}
+)
 
 
 @dataclass(frozen=True)
@@ -215,7 +219,11 @@ class Statement:
     @property
     def kills_host(self) -> bool:
         """``SYSTEM SHUTDOWN``/``SYSTEM KILL`` would terminate the process that embeds chDB."""
-        return self.kind == "SYSTEM" and len(self.keywords) > 1 and self.keywords[1] in ("SHUTDOWN", "KILL")
+        return (
+            self.kind == "SYSTEM"
+            and len(self.keywords) > 1
+            and self.keywords[1] in ("SHUTDOWN", "KILL")
+        )
 
 
 def parse_statement(text: str) -> Statement:
@@ -259,7 +267,7 @@ def output_format(statement: str) -> str | None:
             continue
         rest = tokens[index + 2 :]
         if not rest or rest[0].is_word("SETTINGS"):
-            found = name.text.strip("`\"")
+            found = name.text.strip('`"')
     return found
 
 
@@ -268,12 +276,14 @@ class InsertSplit:
     """An INSERT whose data follows the statement in the request body.
 
     ``statement`` is the INSERT without its ``FORMAT``/``VALUES`` clause (what chDB's
-    streaming insert wants); bytes from ``data_offset`` on are data in ``input_format``.
+    streaming insert wants), found in the text before ``statement_end``; characters from
+    ``data_offset`` on are data in ``input_format``.
     """
 
     statement: str
     input_format: str
     data_offset: int
+    statement_end: int
 
 
 class _NeedMore:
@@ -323,14 +333,16 @@ def split_insert(text: str, eof: bool) -> InsertSplit | _NeedMore | None:
             if word in ("SELECT", "WITH") and not after_target_keyword:
                 return None
             if word == "VALUES" and not after_target_keyword:
-                return InsertSplit(text[: token.start].strip(), "Values", token.end)
+                return InsertSplit(text[: token.start].strip(), "Values", token.end, token.start)
             if word == "FORMAT" and not after_target_keyword:
                 return _split_after_format(text, token, eof)
         previous = token
     return None if eof else NEED_MORE
 
 
-def _split_after_format(text: str, format_token: Token, eof: bool) -> InsertSplit | _NeedMore | None:
+def _split_after_format(
+    text: str, format_token: Token, eof: bool
+) -> InsertSplit | _NeedMore | None:
     name: Token | None = None
     for token in tokenize(text[format_token.end :]):
         if token.kind is Kind.WHITESPACE:
@@ -357,7 +369,7 @@ def _split_after_format(text: str, format_token: Token, eof: bool) -> InsertSpli
     if pos < n and text[pos] == "\n":
         pos += 1
     statement = text[: format_token.start].strip()
-    return InsertSplit(statement, name.text.strip("`\""), pos)
+    return InsertSplit(statement, name.text.strip('`"'), pos, format_token.start)
 
 
 @dataclass(frozen=True)
@@ -408,6 +420,43 @@ def parse_use(statement: str) -> str | None:
     if name.kind is Kind.QUOTED_IDENTIFIER:
         return name.text[1:-1].replace(name.text[0] * 2, name.text[0])
     return None
+
+
+def split_top_level(text: str, separator: str) -> list[str]:
+    """Split on ``separator`` outside brackets and literals (``Tuple(a, b), String``)."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    for token in tokenize(text):
+        if token.kind is Kind.PUNCT and token.text in "([{":
+            depth += 1
+        elif token.kind is Kind.PUNCT and token.text in ")]}":
+            depth -= 1
+        elif depth == 0 and token.kind is Kind.PUNCT and token.text == separator:
+            parts.append(text[start : token.start].strip())
+            start = token.end
+    parts.append(text[start:].strip())
+    return [part for part in parts if part]
+
+
+def is_balanced(text: str) -> bool:
+    """True if brackets balance, never close below zero, and there is no top-level ``;``.
+
+    Used for text spliced inside parentheses, which must not be able to escape them.
+    """
+    depth = 0
+    for token in tokenize(text):
+        if token.kind is Kind.UNTERMINATED:
+            return False
+        if token.kind is Kind.PUNCT and token.text in "([{":
+            depth += 1
+        elif token.kind is Kind.PUNCT and token.text in ")]}":
+            depth -= 1
+            if depth < 0:
+                return False
+        elif token.kind is Kind.PUNCT and token.text == ";":
+            return False
+    return depth == 0
 
 
 def quote_string(value: str) -> str:

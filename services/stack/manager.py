@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from services.settings import Settings
-from services.stack import clickhouse, kafka, prefect, registry
+from services.stack import clickhouse, kafka, prefect, registry, worker
 from services.stack.process import wait_until
 
 # (module, start-up timeout in seconds). A fresh Prefect database takes ~20 s to migrate and
@@ -93,6 +93,8 @@ def _start_and_wait(settings: Settings, module: ModuleType, timeout: float, log)
 
 
 def down(settings: Settings, log=print, parts: list[str] | None = None) -> None:
+    if parts is None and worker.process(settings).stop():
+        log(f"  {'worker':<10} stopped")
     for module, _ in reversed(COMPONENTS):
         if parts is not None and module.NAME not in parts:
             continue

@@ -79,7 +79,9 @@ class Endpoint:
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 time.sleep(0.1)
         self.stop()
-        raise RuntimeError(f"endpoint did not answer within {timeout}s:\n{self.log_path.read_text()}")
+        raise RuntimeError(
+            f"endpoint did not answer within {timeout}s:\n{self.log_path.read_text()}"
+        )
 
     def stop(self, timeout: float = 20.0) -> int | None:
         if self.proc is None:
@@ -123,7 +125,9 @@ def endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Endpoint]:
         yield ep
     finally:
         code = ep.stop()
-        assert code == 0, f"endpoint did not stop cleanly (exit {code}):\n{ep.log_text()}"
+        log = ep.log_text()
+        assert code == 0, f"endpoint did not stop cleanly (exit {code}):\n{log}"
+        assert "Traceback" not in log and " ERROR " not in log, log
 
 
 @pytest.fixture

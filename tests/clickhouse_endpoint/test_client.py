@@ -85,7 +85,10 @@ def test_round_trip_every_call_under_every_compression(endpoint, table_name, com
     df_out = client.query_df(f"SELECT * FROM {table_name} WHERE id > 5000 ORDER BY id")
     assert df_out["id"].tolist() == [5001, 5002]
     assert df_out["name"].tolist() == ["df-a", "df-b"]
-    assert [t.to_pydatetime() for t in df_out["ts"]] == [dt.datetime(2024, 2, 2, 10), dt.datetime(2024, 2, 3, 11)]
+    assert [t.to_pydatetime() for t in df_out["ts"]] == [
+        dt.datetime(2024, 2, 2, 10),
+        dt.datetime(2024, 2, 3, 11),
+    ]
     assert df_out["score"].tolist()[0] == 1.5 and pd.isna(df_out["score"].tolist()[1])
     assert [list(t) for t in df_out["tags"]] == [["p"], []]
 
@@ -102,12 +105,16 @@ def test_round_trip_every_call_under_every_compression(endpoint, table_name, com
     arrow_out = client.query_arrow(f"SELECT id, name, tags FROM {table_name} WHERE id > 6000")
     assert arrow_out.to_pylist() == [{"id": 6001, "name": "arrow", "tags": ["a", "b"]}]
 
-    raw = client.raw_query(f"SELECT id, name FROM {table_name} WHERE id IN (1, 2) ORDER BY id", fmt="CSV")
+    raw = client.raw_query(
+        f"SELECT id, name FROM {table_name} WHERE id IN (1, 2) ORDER BY id", fmt="CSV"
+    )
     assert raw == b"1,\"name '1' \\ \t\n \xc3\xbc\"\n2,\"name '2' \\ \t\n \xc3\xbc\"\n"
-    client.raw_insert(table_name, COLUMNS, b"7001\traw\t2024-04-04 04:04:04\t\\N\t['r']\n", fmt="TSV")
-    assert client.query(f"SELECT name, score, tags FROM {table_name} WHERE id = 7001").result_rows == [
-        ("raw", None, ["r"])
-    ]
+    client.raw_insert(
+        table_name, COLUMNS, b"7001\traw\t2024-04-04 04:04:04\t\\N\t['r']\n", fmt="TSV"
+    )
+    assert client.query(
+        f"SELECT name, score, tags FROM {table_name} WHERE id = 7001"
+    ).result_rows == [("raw", None, ["r"])]
     assert client.command(f"SELECT count() FROM {table_name}") == 3000 + 2 + 1 + 1
 
 
@@ -141,7 +148,9 @@ def test_streaming_calls(client, table_name) -> None:
 
 
 def test_stream_closed_early_leaves_client_usable(client) -> None:
-    with client.query_rows_stream("SELECT number FROM numbers(10000000)", settings={"max_block_size": 1000}) as stream:
+    with client.query_rows_stream(
+        "SELECT number FROM numbers(1000000)", settings={"max_block_size": 1000}
+    ) as stream:
         first = [row for _, row in zip(range(5), stream, strict=False)]
     assert first == [(0,), (1,), (2,), (3,), (4,)]
     assert client.command("SELECT 42") == 42
@@ -149,10 +158,12 @@ def test_stream_closed_early_leaves_client_usable(client) -> None:
 
 def test_error_mid_stream_raises_with_server_message(client) -> None:
     query = "SELECT throwIf(number = 150000, 'boom at 150000') AS x FROM numbers(300000)"
-    with pytest.raises(DatabaseError) as excinfo:  # noqa: PT012 - the error surfaces while iterating
-        with client.query_rows_stream(query, settings={"max_block_size": 1000}) as stream:
-            for _ in stream:
-                pass
+    with (
+        pytest.raises(DatabaseError) as excinfo,
+        client.query_rows_stream(query, settings={"max_block_size": 1000}) as stream,
+    ):
+        for _ in stream:
+            pass
     assert "boom at 150000" in str(excinfo.value)
     assert client.command("SELECT 1") == 1
 
@@ -182,15 +193,27 @@ def test_server_side_query_parameters(client) -> None:
         parameters=params,
     )
     assert result.result_rows == [
-        (tricky, ["x'y", "back\\slash", ""], [1, -2, 3], dt.datetime(2024, 5, 6, 7, 8, 9), None, 12345678901234)
+        (
+            tricky,
+            ["x'y", "back\\slash", ""],
+            [1, -2, 3],
+            dt.datetime(2024, 5, 6, 7, 8, 9),
+            None,
+            12345678901234,
+        )
     ]
     # command() returns TabSeparated text, which escapes quotes and backslashes, as in ClickHouse.
-    assert client.command("SELECT {a:String} || {b:String}", parameters={"a": "x'", "b": "\\y"}) == "x\\'\\\\y"
+    assert (
+        client.command("SELECT {a:String} || {b:String}", parameters={"a": "x'", "b": "\\y"})
+        == "x\\'\\\\y"
+    )
 
 
 def test_long_parameters_use_form_encoding(client) -> None:
     values = [f"value-{i}-'quoted'" for i in range(2000)]  # > 4 KiB: sent as multipart/form-data
-    result = client.query("SELECT length({v:Array(String)}), {v:Array(String)}[2000]", parameters={"v": values})
+    result = client.query(
+        "SELECT length({v:Array(String)}), {v:Array(String)}[2000]", parameters={"v": values}
+    )
     assert result.result_rows == [(2000, values[-1])]
 
 
@@ -202,17 +225,17 @@ def test_client_side_binding(client) -> None:
 def test_per_request_settings_do_not_leak(endpoint) -> None:
     client = endpoint.client()  # has an auto-generated session id, like production
     default = client.command("SELECT getSetting('max_block_size')")
-    assert client.query("SELECT getSetting('max_block_size')", settings={"max_block_size": 123}).result_rows == [
-        (123,)
-    ]
+    assert client.query(
+        "SELECT getSetting('max_block_size')", settings={"max_block_size": 123}
+    ).result_rows == [(123,)]
     assert client.command("SELECT getSetting('max_block_size')") == default
     assert client.command("SELECT getSetting('max_threads')", settings={"max_threads": 1}) == 1
     assert client.command("SELECT getSetting('max_threads')") != 1
 
     sessionless = endpoint.client(autogenerate_session_id=False)
-    assert sessionless.query("SELECT getSetting('max_block_size')", settings={"max_block_size": 77}).result_rows == [
-        (77,)
-    ]
+    assert sessionless.query(
+        "SELECT getSetting('max_block_size')", settings={"max_block_size": 77}
+    ).result_rows == [(77,)]
     assert sessionless.command("SELECT getSetting('max_block_size')") == default
 
 
@@ -278,7 +301,9 @@ def test_session_is_locked_while_in_use(endpoint) -> None:
 
 def test_concurrent_clients_do_not_interfere(endpoint, table_name) -> None:
     setup = endpoint.client()
-    setup.command(f"CREATE TABLE {table_name} (worker UInt8, n UInt32) ENGINE = MergeTree ORDER BY (worker, n)")
+    setup.command(
+        f"CREATE TABLE {table_name} (worker UInt8, n UInt32) ENGINE = MergeTree ORDER BY (worker, n)"
+    )
     errors: list[BaseException] = []
 
     def work(worker_id: int) -> None:
@@ -286,7 +311,11 @@ def test_concurrent_clients_do_not_interfere(endpoint, table_name) -> None:
             c = endpoint.client(compress=["lz4", "zstd", "gzip", False][worker_id % 4])
             c.command(f"SET max_block_size = {100 + worker_id}")
             for batch in range(5):
-                c.insert(table_name, [[worker_id, batch * 100 + i] for i in range(100)], column_names=["worker", "n"])
+                c.insert(
+                    table_name,
+                    [[worker_id, batch * 100 + i] for i in range(100)],
+                    column_names=["worker", "n"],
+                )
                 assert c.command("SELECT getSetting('max_block_size')") == 100 + worker_id
             assert c.command(f"SELECT count() FROM {table_name} WHERE worker = {worker_id}") == 500
         except BaseException as exc:  # reported below
@@ -299,3 +328,26 @@ def test_concurrent_clients_do_not_interfere(endpoint, table_name) -> None:
         t.join()
     assert not errors, errors
     assert setup.command(f"SELECT count(), uniqExact(worker) FROM {table_name}") == ["3000", "6"]
+
+
+def test_external_data_becomes_a_temporary_table(endpoint) -> None:
+    from clickhouse_connect.driver.external import ExternalData
+
+    client = endpoint.client()
+    external = ExternalData(
+        file_name="ids.tsv", data=b"1\tone\n2\ttwo\n3\tthree\n", structure="id UInt32, label String"
+    )
+    result = client.query("SELECT label FROM ids WHERE id >= 2 ORDER BY id", external_data=external)
+    assert result.result_rows == [("two",), ("three",)]
+    typed = ExternalData(
+        file_name="pairs.csv", data=b'1,"a"\n', fmt="CSV", types=["UInt8", "String"]
+    )
+    assert client.query("SELECT _1, _2 FROM pairs", external_data=typed).result_rows == [(1, "a")]
+    # The temporary table does not outlive the request, even inside the client's session.
+    with pytest.raises(DatabaseError, match="Code: 60"):
+        client.query("SELECT * FROM ids")
+    evil = ExternalData(
+        file_name="x.tsv", data=b"1\n", structure="a UInt8) ENGINE = Memory; DROP TABLE y; (b UInt8"
+    )
+    with pytest.raises(DatabaseError, match="Code: 36"):
+        client.query("SELECT * FROM x", external_data=evil)

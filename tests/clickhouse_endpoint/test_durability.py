@@ -19,15 +19,25 @@ def test_data_survives_restart(tmp_path) -> None:
         client.command(
             "CREATE TABLE durable.events (id UInt64, at DateTime, body String) ENGINE = MergeTree ORDER BY id"
         )
-        rows = [[i, dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i), f"event {i}"] for i in range(1000)]
+        rows = [
+            [i, dt.datetime(2024, 1, 1) + dt.timedelta(minutes=i), f"event {i}"]
+            for i in range(1000)
+        ]
         client.insert("events", rows, column_names=["id", "at", "body"], database="durable")
         client.close()
         assert endpoint.stop() == 0
 
         endpoint.start()
         client = endpoint.client()
-        assert client.query("SELECT * FROM durable.events ORDER BY id").result_rows == [tuple(r) for r in rows]
-        client.insert("events", [[5000, dt.datetime(2025, 1, 1), "after restart"]], ["id", "at", "body"], database="durable")
+        assert client.query("SELECT * FROM durable.events ORDER BY id").result_rows == [
+            tuple(r) for r in rows
+        ]
+        client.insert(
+            "events",
+            [[5000, dt.datetime(2025, 1, 1), "after restart"]],
+            ["id", "at", "body"],
+            database="durable",
+        )
         client.close()
         assert endpoint.stop() == 0
 

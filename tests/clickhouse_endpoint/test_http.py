@@ -20,7 +20,9 @@ pytestmark = pytest.mark.integration
 AUTH = ["-u", "casestream:s3cret pass"]
 
 
-def curl(endpoint, *args: str, url_params: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def curl(
+    endpoint, *args: str, url_params: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     url = f"{endpoint.url}/"
     if url_params:
         url += "?" + urlencode(url_params)
@@ -37,7 +39,11 @@ def request(
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
     try:
         path = "/?" + urlencode(params or {})
-        all_headers = {"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass", **(headers or {})}
+        all_headers = {
+            "X-ClickHouse-User": "casestream",
+            "X-ClickHouse-Key": "s3cret pass",
+            **(headers or {}),
+        }
         chunked = body is not None and not isinstance(body, bytes)
         conn.request(method, path, body=body, headers=all_headers, encode_chunked=chunked)
         response = conn.getresponse()
@@ -48,19 +54,29 @@ def request(
 
 def test_curl_select_1(endpoint) -> None:
     result = subprocess.run(
-        ["curl", "-sS", f"{endpoint.url}/?query=SELECT%201"], capture_output=True, timeout=30, check=True
+        ["curl", "-sS", f"{endpoint.url}/?query=SELECT%201"],
+        capture_output=True,
+        timeout=30,
+        check=True,
     )
     assert result.stdout == b"1\n"
 
 
 def test_ping_and_bare_get(endpoint) -> None:
     for path in ("/ping", "/"):
-        result = subprocess.run(["curl", "-sS", endpoint.url + path], capture_output=True, timeout=30, check=True)
+        result = subprocess.run(
+            ["curl", "-sS", endpoint.url + path], capture_output=True, timeout=30, check=True
+        )
         assert result.stdout == b"Ok.\n"
 
 
 def test_curl_post_query_and_insert(endpoint, table_name) -> None:
-    created = curl(endpoint, *AUTH, "--data-binary", f"CREATE TABLE {table_name} (a UInt32, s String) ENGINE = MergeTree ORDER BY a")
+    created = curl(
+        endpoint,
+        *AUTH,
+        "--data-binary",
+        f"CREATE TABLE {table_name} (a UInt32, s String) ENGINE = MergeTree ORDER BY a",
+    )
     assert created.returncode == 0 and created.stdout == b""
     tsv = curl(
         endpoint,
@@ -70,11 +86,20 @@ def test_curl_post_query_and_insert(endpoint, table_name) -> None:
         url_params={"query": f"INSERT INTO {table_name} FORMAT TabSeparated"},
     )
     assert tsv.stdout == b""
-    values = curl(endpoint, *AUTH, "--data-binary", f"INSERT INTO {table_name} VALUES (3, 'it''s'), (4, 'x;y')")
+    values = curl(
+        endpoint,
+        *AUTH,
+        "--data-binary",
+        f"INSERT INTO {table_name} VALUES (3, 'it''s'), (4, 'x;y')",
+    )
     assert values.stdout == b""
-    inline = curl(endpoint, *AUTH, "--data-binary", f"INSERT INTO {table_name} FORMAT CSV\n5,\"five\"\n")
+    inline = curl(
+        endpoint, *AUTH, "--data-binary", f'INSERT INTO {table_name} FORMAT CSV\n5,"five"\n'
+    )
     assert inline.stdout == b""
-    selected = curl(endpoint, *AUTH, "-d", f"SELECT a, s FROM {table_name} ORDER BY a FORMAT JSONEachRow")
+    selected = curl(
+        endpoint, *AUTH, "-d", f"SELECT a, s FROM {table_name} ORDER BY a FORMAT JSONEachRow"
+    )
     assert [json.loads(line) for line in selected.stdout.splitlines()] == [
         {"a": 1, "s": "one"},
         {"a": 2, "s": "two words"},
@@ -85,10 +110,28 @@ def test_curl_post_query_and_insert(endpoint, table_name) -> None:
 
 
 def test_curl_gzip_request_and_compressed_response(endpoint, table_name) -> None:
-    assert request(endpoint, body=f"CREATE TABLE {table_name} (n UInt32) ENGINE = MergeTree ORDER BY n".encode())[0] == 200
-    payload = gzip.compress(f"INSERT INTO {table_name} FORMAT TSV\n".encode() + b"".join(b"%d\n" % i for i in range(1000)))
+    assert (
+        request(
+            endpoint,
+            body=f"CREATE TABLE {table_name} (n UInt32) ENGINE = MergeTree ORDER BY n".encode(),
+        )[0]
+        == 200
+    )
+    payload = gzip.compress(
+        f"INSERT INTO {table_name} FORMAT TSV\n".encode()
+        + b"".join(b"%d\n" % i for i in range(1000))
+    )
     inserted = subprocess.run(
-        ["curl", "-sS", *AUTH, "-H", "Content-Encoding: gzip", "--data-binary", "@-", f"{endpoint.url}/"],
+        [
+            "curl",
+            "-sS",
+            *AUTH,
+            "-H",
+            "Content-Encoding: gzip",
+            "--data-binary",
+            "@-",
+            f"{endpoint.url}/",
+        ],
         input=payload,
         capture_output=True,
         timeout=30,
@@ -100,7 +143,9 @@ def test_curl_gzip_request_and_compressed_response(endpoint, table_name) -> None
 
 
 def test_response_headers(endpoint) -> None:
-    status, headers, body = request(endpoint, {"query_id": "my-query-1"}, b"SELECT number FROM numbers(3)")
+    status, headers, body = request(
+        endpoint, {"query_id": "my-query-1"}, b"SELECT number FROM numbers(3)"
+    )
     assert status == 200
     assert body == b"0\n1\n2\n"
     assert headers["X-ClickHouse-Query-Id"] == "my-query-1"
@@ -109,13 +154,24 @@ def test_response_headers(endpoint) -> None:
     assert headers["X-ClickHouse-Server-Display-Name"]
     assert headers["Content-Type"].startswith("text/tab-separated-values")
     summary = json.loads(headers["X-ClickHouse-Summary"])
-    assert {"read_rows", "read_bytes", "written_rows", "written_bytes", "result_rows", "elapsed_ns"} <= set(summary)
+    assert {
+        "read_rows",
+        "read_bytes",
+        "written_rows",
+        "written_bytes",
+        "result_rows",
+        "elapsed_ns",
+    } <= set(summary)
 
-    status, headers, body = request(endpoint, {"wait_end_of_query": "1"}, b"SELECT count() FROM numbers(1000)")
+    status, headers, body = request(
+        endpoint, {"wait_end_of_query": "1"}, b"SELECT count() FROM numbers(1000)"
+    )
     assert body == b"1000\n"
     assert json.loads(headers["X-ClickHouse-Summary"])["read_rows"] == "1000"
 
-    status, headers, body = request(endpoint, body=b"CREATE TEMPORARY TABLE IF NOT EXISTS hdr (a UInt8)")
+    status, headers, body = request(
+        endpoint, body=b"CREATE TEMPORARY TABLE IF NOT EXISTS hdr (a UInt8)"
+    )
     assert status == 200 and body == b""
     assert "X-ClickHouse-Format" not in headers
     assert headers["X-ClickHouse-Query-Id"]
@@ -132,12 +188,16 @@ def test_response_headers(endpoint) -> None:
         ("", 400, 62, "SYNTAX_ERROR"),
     ],
 )
-def test_error_responses_look_like_clickhouse(endpoint, sql: str, status: int, code: int, name: str) -> None:
+def test_error_responses_look_like_clickhouse(
+    endpoint, sql: str, status: int, code: int, name: str
+) -> None:
     got_status, headers, body = request(endpoint, body=sql.encode())
     assert got_status == status
     assert headers["X-ClickHouse-Exception-Code"] == str(code)
     text = body.decode()
-    assert re.match(rf"^Code: {code}\. DB::Exception: .+\({name}\) \(version [\d.]+\)\n$", text, re.S), text
+    assert re.match(
+        rf"^Code: {code}\. DB::Exception: .+\({name}\) \(version [\d.]+\)\n$", text, re.S
+    ), text
 
 
 def test_default_format_and_format_clause(endpoint) -> None:
@@ -148,7 +208,9 @@ def test_default_format_and_format_clause(endpoint) -> None:
     assert headers["X-ClickHouse-Format"] == "JSON"
     assert headers["Content-Type"].startswith("application/json")
     assert json.loads(body)["data"] == [{"x": 1, "y": "a"}]
-    status, headers, body = request(endpoint, body=b"SELECT number, 'q' FROM numbers(2) FORMAT CSVWithNames")
+    status, headers, body = request(
+        endpoint, body=b"SELECT number, 'q' FROM numbers(2) FORMAT CSVWithNames"
+    )
     assert body == b'"number","\'q\'"\n0,"q"\n1,"q"\n'
 
 
@@ -158,20 +220,31 @@ def test_query_param_and_body_are_one_text(endpoint) -> None:
 
 
 def test_chunked_request_body(endpoint, table_name) -> None:
-    request(endpoint, body=f"CREATE TABLE {table_name} (n UInt32) ENGINE = MergeTree ORDER BY n".encode())
+    request(
+        endpoint,
+        body=f"CREATE TABLE {table_name} (n UInt32) ENGINE = MergeTree ORDER BY n".encode(),
+    )
     pieces = [f"INSERT INTO {table_name} FOR".encode(), b"MAT TSV", b"\n1\n2", b"\n3\n", b"4\n"]
     status, _, body = request(endpoint, body=iter(pieces))
     assert (status, body) == (200, b"")
-    assert request(endpoint, body=f"SELECT groupArray(n) FROM (SELECT n FROM {table_name} ORDER BY n)".encode())[2] == (
-        b"[1,2,3,4]\n"
-    )
+    assert request(
+        endpoint, body=f"SELECT groupArray(n) FROM (SELECT n FROM {table_name} ORDER BY n)".encode()
+    )[2] == (b"[1,2,3,4]\n")
 
 
 @pytest.mark.parametrize("encoding", ["lz4", "zstd", "gzip"])
-def test_compressed_multi_frame_insert_with_statement_inside_body(endpoint, table_name, encoding) -> None:
-    request(endpoint, body=f"CREATE TABLE {table_name} (n UInt32, s String) ENGINE = MergeTree ORDER BY n".encode())
+def test_compressed_multi_frame_insert_with_statement_inside_body(
+    endpoint, table_name, encoding
+) -> None:
+    request(
+        endpoint,
+        body=f"CREATE TABLE {table_name} (n UInt32, s String) ENGINE = MergeTree ORDER BY n".encode(),
+    )
     blocks = [f"INSERT INTO {table_name} (n, s) FORMAT TSV\n".encode()]
-    blocks += [b"".join(b"%d\tblock %d\n" % (i, b) for i in range(b * 100, b * 100 + 100)) for b in range(10)]
+    blocks += [
+        b"".join(b"%d\tblock %d\n" % (i, b) for i in range(b * 100, b * 100 + 100))
+        for b in range(10)
+    ]
     if encoding == "lz4":
         frames = [lz4.frame.compress(b) for b in blocks]
     elif encoding == "zstd":
@@ -183,7 +256,9 @@ def test_compressed_multi_frame_insert_with_statement_inside_body(endpoint, tabl
     pieces = [joined[i : i + 333] for i in range(0, len(joined), 333)]
     status, _, body = request(endpoint, body=iter(pieces), headers={"Content-Encoding": encoding})
     assert (status, body) == (200, b"")
-    _, _, counted = request(endpoint, body=f"SELECT count(), sum(n), uniqExact(s) FROM {table_name}".encode())
+    _, _, counted = request(
+        endpoint, body=f"SELECT count(), sum(n), uniqExact(s) FROM {table_name}".encode()
+    )
     assert counted == b"1000\t499500\t10\n"
 
 
@@ -191,7 +266,10 @@ def test_compressed_multi_frame_insert_with_statement_inside_body(endpoint, tabl
 def test_response_compression(endpoint, encoding) -> None:
     query = b"SELECT number FROM numbers(100000)"
     expected = b"".join(b"%d\n" % i for i in range(100000))
-    for params in ({"enable_http_compression": "1"}, {"enable_http_compression": "1", "wait_end_of_query": "1"}):
+    for params in (
+        {"enable_http_compression": "1"},
+        {"enable_http_compression": "1", "wait_end_of_query": "1"},
+    ):
         status, headers, body = request(endpoint, params, query, {"Accept-Encoding": encoding})
         assert headers["Content-Encoding"] == encoding
         if encoding == "lz4":
@@ -205,7 +283,9 @@ def test_response_compression(endpoint, encoding) -> None:
 
             decoded = zlib.decompress(body)
         assert decoded == expected
-    _, headers, body = request(endpoint, {"enable_http_compression": "0"}, query, {"Accept-Encoding": encoding})
+    _, headers, body = request(
+        endpoint, {"enable_http_compression": "0"}, query, {"Accept-Encoding": encoding}
+    )
     assert "Content-Encoding" not in headers and body == expected
 
 
@@ -214,7 +294,9 @@ def test_bad_requests_do_not_kill_the_server(endpoint) -> None:
         sock.sendall(b"\x16\x03\x01garbage that is not http\r\n\r\n")
         sock.recv(1024)
     with socket.create_connection((endpoint.host, endpoint.port), timeout=10) as sock:
-        sock.sendall(b"POST /?query=SELECT HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
+        sock.sendall(
+            b"POST /?query=SELECT HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+        )
         sock.recv(1024)
     status, headers, body = request(endpoint, body=b"garbage", headers={"Content-Encoding": "lz4"})
     assert status == 500 and headers["X-ClickHouse-Exception-Code"] == "271"
@@ -240,14 +322,41 @@ def test_keep_alive_connection_serves_many_requests(endpoint) -> None:
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=10)
     try:
         for i in range(5):
-            conn.request("POST", "/", body=f"SELECT {i}".encode(), headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"})
+            conn.request(
+                "POST",
+                "/",
+                body=f"SELECT {i}".encode(),
+                headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"},
+            )
             response = conn.getresponse()
             assert response.read() == f"{i}\n".encode()
-        conn.request("POST", "/", body=b"SELECT * FROM nope", headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"})
+        conn.request(
+            "POST",
+            "/",
+            body=b"SELECT * FROM nope",
+            headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"},
+        )
         response = conn.getresponse()
         assert response.status == 404
         response.read()
-        conn.request("POST", "/", body=b"SELECT 'after error'", headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"})
+        conn.request(
+            "POST",
+            "/",
+            body=b"SELECT 'after error'",
+            headers={"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"},
+        )
         assert conn.getresponse().read() == b"after error\n"
     finally:
         conn.close()
+
+
+def test_timezone_header_follows_the_session(endpoint) -> None:
+    session = {"session_id": "tz-session"}
+    assert request(endpoint, session, b"SET session_timezone = 'Asia/Tokyo'")[0] == 200
+    _, headers, body = request(endpoint, session, b"SELECT toDateTime(0)")
+    assert headers["X-ClickHouse-Timezone"] == "Asia/Tokyo"
+    assert body == b"1970-01-01 09:00:00\n"
+    _, headers, _ = request(endpoint, {"session_timezone": "America/New_York"}, b"SELECT 1")
+    assert headers["X-ClickHouse-Timezone"] == "America/New_York"
+    _, headers, _ = request(endpoint, body=b"SELECT 1")
+    assert headers["X-ClickHouse-Timezone"] == "Etc/UTC"

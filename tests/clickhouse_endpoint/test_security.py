@@ -15,11 +15,19 @@ from .conftest import USERS
 pytestmark = pytest.mark.integration
 
 
-def raw(endpoint, sql: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None, method: str = "POST"):
+def raw(
+    endpoint,
+    sql: str,
+    params: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+    method: str = "POST",
+):
     conn = http.client.HTTPConnection(endpoint.host, endpoint.port, timeout=30)
     try:
         path = "/?" + urlencode(params or {})
-        conn.request(method, path, body=sql.encode() if method == "POST" else None, headers=headers or {})
+        conn.request(
+            method, path, body=sql.encode() if method == "POST" else None, headers=headers or {}
+        )
         response = conn.getresponse()
         return response.status, response.headers, response.read().decode()
     finally:
@@ -31,10 +39,18 @@ def basic(user: str, password: str) -> dict[str, str]:
 
 
 def test_every_credential_style_is_accepted(endpoint) -> None:
-    assert raw(endpoint, "SELECT currentUser() IS NOT NULL", headers=basic("casestream", "s3cret pass"))[2] == "1\n"
+    assert (
+        raw(
+            endpoint, "SELECT currentUser() IS NOT NULL", headers=basic("casestream", "s3cret pass")
+        )[2]
+        == "1\n"
+    )
     headers = {"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"}
     assert raw(endpoint, "SELECT 2", headers=headers)[2] == "2\n"
-    assert raw(endpoint, "SELECT 3", params={"user": "casestream", "password": "s3cret pass"})[2] == "3\n"
+    assert (
+        raw(endpoint, "SELECT 3", params={"user": "casestream", "password": "s3cret pass"})[2]
+        == "3\n"
+    )
     # No credentials at all means user "default" (empty password in this users file).
     assert raw(endpoint, "SELECT 4")[2] == "4\n"
 
@@ -58,14 +74,19 @@ def test_wrong_credentials_get_authentication_failed(endpoint, headers) -> None:
 
 def test_mixing_credential_styles_is_refused(endpoint) -> None:
     status, headers, _ = raw(
-        endpoint, "SELECT 1", params={"user": "casestream", "password": "s3cret pass"}, headers=basic("casestream", "s3cret pass")
+        endpoint,
+        "SELECT 1",
+        params={"user": "casestream", "password": "s3cret pass"},
+        headers=basic("casestream", "s3cret pass"),
     )
     assert headers["X-ClickHouse-Exception-Code"] == "516"
 
 
 def test_clickhouse_connect_wrong_password_raises_516(endpoint) -> None:
     with pytest.raises(DatabaseError) as excinfo:
-        clickhouse_connect.get_client(host=endpoint.host, port=endpoint.port, username="casestream", password="nope")
+        clickhouse_connect.get_client(
+            host=endpoint.host, port=endpoint.port, username="casestream", password="nope"
+        )
     assert excinfo.value.code == 516
     assert "AUTHENTICATION_FAILED" in str(excinfo.value)
 
@@ -104,7 +125,9 @@ def test_readonly_user_can_read_and_sees_readonly_settings(analyst, shared_table
         assert list(stream) == [(1,), (2,)]
     assert analyst.command("SHOW TABLES LIKE 'ro_target'") == "ro_target"
     assert analyst.command(f"EXISTS TABLE {shared_table}") == 1
-    assert analyst.command("SELECT value, readonly FROM system.settings WHERE name = 'readonly'") == ["1", "1"]
+    assert analyst.command(
+        "SELECT value, readonly FROM system.settings WHERE name = 'readonly'"
+    ) == ["1", "1"]
     # clickhouse-connect saw every setting as read-only and so sends none of its defaults.
     assert analyst.get_client_setting("date_time_input_format") is None
 
@@ -141,7 +164,9 @@ def test_readonly_user_cannot_write(endpoint, analyst, shared_table, statement) 
     headers = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "look-only"}
     status, response_headers, body = raw(endpoint, statement, headers=headers)
     assert status != 200, body
-    assert response_headers["X-ClickHouse-Exception-Code"] in ("164", "62"), body  # READONLY / multi-statement
+    assert response_headers["X-ClickHouse-Exception-Code"] in ("164", "62"), (
+        body
+    )  # READONLY / multi-statement
     with pytest.raises(DatabaseError):
         analyst.command(statement)
     assert endpoint.client().command(f"SELECT count() FROM {shared_table}") == 2
@@ -157,15 +182,32 @@ def test_readonly_user_can_change_harmless_settings_in_session(endpoint) -> None
     headers = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "look-only"}
     session = {"session_id": "analyst-session"}
     assert raw(endpoint, "SET max_block_size = 321", params=session, headers=headers)[0] == 200
-    assert raw(endpoint, "SELECT getSetting('max_block_size')", params=session, headers=headers)[2] == "321\n"
+    assert (
+        raw(endpoint, "SELECT getSetting('max_block_size')", params=session, headers=headers)[2]
+        == "321\n"
+    )
     assert raw(endpoint, "SELECT getSetting('max_block_size')", headers=headers)[2] != "321\n"
-    assert raw(endpoint, "SELECT getSetting('max_block_size')", params={"max_block_size": "55"}, headers=headers)[2] == "55\n"
-    status, response_headers, _ = raw(endpoint, "SELECT 1", params={"max_memory_usage_for_user": "1"}, headers=headers)
+    assert (
+        raw(
+            endpoint,
+            "SELECT getSetting('max_block_size')",
+            params={"max_block_size": "55"},
+            headers=headers,
+        )[2]
+        == "55\n"
+    )
+    status, response_headers, _ = raw(
+        endpoint, "SELECT 1", params={"max_memory_usage_for_user": "1"}, headers=headers
+    )
     assert response_headers["X-ClickHouse-Exception-Code"] == "164"
 
 
 def test_get_implies_readonly(endpoint, shared_table) -> None:
-    params = {"query": "CREATE TABLE via_get (a UInt8) ENGINE = Memory", "user": "casestream", "password": "s3cret pass"}
+    params = {
+        "query": "CREATE TABLE via_get (a UInt8) ENGINE = Memory",
+        "user": "casestream",
+        "password": "s3cret pass",
+    }
     status, headers, body = raw(endpoint, "", params=params, method="GET")
     assert headers["X-ClickHouse-Exception-Code"] == "164"
     assert "method GET implies readonly" in body
@@ -173,10 +215,30 @@ def test_get_implies_readonly(endpoint, shared_table) -> None:
     assert raw(endpoint, "", params=params, method="GET")[2] == "2\n"
 
 
-@pytest.mark.parametrize("statement", ["SYSTEM SHUTDOWN", "system kill", "/* hi */ SYSTEM  SHUTDOWN;"])
+@pytest.mark.parametrize(
+    "statement", ["SYSTEM SHUTDOWN", "system kill", "/* hi */ SYSTEM  SHUTDOWN;"]
+)
 def test_statements_that_kill_the_host_are_refused_for_everyone(endpoint, statement) -> None:
     client = endpoint.client()
     with pytest.raises(DatabaseError) as excinfo:
         client.command(statement)
     assert excinfo.value.code == 497
     assert client.command("SELECT 'alive'") == "alive"
+
+
+def test_writable_user_can_ask_for_a_readonly_request(endpoint) -> None:
+    headers = {"X-ClickHouse-User": "casestream", "X-ClickHouse-Key": "s3cret pass"}
+    for params in ({"readonly": "1"}, {"readonly": "1", "session_id": "rw-session"}):
+        status, response_headers, _ = raw(
+            endpoint, "CREATE TABLE never_made (a UInt8) ENGINE = Memory", params, headers
+        )
+        assert response_headers["X-ClickHouse-Exception-Code"] == "164"
+        assert raw(endpoint, "SELECT 1", params, headers)[2] == "1\n"
+    # The session's own connection was not left read-only.
+    status, _, body = raw(
+        endpoint,
+        "CREATE TEMPORARY TABLE made_later (a UInt8)",
+        {"session_id": "rw-session"},
+        headers,
+    )
+    assert status == 200, body

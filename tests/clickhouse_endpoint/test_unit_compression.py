@@ -18,7 +18,13 @@ from services.clickhouse_endpoint.errors import ClickHouseError
 
 pytestmark = pytest.mark.unit
 
-BLOCKS = [b"INSERT INTO t FORMAT TSV\n", b"1\ta\n" * 1000, b"", b"2\tb\n" * 10, bytes(range(256)) * 50]
+BLOCKS = [
+    b"INSERT INTO t FORMAT TSV\n",
+    b"1\ta\n" * 1000,
+    b"",
+    b"2\tb\n" * 10,
+    bytes(range(256)) * 50,
+]
 
 
 def _frames(encoding: str) -> bytes:
@@ -116,5 +122,7 @@ def test_each_flushed_piece_is_decodable_on_arrival(encoding: str) -> None:
         ("br", None),
     ],
 )
-def test_choose_response_encoding_follows_clickhouse_preference(accept: str | None, expected: str | None) -> None:
+def test_choose_response_encoding_follows_clickhouse_preference(
+    accept: str | None, expected: str | None
+) -> None:
     assert choose_response_encoding(accept) == expected

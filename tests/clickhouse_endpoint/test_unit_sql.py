@@ -24,7 +24,9 @@ pytestmark = pytest.mark.unit
         ("/* only a comment */ ;", []),
     ],
 )
-def test_split_statements_ignores_semicolons_in_literals_and_comments(text: str, expected: list[str]) -> None:
+def test_split_statements_ignores_semicolons_in_literals_and_comments(
+    text: str, expected: list[str]
+) -> None:
     assert sql.split_statements(text) == expected
 
 
@@ -123,7 +125,9 @@ def test_split_insert_values() -> None:
 
 
 def test_split_insert_with_settings_and_odd_names() -> None:
-    split = _split("INSERT INTO format (values, format) SETTINGS async_insert = 0 FORMAT CSV\r\n1,2")
+    split = _split(
+        "INSERT INTO format (values, format) SETTINGS async_insert = 0 FORMAT CSV\r\n1,2"
+    )
     assert isinstance(split, sql.InsertSplit)
     assert split.statement == "INSERT INTO format (values, format) SETTINGS async_insert = 0"
     assert split.input_format == "CSV"
