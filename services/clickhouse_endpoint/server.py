@@ -225,6 +225,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
                 payload = encoder.compress(payload) + encoder.finish()
             self.send_header("X-ClickHouse-Summary", json.dumps(reply.outcome.summary()))
             self.send_header("Content-Length", str(len(payload)))
+            # Release the session before the client can see the response end, or its next
+            # request could find the session still locked.
+            reply.close()
             self._end_headers()
             self._write(payload)
             return
@@ -250,6 +253,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
             raise
         if encoder is not None:
             self._write_chunk(encoder.finish())
+        reply.close()
         self._write(b"0\r\n\r\n")
 
     def _end_headers(self) -> None:

@@ -6,11 +6,14 @@ broker default; so the worker, the SDK and the tests call `ensure_topics` first.
 
 from __future__ import annotations
 
+import re
+
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.contracts.events import topic_for_agency
 from services.settings import Settings
 
+AGENCY_TOPIC_PATTERN = re.compile(r"^agency\.[^.]+\.events$")
 FACTS_TOPIC = "casestream.facts-by-case"
 DLQ_TOPIC = "casestream.dlq"
 PROBE_TOPIC = "casestream.probe"

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 from typing import Any
 
 import faust
 
-from services.ops.topics import DLQ_TOPIC, FACTS_TOPIC, ensure_topics
+from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, FACTS_TOPIC, ensure_topics
 from services.processor.case_state import derive_rows
 from services.processor.facts import Fact, event_row
 from services.processor.ingest import Ingestor, Rejected
@@ -32,7 +31,6 @@ from services.settings import Settings
 
 log = logging.getLogger("casestream.worker")
 
-AGENCY_TOPIC_PATTERN = re.compile(r"^agency\.[^.]+\.events$")
 SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so never zero topics
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000

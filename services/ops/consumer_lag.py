@@ -1,0 +1,67 @@
+"""Consumer lag: committed offset vs high watermark, per group and partition.
+
+Used by `casestream health` and by the demo and tests to know when the worker has caught up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from services.settings import Settings
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    topic: str
+    partition: int
+    committed: int  # -1 when the group never committed
+    high_watermark: int
+
+    @property
+    def lag(self) -> int:
+        return self.high_watermark - max(self.committed, 0)
+
+
+def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0
+              ) -> list[PartitionLag]:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    metadata = admin.list_topics(timeout=timeout)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata.topics
+        for p in sorted(metadata.topics[topic].partitions)
+    ]
+    if not partitions:
+        return []
+    future = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=timeout
+    )[group]
+    committed = {(tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions}
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
+                         "enable.auto.commit": False})
+    try:
+        result = []
+        for tp in partitions:
+            _low, high = consumer.get_watermark_offsets(tp, timeout=timeout)
+            result.append(PartitionLag(tp.topic, tp.partition,
+                                       committed.get((tp.topic, tp.partition), -1), high))
+        return result
+    finally:
+        consumer.close()
+
+
+def matching_topics(settings: Settings, pattern) -> list[str]:
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return sorted(t for t in admin.list_topics(timeout=10).topics if pattern.match(t))
+
+
+def worker_lag(settings: Settings, group: str = "casestream-worker") -> list[PartitionLag]:
+    """Lag of the stream worker over every agency topic and its re-keyed facts topic."""
+    from services.ops.topics import AGENCY_TOPIC_PATTERN, FACTS_TOPIC
+
+    topics = [*matching_topics(settings, AGENCY_TOPIC_PATTERN), FACTS_TOPIC]
+    return group_lag(settings, group, topics)
