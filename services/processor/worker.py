@@ -23,10 +23,10 @@ from typing import Any
 import faust
 
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, FACTS_TOPIC, ensure_topics
-from services.processor.case_state import derive_rows
-from services.processor.facts import Fact, event_row
+from services.processor.batch import apply_batch
+from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, Rejected
-from services.serving.sink import ClickHouseSink, RowBatch
+from services.serving.sink import ClickHouseSink
 from services.settings import Settings
 
 log = logging.getLogger("casestream.worker")
@@ -102,23 +102,11 @@ def create_app(settings: Settings, *, app_id: str = "casestream-worker") -> faus
     async def derive(stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
-            batch = RowBatch()
-            touched: dict[str, list[list[Any]]] = {}
-            for event in events:
-                fact = Fact.from_json(event.message.value)
-                batch.add("events", event_row(fact))
-                stored = touched.get(fact.case_id)
-                if stored is None:
-                    stored = list(case_facts.get(fact.case_id) or [])
-                    touched[fact.case_id] = stored
-                if all(f[0] != fact.event_id for f in stored):
-                    stored.append(list(_fact_tuple(fact)))
-                    case_facts[fact.case_id] = stored
-            for facts in touched.values():
-                rows = derive_rows(Fact(*f) for f in facts)
-                batch.add("cases_state", rows.case)
-                batch.extend("transfers_state", rows.transfers)
-                batch.extend("appraisals_state", rows.appraisals)
+            facts = [Fact.from_json(event.message.value) for event in events]
+            result = apply_batch(facts, case_facts.get)
+            for case_id, stored in result.changed.items():
+                case_facts[case_id] = stored
+            batch = result.rows
             started = time.perf_counter()
             await loop.run_in_executor(None, sink.write, batch)
             log.debug("wrote %d rows in %.3fs", len(batch), time.perf_counter() - started)
@@ -147,11 +135,6 @@ def _agency_topics(settings: Settings) -> list[str]:
     admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
     names = admin.list_topics(timeout=10).topics
     return sorted(n for n in names if AGENCY_TOPIC_PATTERN.match(n))
-
-
-def _fact_tuple(fact: Fact) -> tuple:
-    return (fact.event_id, fact.event_type, fact.case_id, fact.agency_id, fact.occurred_ms,
-            fact.utc_offset_minutes, fact.sequence, fact.payload)
 
 
 def _dlq_headers(rejected: Rejected, message: Any) -> list[tuple[str, bytes]]:
