@@ -23,6 +23,7 @@ setting these variables.
 | CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
+| CASESTREAM_WORKER_APP_ID | casestream-worker | worker consumer group / faust app id (a rebuild uses another) |
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Settings:
     analyst_password: str = field(repr=False)
     prefect_api_url: str
     topic_partitions: int
+    worker_app_id: str
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -78,6 +80,7 @@ class Settings:
             analyst_password=_env("CASESTREAM_ANALYST_PASSWORD", "analyst"),
             prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
             topic_partitions=int(_env("CASESTREAM_TOPIC_PARTITIONS", "4")),
+            worker_app_id=_env("CASESTREAM_WORKER_APP_ID", "casestream-worker"),
         )
 
     # Where the local stack listens, derived from the URLs so there is one source of truth.

@@ -67,3 +67,47 @@ def wait_for(check, *, timeout: float = 60, interval: float = 0.5, what: str = "
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def make_event(event_type: str, agency: str, case_id: str, at: str, payload: dict,
+               *, event_id: str | None = None, sequence: int | None = None) -> dict:
+    """A JSON-form event (BRIEF's contract)."""
+    event = {
+        "event_id": event_id or str(uuid.uuid4()), "event_type": event_type, "case_id": case_id,
+        "agency_id": agency, "occurred_at": at, "payload": payload,
+    }
+    if sequence is not None:
+        event["sequence"] = sequence
+    return event
+
+
+def retag(event: dict, tag: str) -> dict:
+    """Make a generated event unique to one test: ids get the tag, event_id a derived UUID.
+
+    Tests share one Kafka and one ClickHouse; tagging lets each test read back only its rows.
+    """
+    out = {**event, "payload": dict(event["payload"])}
+    out["event_id"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tag}/{event['event_id']}"))
+    out["case_id"] = f"{tag}:{event['case_id']}"
+    for key in ("transfer_id", "appraisal_id"):
+        if key in out["payload"]:
+            out["payload"][key] = f"{tag}:{out['payload'][key]}"
+    out.pop("sequence", None)  # sequences are per agency: tagged copies would look like gaps
+    return out
+
+
+def new_tag() -> str:
+    return "t" + uuid.uuid4().hex[:10]
+
+
+def table_snapshot(client, tag: str) -> dict[str, list[tuple]]:
+    """Every analyst-facing fact row of one test's cases, sorted: equal snapshots = equal tables."""
+    like = {"p": f"{tag}:%"}
+    queries = {
+        "events": "SELECT * FROM events FINAL WHERE case_id LIKE {p:String} ORDER BY event_id",
+        "cases": "SELECT * FROM cases WHERE case_id LIKE {p:String} ORDER BY case_id",
+        "transfers": "SELECT * FROM transfers WHERE case_id LIKE {p:String} ORDER BY transfer_id",
+        "appraisals": "SELECT * FROM appraisals WHERE case_id LIKE {p:String} "
+                      "ORDER BY appraisal_id",
+    }
+    return {name: client.query(sql, parameters=like).result_rows for name, sql in queries.items()}

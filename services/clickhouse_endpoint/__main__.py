@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .errors import ClickHouseError
 from .server import serve
 
 
@@ -41,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a bad users file: say why instead of a traceback
         print(f"clickhouse_endpoint: {exc}", file=sys.stderr)
         return 2
+    except ClickHouseError as exc:  # e.g. the data dir is held by another process
+        print(f"clickhouse_endpoint: cannot open {args.data_dir}: {exc.message}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # e.g. the port is taken
+        print(
+            f"clickhouse_endpoint: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr
+        )
+        return 1
     return 0
 
 

@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +72,7 @@ class ResultStream:
         self._raw = raw
         self._handle = handle
         self._done = False
+        self._yielded = False
         self.outcome = Outcome()
 
     def __iter__(self) -> Iterator[bytes]:
@@ -84,15 +85,24 @@ class ResultStream:
             except RuntimeError as exc:
                 self._done = True
                 raise ClickHouseError.from_engine(exc) from None
-            if result is None or result.rows_read() == 0:
+            if result is None:
                 self._done = True
                 break
             chunk = result.bytes() or b""
+            if result.rows_read() == 0:
+                # End of data. For an empty result, formats with a header (ArrowStream's
+                # schema, CSVWithNames...) still deliver it in this last chunk.
+                self._done = True
+                if chunk and not self._yielded:
+                    self._yielded = True
+                    return chunk
+                break
             self.outcome.result_rows += int(result.rows_read())
             self.outcome.read_rows += int(result.storage_rows_read())
             self.outcome.read_bytes += int(result.storage_bytes_read())
             self.outcome.elapsed_s += float(result.elapsed())
             if chunk:
+                self._yielded = True
                 return chunk
         raise StopIteration
 
@@ -191,27 +201,20 @@ class EngineConnection:
         if settings:
             self.execute(settings_statement(settings))
 
-    def read_settings(self, names: list[str]) -> dict[str, tuple[str, bool]]:
-        """Current value and "changed from default" flag for each known setting name."""
+    def read_settings(self, names: list[str]) -> dict[str, str]:
+        """Current values of the named settings, as strings ``SET`` accepts back."""
         if not names:
             return {}
-        listed = ", ".join(quote_string(name) for name in names)
-        sql = f"SELECT name, value, changed FROM system.settings WHERE name IN ({listed})"
-        rows = self.execute(sql, "JSONEachRow").data.decode("utf-8").splitlines()
-        values: dict[str, tuple[str, bool]] = {}
-        for line in rows:
-            row = json.loads(line)
-            values[row["name"]] = (row["value"], bool(int(row["changed"])))
-        return values
+        columns = ", ".join(f"toString(getSetting({quote_string(name)}))" for name in names)
+        values = json.loads(self.execute(f"SELECT {columns}", "JSONCompactEachRow").data)
+        return dict(zip(names, values, strict=True))
 
-    def restore_settings(self, snapshot: Mapping[str, tuple[str, bool]]) -> None:
-        """Put settings back to the values captured by ``read_settings``."""
-        if not snapshot:
-            return
-        parts = []
-        for name, (value, changed) in snapshot.items():
-            parts.append(f"{name} = {quote_string(value)}" if changed else f"{name} = DEFAULT")
-        self.execute("SET " + ", ".join(parts))
+    def restore_settings(self, values: Mapping[str, str], defaults: Iterable[str] = ()) -> None:
+        """Set ``values`` back and reset ``defaults`` to their defaults, in one statement."""
+        parts = [f"{name} = {quote_string(value)}" for name, value in values.items()]
+        parts += [f"{name} = DEFAULT" for name in defaults]
+        if parts:
+            self.execute("SET " + ", ".join(parts))
 
     def current_database(self) -> str:
         return (

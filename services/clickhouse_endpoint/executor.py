@@ -13,6 +13,7 @@ and put back when the reply is closed, so only ``SET`` statements persist in a s
 from __future__ import annotations
 
 import io
+import json
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
@@ -343,7 +344,7 @@ class Executor:
         on_session_connection = session is not None and session.connection is not None
         if session is not None and session.connection is not None:
             conn = session.connection
-            self._overlay_request_state(conn, statement, settings, database, stack)
+            self._overlay_request_state(session, statement, settings, database, stack)
         else:
             conn = self.engine.connect()
             stack.callback(conn.close)
@@ -358,10 +359,7 @@ class Executor:
         if request.files:
             self._load_external_tables(conn, request.files, params, stack)
         self._check_with_engine(conn, source, user, readonly_reason)
-        timezone = self.engine.info.timezone
-        if statement.returns_rows:
-            # The client decodes DateTime values in this zone; a session may have changed it.
-            timezone = conn.current_timezone()
+        timezone = self._timezone(conn, settings, session) if statement.returns_rows else ""
 
         if user.readonly:
             remembered = self._remember_readonly_session_state(conn, statement, session)
@@ -401,25 +399,47 @@ class Executor:
 
     def _overlay_request_state(
         self,
-        conn: EngineConnection,
+        session: Session,
         statement: sql.Statement,
         settings: Mapping[str, str],
         database: str | None,
         stack: ExitStack,
     ) -> None:
-        """Apply URL settings/database to a session connection for this request only."""
+        """Apply URL settings/database to a session connection for this request only.
+
+        Settings the session never changed with ``SET`` are still at their defaults, so they
+        are put back with ``SET x = DEFAULT`` without asking chDB first; only the rest need
+        their current value read. Settings assigned by this request's own ``SET`` stay.
+        """
+        conn = session.connection
+        assert conn is not None
         assigned: set[str] = set()
         if statement.kind == "SET":
             assigned = {a.name for a in sql.parse_set(statement.text) or []}
         if settings:
-            snapshot = conn.read_settings(list(settings))
-            to_restore = {name: state for name, state in snapshot.items() if name not in assigned}
-            stack.callback(_quietly, conn.restore_settings, to_restore)
+            overlaid = [name for name in settings if name not in assigned]
+            previous = conn.read_settings([n for n in overlaid if n in session.set_names])
+            defaults = [n for n in overlaid if n not in session.set_names]
+            stack.callback(_quietly, conn.restore_settings, previous, defaults)
             conn.apply_settings(settings)
+        session.set_names.update(assigned)
         if database:
             if statement.kind != "USE":
                 stack.callback(_quietly, conn.use_database, conn.current_database())
             conn.use_database(database)
+
+    def _timezone(
+        self, conn: EngineConnection, settings: Mapping[str, str], session: Session | None
+    ) -> str:
+        """The zone the client must decode DateTime values in (X-ClickHouse-Timezone)."""
+        if settings.get("session_timezone"):
+            return settings["session_timezone"]
+        if session is not None:
+            if session.settings.get("session_timezone"):
+                return session.settings["session_timezone"]
+            if "session_timezone" in session.set_names:
+                return conn.current_timezone()
+        return self.engine.info.timezone
 
     def _remember_readonly_session_state(
         self, conn: EngineConnection, statement: sql.Statement, session: Session | None
@@ -432,10 +452,7 @@ class Executor:
             assignments = sql.parse_set(statement.text) or []
             outcome = conn.execute(statement.text)
             if session is not None:
-                current = conn.read_settings([a.name for a in assignments])
-                session.settings.update(
-                    {name: value for name, (value, _changed) in current.items()}
-                )
+                session.settings.update(conn.read_settings([a.name for a in assignments]))
             return outcome
         if statement.kind == "USE":
             outcome = conn.execute(statement.text)
@@ -471,32 +488,56 @@ class Executor:
         if statement.streamable and not wait:
             lowered = fmt.lower()
             if lowered in STREAMABLE_FORMATS:
-                return self._stream_reply(conn, statement.text, fmt, binds, stack, None)
+                return self._stream_reply(conn, statement, fmt, binds, stack, None)
             if lowered == "arrowstream":
-                return self._stream_reply(
-                    conn, statement.text, fmt, binds, stack, _merge_arrow_streams
-                )
+                return self._stream_reply(conn, statement, fmt, binds, stack, _merge_arrow_streams)
         outcome = conn.execute(statement.text, fmt, binds)
-        return Reply(format=fmt, body=outcome.data, outcome=outcome)
+        body = outcome.data or self._empty_result_header(conn, statement, fmt, binds)
+        return Reply(format=fmt, body=body, outcome=outcome)
+
+    def _empty_result_header(
+        self, conn: EngineConnection, statement: sql.Statement, fmt: str, binds: Mapping[str, str]
+    ) -> bytes:
+        """A zero-row Native block naming the result's columns, for an empty result.
+
+        ClickHouse sends one so clients learn the column names and types even when there are
+        no rows (clickhouse-connect builds empty DataFrames from it); chDB sends nothing.
+        """
+        if fmt.lower() != "native" or not statement.streamable:
+            return b""
+        query = sql.without_format_clause(statement.text)
+        try:
+            described = conn.execute(f"DESCRIBE TABLE ({query})", "JSONCompactEachRow", binds)
+        except ClickHouseError:
+            return b""
+        columns = [json.loads(line) for line in described.data.decode("utf-8").splitlines()]
+        block = bytearray(_leb128(len(columns)) + _leb128(0))
+        for name, type_name, *_ in columns:
+            for text in (name, type_name):
+                encoded = text.encode("utf-8")
+                block += _leb128(len(encoded)) + encoded
+        return bytes(block)
 
     def _stream_reply(
         self,
         conn: EngineConnection,
-        text: str,
+        statement: sql.Statement,
         fmt: str,
         binds: Mapping[str, str],
         stack: ExitStack,
         transform: Callable[[Iterator[bytes]], Iterator[bytes]] | None,
     ) -> Reply:
-        stream = conn.stream(text, fmt, binds)
+        stream = conn.stream(statement.text, fmt, binds)
         stack.callback(stream.close)
         chunks: Iterator[bytes] = transform(stream) if transform else stream
         # Pull the first block before any header is sent, so that errors which happen
         # immediately (most of them) still get a proper HTTP status.
         first = next(chunks, None)
-        reply = Reply(format=fmt, outcome=stream.outcome)
-        reply.stream = chain([first], chunks) if first is not None else iter(())
-        return reply
+        if first is None:
+            stream.close()
+            header = self._empty_result_header(conn, statement, fmt, binds)
+            return Reply(format=fmt, body=header, outcome=stream.outcome)
+        return Reply(format=fmt, stream=chain([first], chunks), outcome=stream.outcome)
 
 
 EXTERNAL_TABLE_PARAM_SUFFIXES = ("_structure", "_types", "_format")
@@ -526,6 +567,18 @@ def external_table_columns(name: str, params: Mapping[str, str]) -> str:
     if not sql.is_balanced(columns):
         raise ClickHouseError(36, f"Invalid structure of external table {name}", "BAD_ARGUMENTS")
     return columns
+
+
+def _leb128(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
 
 
 def _readonly_mode(

@@ -34,6 +34,8 @@ class Session:
     readonly: bool
     timeout_s: float = DEFAULT_TIMEOUT_S
     connection: EngineConnection | None = None
+    # Writable users: names of settings changed by SET in this session (others are default).
+    set_names: set[str] = field(default_factory=set)
     # Read-only users only: state replayed onto each request's fresh connection.
     settings: dict[str, str] = field(default_factory=dict)
     database: str | None = None

@@ -249,8 +249,8 @@ def _top_level(tokens: list[Token]) -> Iterator[tuple[int, Token]]:
             yield index, token
 
 
-def output_format(statement: str) -> str | None:
-    """The ``FORMAT name`` clause of a query, if it has one.
+def _format_clause(statement: str) -> tuple[Token, Token] | None:
+    """The (FORMAT, name) tokens of a query's output format clause, if it has one.
 
     Only a top-level ``FORMAT`` followed by a name and then nothing or ``SETTINGS`` counts,
     so a column called ``format`` (``SELECT format FROM t``) is not mistaken for the clause.
@@ -267,8 +267,23 @@ def output_format(statement: str) -> str | None:
             continue
         rest = tokens[index + 2 :]
         if not rest or rest[0].is_word("SETTINGS"):
-            found = name.text.strip('`"')
+            found = (token, name)
     return found
+
+
+def output_format(statement: str) -> str | None:
+    """The format named by the query's ``FORMAT`` clause, if it has one."""
+    clause = _format_clause(statement)
+    return clause[1].text.strip('`"') if clause else None
+
+
+def without_format_clause(statement: str) -> str:
+    """The query with its ``FORMAT name`` clause removed (e.g. to use it as a subquery)."""
+    clause = _format_clause(statement)
+    if clause is None:
+        return statement
+    keyword, name = clause
+    return (statement[: keyword.start] + " " + statement[name.end :]).strip().rstrip(";").strip()
 
 
 @dataclass(frozen=True)

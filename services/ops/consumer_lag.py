@@ -59,9 +59,33 @@ def matching_topics(settings: Settings, pattern) -> list[str]:
     return sorted(t for t in admin.list_topics(timeout=10).topics if pattern.match(t))
 
 
-def worker_lag(settings: Settings, group: str = "casestream-worker") -> list[PartitionLag]:
+def worker_lag(settings: Settings, group: str | None = None) -> list[PartitionLag]:
     """Lag of the stream worker over every agency topic and its re-keyed facts topic."""
+    group = group or settings.worker_app_id
     from services.ops.topics import AGENCY_TOPIC_PATTERN, FACTS_TOPIC
 
     topics = [*matching_topics(settings, AGENCY_TOPIC_PATTERN), FACTS_TOPIC]
     return group_lag(settings, group, topics)
+
+
+def wait_caught_up(settings: Settings, *, timeout: float = 600.0, progress=None,
+                   group: str | None = None) -> int:
+    """Block until the worker has committed everything published so far; returns seconds.
+
+    Lag must be zero twice in a row: faust commits every few seconds, and the re-keyed topic
+    only fills up after the agency topics were read.
+    """
+    import time
+
+    started = time.monotonic()
+    zero_streak = 0
+    while time.monotonic() - started < timeout:
+        lags = worker_lag(settings, group)
+        total = sum(p.lag for p in lags)
+        if progress:
+            progress(total)
+        zero_streak = zero_streak + 1 if total == 0 and lags else 0
+        if zero_streak >= 2:
+            return int(time.monotonic() - started)
+        time.sleep(1.0)
+    raise TimeoutError(f"worker still behind after {timeout:.0f}s")

@@ -6,12 +6,13 @@ worker, a dict in the tests), so the whole derivation can be tested with in-memo
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.processor.case_state import derive_rows
-from services.processor.facts import Fact, event_row
+from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.serving.sink import RowBatch
 
 StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (the table value)
@@ -29,6 +30,21 @@ class BatchResult:
     duplicates: int = 0
 
 
+def agency_activity(facts: Iterable[Fact], now_ms: int | None = None) -> list[list[Any]]:
+    """One `agency_activity` row per agency in the batch: freshness and sequence for ops."""
+    now = ms_to_datetime(now_ms if now_ms is not None else int(time.time() * 1000))
+    per_agency: dict[str, list[Any]] = {}
+    for fact in facts:
+        entry = per_agency.setdefault(fact.agency_id, [fact.agency_id, 0, 0, None, now])
+        entry[1] += 1
+        entry[2] = max(entry[2], fact.occurred_ms)
+        if fact.sequence is not None:
+            entry[3] = fact.sequence if entry[3] is None else max(entry[3], fact.sequence)
+    for entry in per_agency.values():
+        entry[2] = ms_to_datetime(entry[2])
+    return list(per_agency.values())
+
+
 def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]) -> BatchResult:
     """Add the facts to their cases' stored sets and derive every touched case's rows once.
 
@@ -37,10 +53,12 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
     replayed batch must still produce the rows.
     """
     rows = RowBatch()
+    facts_seen: list[Fact] = []
     touched: dict[str, StoredFacts] = {}
     known: dict[str, set[str]] = {}
     result = BatchResult(rows)
     for fact in facts:
+        facts_seen.append(fact)
         rows.add("events", event_row(fact))
         stored = touched.get(fact.case_id)
         if stored is None:
@@ -53,6 +71,7 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
         known[fact.case_id].add(fact.event_id)
         stored.append(fact_to_stored(fact))
         result.changed[fact.case_id] = stored
+    rows.extend("agency_activity", agency_activity(facts_seen))
     for stored in touched.values():
         derived = derive_rows(Fact(*f) for f in stored)
         rows.add("cases_state", derived.case)

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import sys
 import threading
 import time
 from typing import Any
@@ -34,10 +37,12 @@ log = logging.getLogger("casestream.worker")
 SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so never zero topics
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
+RESTART_FOR_NEW_TOPICS = threading.Event()
 BATCH_WITHIN_SECONDS = 0.5
 
 
-def create_app(settings: Settings, *, app_id: str = "casestream-worker") -> faust.App:
+def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
+    app_id = app_id or settings.worker_app_id
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
@@ -116,11 +121,13 @@ def create_app(settings: Settings, *, app_id: str = "casestream-worker") -> faus
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _agency_topics, settings)
         new = sorted(set(found) - set(source.topics))
-        if new:
-            log.info("subscribing to new agency topics: %s", ", ".join(new))
-            source.topics = sorted(set(source.topics) | set(new))
-            app.conductor._resubscribe_sleep_lock_seconds = 1.0
-            app.conductor._flag_changes()
+        if new and not RESTART_FOR_NEW_TOPICS.is_set():
+            # faust cannot add topics to a running subscription reliably (the group is
+            # rebalanced but the new partitions are never fetched), so stop gracefully -
+            # committing offsets - and re-exec the process with the new topic list.
+            log.warning("new agency topics %s: restarting to subscribe", ", ".join(new))
+            RESTART_FOR_NEW_TOPICS.set()
+            os.kill(os.getpid(), signal.SIGTERM)
 
     @app.on_before_shutdown.connect
     async def _stop_retrying(app: faust.App, **_: Any) -> None:
@@ -140,6 +147,7 @@ def _agency_topics(settings: Settings) -> list[str]:
 def _dlq_headers(rejected: Rejected, message: Any) -> list[tuple[str, bytes]]:
     return [
         ("reason", rejected.reason.encode()),
+        ("detail", rejected.detail.encode()[:2000]),
         ("field", (rejected.field or "").encode()),
         ("source_topic", message.topic.encode()),
         ("source_partition", str(message.partition).encode()),
@@ -152,8 +160,12 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
     from services.serving.migrations import migrate
 
-    migrate(settings)
+    migrate(settings, log=log.info)
     ensure_topics(settings, {SEED_AGENCY_TOPIC: settings.topic_partitions})
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if RESTART_FOR_NEW_TOPICS.is_set():
+            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])

@@ -26,6 +26,7 @@ TABLES: dict[str, list[str]] = {
     "cases_state": CASE_COLUMNS,
     "transfers_state": TRANSFER_COLUMNS,
     "appraisals_state": APPRAISAL_COLUMNS,
+    "agency_activity": ["agency_id", "events", "last_occurred_at", "max_sequence", "ingested_at"],
 }
 
 

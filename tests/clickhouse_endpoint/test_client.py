@@ -351,3 +351,23 @@ def test_external_data_becomes_a_temporary_table(endpoint) -> None:
     )
     with pytest.raises(DatabaseError, match="Code: 36"):
         client.query("SELECT * FROM x", external_data=evil)
+
+
+def test_empty_results_still_describe_their_columns(client) -> None:
+    query = (
+        "SELECT toUInt32(number) AS id, toString(number) AS name FROM numbers(10) WHERE id > 100"
+    )
+    result = client.query(query)
+    assert result.result_rows == []
+    assert result.column_names == ("id", "name")
+    assert [t.name for t in result.column_types] == ["UInt32", "String"]
+    # clickhouse-connect itself drops the columns of an empty DataFrame (also against ClickHouse).
+    assert len(client.query_df(query)) == 0
+    with client.query_rows_stream(query) as stream:
+        assert list(stream) == []
+    assert client.query_arrow(query).schema.names == ["id", "name"]
+    with client.query_arrow_stream(query) as stream:
+        assert sum(batch.num_rows for batch in stream) == 0
+    assert client.query("SELECT {n:UInt8} AS n WHERE n > 5", parameters={"n": 1}).column_names == (
+        "n",
+    )

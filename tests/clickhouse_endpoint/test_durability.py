@@ -62,3 +62,29 @@ def test_without_users_file_default_user_is_writable(tmp_path) -> None:
         assert excinfo.value.code == 516
     finally:
         assert endpoint.stop() == 0
+
+
+def test_second_process_on_the_same_data_dir_exits_with_a_message(endpoint) -> None:
+    import subprocess
+    import sys
+
+    from .conftest import REPO, free_port
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "services.clickhouse_endpoint",
+            "--port",
+            str(free_port()),
+            "--data-dir",
+            str(endpoint.data_dir),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert b"clickhouse_endpoint: cannot open" in result.stderr
+    assert endpoint.client().command("SELECT 1") == 1

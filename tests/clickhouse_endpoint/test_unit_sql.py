@@ -189,3 +189,27 @@ def test_quote_string_round_trips_through_the_lexer(value: str) -> None:
     tokens = sql.significant_tokens(f"SELECT {literal}")
     assert [t.kind for t in tokens] == [sql.Kind.WORD, sql.Kind.STRING]
     assert tokens[1].text == literal
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("SELECT 1\n FORMAT Native", "SELECT 1"),
+        ("SELECT 1 SETTINGS a = 1 FORMAT Native;", "SELECT 1 SETTINGS a = 1"),
+        ("SELECT format FROM t", "SELECT format FROM t"),
+    ],
+)
+def test_without_format_clause(text: str, expected: str) -> None:
+    assert sql.without_format_clause(text) == expected
+
+
+def test_split_top_level_and_balance() -> None:
+    assert sql.split_top_level("UInt8, Tuple(a UInt8, b String), Decimal(10, 2)", ",") == [
+        "UInt8",
+        "Tuple(a UInt8, b String)",
+        "Decimal(10, 2)",
+    ]
+    assert sql.is_balanced("a UInt8, b Array(String) DEFAULT ['x)']")
+    assert not sql.is_balanced("a UInt8) ENGINE = Memory; DROP TABLE t; (b UInt8")
+    assert not sql.is_balanced("a UInt8; DROP TABLE t")
+    assert not sql.is_balanced("a String DEFAULT 'unterminated")

@@ -1,0 +1,171 @@
+"""The stream worker through the real stack: ordering, duplicates, dead letters, crashes."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from services.agency.publisher import Publisher
+from services.contracts.codec import encode
+from services.contracts.events import parse_event, topic_for_agency
+from services.contracts.registry import make_client, register_agency_subject
+from services.ops.consumer_lag import wait_caught_up
+from services.ops.topics import DLQ_TOPIC
+from tests.helpers import WorkerProcess, make_event, new_tag, table_snapshot, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _case_events(tag: str, n: int, start_day: int = 1) -> list[dict]:
+    """n small cases: opened, transferred to police, received a varying number of hours later."""
+    events = []
+    for i in range(n):
+        case = f"{tag}:20-INSP/2016/{i:05d}"
+        day = start_day + i % 25
+        events += [
+            make_event("case_opened", "20-INSP", case, f"2016-04-{day:02d}T08:00:00+07:00",
+                       {"origin": "inspection", "field": "land", "subject_kind": "official",
+                        "prominent": False}),
+            make_event("case_transferred", "20-INSP", case, f"2016-04-{day:02d}T10:00:00+07:00",
+                       {"transfer_id": f"{case}/T1", "to_agency_id": "20-POLICE",
+                        "reason": "signs_of_crime"}),
+            make_event("transfer_received", "20-POLICE", case,
+                       f"2016-05-{day:02d}T{i % 20:02d}:30:00+07:00",
+                       {"transfer_id": f"{case}/T1"}),
+        ]
+    return events
+
+
+def _publish(settings, events: list[dict]) -> None:
+    with Publisher(None, settings) as operator:
+        operator.publish_many(events)
+
+
+def test_receipt_before_its_transfer_yields_one_correct_row(stack, worker, ch):
+    tag = new_tag()
+    case = f"{tag}:20-INSP/2016/R1"
+    receipt = make_event("transfer_received", "20-POLICE", case, "2016-02-03T09:00:00+07:00",
+                         {"transfer_id": f"{case}/T"})
+    transfer = make_event("case_transferred", "20-INSP", case, "2016-02-01T09:00:00+07:00",
+                          {"transfer_id": f"{case}/T", "to_agency_id": "20-POLICE",
+                           "reason": "signs_of_crime"})
+    _publish(stack, [receipt])
+    wait_for(lambda: ch.command("SELECT count() FROM events WHERE case_id = {c:String}",
+                                parameters={"c": case}) == 1, timeout=120, what="the receipt")
+    _publish(stack, [transfer])
+    rows = wait_for(
+        lambda: ch.query("SELECT transfer_id, status, lag_hours, sent_at FROM transfers "
+                         "WHERE case_id = {c:String}", parameters={"c": case}).result_rows,
+        timeout=60, what="the paired transfer",
+    )
+    assert len(rows) == 1
+    assert rows[0][:3] == (f"{case}/T", "received", 48.0)
+
+
+def test_the_same_events_sent_twice_give_the_same_tables(stack, worker, ch):
+    tag = new_tag()
+    events = _case_events(tag, 30)
+    _publish(stack, events)
+    wait_caught_up(stack, timeout=180)
+    first = wait_for(lambda: (s := table_snapshot(ch, tag)) and len(s["events"]) == 90 and s,
+                     timeout=60, what="90 events")
+
+    # Send the identical Avro bytes again behind the SDK's back (a producer retry, a replay).
+    registry = make_client(stack.registry_url)
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    for event in events:
+        valid = parse_event(event)
+        schema_id = register_agency_subject(registry, valid["agency_id"])
+        producer.produce(topic_for_agency(valid["agency_id"]), key=valid["case_id"].encode(),
+                         value=encode(valid, schema_id))
+    assert producer.flush(30) == 0
+    time.sleep(2)
+    wait_caught_up(stack, timeout=180)
+    assert table_snapshot(ch, tag) == first
+
+
+def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(
+    stack, worker, ch
+):
+    tag = new_tag()
+    registry = make_client(stack.registry_url)
+    schema_id = register_agency_subject(registry, "20-INSP")
+    spoofed = parse_event(make_event(
+        "case_opened", "20-POLICE", f"{tag}:spoof", "2016-03-01T08:00:00+07:00",
+        {"origin": "press", "field": "land", "subject_kind": "unknown", "prominent": False}))
+    garbage = b"\x00\x00\x00\x00" + tag.encode()  # truncated header + junk
+    producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    topic = topic_for_agency("20-INSP")
+    producer.produce(topic, key=b"junk", value=garbage)
+    producer.produce(topic, key=b"spoof", value=encode(spoofed, schema_id))
+    assert producer.flush(30) == 0
+    good_case = f"{tag}:20-INSP/2016/G1"
+    _publish(stack, [make_event("case_opened", "20-INSP", good_case,
+                                "2016-03-02T08:00:00+07:00",
+                                {"origin": "audit", "field": "finance",
+                                 "subject_kind": "enterprise", "prominent": False})])
+
+    wait_for(lambda: ch.command("SELECT count() FROM cases WHERE case_id = {c:String}",
+                                parameters={"c": good_case}) == 1,
+             timeout=120, what="the good event after the bad ones")
+    assert worker.alive(), worker.log_tail()
+
+    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": tag,
+                         "auto.offset.reset": "earliest"})
+    consumer.subscribe([DLQ_TOPIC])
+    mine: dict[str, tuple[bytes, dict]] = {}
+    deadline = time.monotonic() + 60
+    while len(mine) < 2 and time.monotonic() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        headers = {k: v.decode() for k, v in msg.headers() or []}
+        if msg.value() == garbage or tag.encode() in msg.value():
+            mine[headers["reason"]] = (msg.value(), headers)
+    consumer.close()
+    assert set(mine) == {"bad_wire_format", "spoofed_agency"}
+    raw, headers = mine["bad_wire_format"]
+    assert raw == garbage and headers["source_topic"] == topic
+    assert int(headers["source_offset"]) >= 0 and headers["source_partition"].isdigit()
+    assert "20-POLICE" in mine["spoofed_agency"][1].get("detail", json.dumps(mine))
+
+
+@pytest.mark.slow
+def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted_run(stack):
+    tag = new_tag()
+    events = _case_events(tag, 1500)
+
+    def isolated_worker(name: str) -> WorkerProcess:
+        return WorkerProcess(stack, env={"CASESTREAM_WORKER_APP_ID": f"{name}-{tag}",
+                                         "CASESTREAM_CLICKHOUSE_DATABASE": f"{name}_{tag}"})
+
+    crashy = isolated_worker("crashy").start()
+    _publish(stack, events)
+    admin = stack.clickhouse_client(database="default")
+
+    def crashy_rows() -> int:
+        if not admin.command(f"EXISTS TABLE crashy_{tag}.events"):
+            return 0
+        return admin.command(f"SELECT count() FROM crashy_{tag}.events "
+                             "WHERE case_id LIKE {p:String}", parameters={"p": f"{tag}:%"})
+
+    wait_for(lambda: crashy_rows() > 0, timeout=180, what="the first rows")
+    assert crashy_rows() < len(events), "too late to crash mid-stream"
+    crashy.kill()  # SIGKILL mid-stream
+    crashy = isolated_worker("crashy").start()
+    wait_caught_up(stack, group=f"crashy-{tag}", timeout=300)
+
+    clean = isolated_worker("clean").start()
+    time.sleep(5)
+    wait_caught_up(stack, group=f"clean-{tag}", timeout=300)
+    crashy.stop()
+    clean.stop()
+
+    after_crash = table_snapshot(stack.clickhouse_client(database=f"crashy_{tag}"), tag)
+    uninterrupted = table_snapshot(stack.clickhouse_client(database=f"clean_{tag}"), tag)
+    assert len(uninterrupted["events"]) == len(events)
+    assert len(uninterrupted["transfers"]) == 1500
+    assert after_crash == uninterrupted
