@@ -191,5 +191,15 @@ def publish_cmd(file: str, agency: str | None, max_errors: int) -> None:
     sys.exit(1 if summary.rejected or summary.pending else 0)
 
 
+def _register_area_commands() -> None:
+    """Commands that live next to the code they drive (each module imports only click)."""
+    from services.agency.gateway_command import gateway, tokens
+
+    main.add_command(gateway)
+    main.add_command(tokens)
+
+
+_register_area_commands()
+
 if __name__ == "__main__":
     main()

@@ -8,10 +8,11 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
     reason); the valid events of a batch are accepted even when others are rejected.  A token
     belongs to one agency and can only publish events whose ``agency_id`` is that agency.
 
-    Acknowledgement: by default the answer comes once the accepted events are durably stored in
-    the agency's outbox (SQLite, fsync'd by the WAL): ``accepted`` means "will be delivered", also
-    when Kafka or the registry is down at that moment.  With ``?wait=true`` the gateway also waits
-    (up to ``timeout`` seconds) for Kafka's acknowledgements and reports ``delivered`` per event.
+    Acknowledgement: by default the answer comes once the accepted events are committed to the
+    agency's outbox (SQLite WAL; survives a crash or restart of the gateway): ``accepted`` means
+    "will be delivered", also when Kafka or the registry is down at that moment.  With
+    ``?wait=true`` the gateway also waits (up to ``timeout`` seconds) for Kafka's
+    acknowledgements and reports ``delivered`` per event.
     Re-posting an event_id already accepted gives ``duplicate`` and nothing is stored or sent
     again (the first version of an event_id wins).
 
@@ -38,7 +39,7 @@ Configuration (environment, on top of ``services.settings``):
 | CASESTREAM_GATEWAY_MAX_WAIT_SECONDS | 120 | upper bound of ``?timeout=`` with ``?wait=true`` |
 | CASESTREAM_GATEWAY_OUTBOX_DIR | <home>/gateway/outbox | the gateway's per-agency outboxes |
 
-Tokens are never logged: only token ids (``casestream tokens list``) appear in logs.
+Tokens are never logged, nor accepted in URLs (only in the Authorization header).
 """
 
 import contextlib

@@ -29,32 +29,89 @@ def _stderr(message: str) -> None:
 
 
 @click.command("generate")
-@click.option("--out", "-o", "out", default="-", show_default=True, metavar="FILE",
-              help="output .jsonl file ('-' = stdout); written as FILE.partial, then renamed")
-@click.option("--events", type=click.IntRange(min=1), default=None,
-              help="approximate number of lines to write (default 100000)")
-@click.option("--cases", type=click.IntRange(min=1), default=None,
-              help="exact number of cases to simulate (instead of --events)")
-@click.option("--seed", type=int, default=1, show_default=True,
-              help="same seed and options = byte-identical output")
-@click.option("--start", type=click.DateTime(["%Y-%m-%d"]), default="2021-01-01",
-              show_default=True, help="first day of the history (local date, +07:00)")
-@click.option("--end", type=click.DateTime(["%Y-%m-%d"]), default="2025-12-31",
-              show_default=True, help="last day of the history; must be before today")
-@click.option("--provinces", callback=_province_list, default=None, metavar="CODES",
-              help="comma-separated province codes, e.g. 01,20,79 (00 = central agencies); "
-                   "default: all provinces weighted by population plus central cases")
-@click.option("--duplicates", type=click.FloatRange(0.0, 0.5), default=0.0, show_default=True,
-              help="fraction of events delivered twice (same event_id, identical line)")
-@click.option("--out-of-order", "out_of_order", type=click.FloatRange(0.0, 0.5), default=0.0,
-              show_default=True,
-              help="fraction of events emitted late (incl. receipts before their transfer)")
-@click.option("--sorted/--no-sorted", "sorted_", default=True, show_default=True,
-              help="event-time order, or per-agency batch delivery order")
-@click.option("--check", is_flag=True,
-              help="validate every written line with parse_event and report counts by type")
-@click.option("--tmp-dir", type=click.Path(file_okay=False), default=None,
-              help="directory for the spill files (about the size of the output)")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    default="-",
+    show_default=True,
+    metavar="FILE",
+    help="output .jsonl file ('-' = stdout); written as FILE.partial, then renamed",
+)
+@click.option(
+    "--events",
+    type=click.IntRange(min=1),
+    default=None,
+    help="approximate number of lines to write (default 100000)",
+)
+@click.option(
+    "--cases",
+    type=click.IntRange(min=1),
+    default=None,
+    help="exact number of cases to simulate (instead of --events)",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=1,
+    show_default=True,
+    help="same seed and options = byte-identical output",
+)
+@click.option(
+    "--start",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default="2021-01-01",
+    show_default=True,
+    help="first day of the history (local date, +07:00)",
+)
+@click.option(
+    "--end",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default="2025-12-31",
+    show_default=True,
+    help="last day of the history; must be before today",
+)
+@click.option(
+    "--provinces",
+    callback=_province_list,
+    default=None,
+    metavar="CODES",
+    help="comma-separated province codes, e.g. 01,20,79 (00 = central agencies); "
+    "default: all provinces weighted by population plus central cases",
+)
+@click.option(
+    "--duplicates",
+    type=click.FloatRange(0.0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="fraction of events delivered twice (same event_id, identical line)",
+)
+@click.option(
+    "--out-of-order",
+    "out_of_order",
+    type=click.FloatRange(0.0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="fraction of events emitted late (incl. receipts before their transfer)",
+)
+@click.option(
+    "--sorted/--no-sorted",
+    "sorted_",
+    default=True,
+    show_default=True,
+    help="event-time order, or per-agency batch delivery order",
+)
+@click.option(
+    "--check",
+    is_flag=True,
+    help="validate every written line with parse_event and report counts by type",
+)
+@click.option(
+    "--tmp-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="directory for the spill files (about the size of the output)",
+)
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
 def generate(out, events, cases, seed, start, end, provinces, duplicates, out_of_order, sorted_,
              check, tmp_dir, quiet) -> None:  # fmt: skip

@@ -277,7 +277,9 @@ def _normals() -> list[float]:
 
 def _hms_table() -> list[str]:
     if not _HMS:
-        _HMS.extend(f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60))
+        _HMS.extend(
+            f"{h:02d}:{m:02d}:{s:02d}" for h in range(24) for m in range(60) for s in range(60)
+        )
     return _HMS
 
 
@@ -424,9 +426,7 @@ class _Sim:
         self.appraisal_numbers: dict[str, int] = {}
         self.cid = ""
         self.pace = 1.0  # the current case's slowness (prominent cases are complex and slow)
-        self._scale = {
-            year: max(0.75, 1.25 - 0.1 * (year - 2021)) for year in range(1971, 2200)
-        }
+        self._scale = {year: max(0.75, 1.25 - 0.1 * (year - 2021)) for year in range(1971, 2200)}
 
     # ---- primitives
 
@@ -543,10 +543,8 @@ class _Sim:
             self._e(t, sprov, styp, "case_transferred", sent)
             return None, t
         scale = self._lag_scale(t) * (1.5 if (sprov == "00") != (rprov == "00") else 1.0)
-        if u < never + stall:  # stalled between agencies: months
-            lag = self._ln(50.0, 0.7) * scale
-        else:
-            lag = self._ln(median, 0.9) * scale
+        stalled = u < never + stall  # stalled between agencies: months
+        lag = self._ln(50.0, 0.7) * scale if stalled else self._ln(median, 0.9) * scale
         tr = self._at(t, lag)
         is_returned = r() < returned
         hold = ""
@@ -565,7 +563,9 @@ class _Sim:
                 self._e(tr, rprov, rtyp, "transfer_received", ack)
                 tr = self._at(tr, self._ln(12.0, 0.8))
             why = "jurisdiction" if r() < 0.5 else "other"
-            self._e(tr, rprov, rtyp, "transfer_returned", f'{{"transfer_id":"{tid}","reason":"{why}"}}')
+            self._e(
+                tr, rprov, rtyp, "transfer_returned", f'{{"transfer_id":"{tid}","reason":"{why}"}}'
+            )
             return "returned:" + why, tr
         self._e(tr, rprov, rtyp, "transfer_received", ack, "R" + hold if hold else "")
         return "received", tr
@@ -620,7 +620,9 @@ class _Sim:
         agency = self._agency(prov, typ, t // _DAY)
         n = self.appraisal_numbers.get(agency, 0) + 1
         self.appraisal_numbers[agency] = n
-        payload = f'{{"appraisal_id":"A-{agency}-{n:06d}","kind":"{_pick(_APPRAISAL_KINDS, self.r)}"}}'
+        payload = (
+            f'{{"appraisal_id":"A-{agency}-{n:06d}","kind":"{_pick(_APPRAISAL_KINDS, self.r)}"}}'
+        )
         self._e(t, prov, typ, "appraisal_requested", payload)
         done = self._at(t, self._ln(70.0, 0.85) * self._lag_scale(t))
         self._e(done, prov, typ, "appraisal_completed", payload)
@@ -741,8 +743,8 @@ class _Sim:
                     outcome = "administrative" if r() < 0.7 else "other"
                     self._resolve(self._at(t, self._ln(30.0, 0.7)), prov, sender, outcome)
                     return
-                if state == "returned:jurisdiction":
-                    pp = "01" if pp == "00" else "00"
+                if state == "returned:jurisdiction":  # central police, or Hà Nội's for 00
+                    pp = "00" if prov != "00" else "01"
                 t = self._at(t, self._ln(35.0, 0.8))  # records supplemented, sent again
         # police
         if r() < 0.12:  # no criminal case opened
@@ -789,7 +791,8 @@ class _Sim:
         accused = max(1, suspects - (1 if r() < 0.15 else 0))
         self._e(t, pp, "PROC", "stage_changed", f'{{"stage":"indicted","count":{accused}}}')
         # court
-        cp = pp if pp != "00" else ("01" if r() < 0.7 else "79")
+        # the trial is held where the case belongs (central cases: Hà Nội or Hồ Chí Minh City)
+        cp = prov if prov != "00" else ("01" if r() < 0.7 else "79")
         for _ in range(3):
             state, t = self._transfer(t, pp, "PROC", cp, "COURT", "trial",
                                       median=2.0, stall=0.05, never=0.01, returned=0.04)  # fmt: skip
@@ -911,7 +914,9 @@ def _make_plan(opts: GeneratorOptions, geo: _Geography) -> _Plan:
     except (ImportError, ValueError, OSError):  # pragma: no cover - non-POSIX
         max_buckets = 200
     span = cutoff - first_day * _DAY + 1
-    n_buckets = max(1, min(max_buckets, last_day - first_day + 1, math.ceil(est * 1.2 / _BUCKET_TARGET)))
+    n_buckets = max(
+        1, min(max_buckets, last_day - first_day + 1, math.ceil(est * 1.2 / _BUCKET_TARGET))
+    )
     width = -(-span // n_buckets)
     return _Plan(first_day, last_day, cutoff, cum, n_cases, est, n_buckets, width)
 

@@ -25,7 +25,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # accepted = survives a power loss too
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS outbox ("
             " event_id TEXT PRIMARY KEY,"

@@ -73,11 +73,12 @@ class Publisher:
         self.outbox = Outbox(
             outbox_path or self.settings.home / "outbox" / f"{agency_id or 'operator'}.sqlite"
         )
-        self._registry = registry_client or make_client(self.settings.registry_url)
+        self._registry = registry_client or make_client(self.settings.registry_url, timeout=10)
         self._codec = AvroCodec()
         self._schema_ids: dict[str, int] = {}
         self._in_flight: set[str] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _in_flight (delivery callbacks run in poll/flush)
+        self._send_lock = threading.RLock()  # serialises outbox reads/writes with producing
         self.delivery_errors = 0
         self._producer = Producer(
             {
@@ -107,8 +108,9 @@ class Publisher:
                 validate_publisher(valid, self.agency_id)
             normalized.append(valid)
         stored = [(e["event_id"], _to_storable(e)) for e in normalized]
-        added = self.outbox.add_many(stored)
-        self._produce([item for item, new in zip(stored, added, strict=True) if new])
+        with self._send_lock:  # no re-send of pending rows between the commit and the produce
+            added = self.outbox.add_many(stored)
+            self._produce([item for item, new in zip(stored, added, strict=True) if new])
         return [Accepted(eid, new) for (eid, _), new in zip(stored, added, strict=True)]
 
     def flush(self, timeout: float = 30.0) -> int:
@@ -125,6 +127,7 @@ class Publisher:
     def close(self, timeout: float = 30.0) -> int:
         pending = self.flush(timeout)
         self.outbox.close()
+        self._producer = None  # stop librdkafka's reconnect loop now, not at garbage collection
         return pending
 
     def __enter__(self) -> Publisher:
@@ -143,9 +146,10 @@ class Publisher:
 
     def _send_pending(self) -> None:
         """(Re)produce every outbox event that is neither delivered nor in flight."""
-        with self._lock:
-            todo = [item for item in self.outbox.pending() if item[0] not in self._in_flight]
-        self._produce(todo)
+        with self._send_lock:
+            with self._lock:
+                todo = [item for item in self.outbox.pending() if item[0] not in self._in_flight]
+            self._produce(todo)
 
     def _produce(self, items: list[tuple[str, dict[str, Any]]]) -> None:
         for event_id, event in items:

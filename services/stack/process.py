@@ -68,6 +68,17 @@ class ManagedProcess:
                 cwd=cwd,
                 start_new_session=True,
             )
+        # Until exec completes, /proc/<pid>/cmdline is still ours (python), and pid() would take
+        # the child for a stale pid: wait for the exec before recording it.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except FileNotFoundError:
+                break
+            if marker.encode() in cmdline:
+                break
+            time.sleep(0.01)
         self.pid_file.write_text(f"{proc.pid}\n{marker}\n")
         return proc.pid
 

@@ -390,7 +390,7 @@ def test_valid_batch_is_accepted_and_lands_in_kafka(stack, client, gateway_token
         {"index": i, "event_id": ids[i], "status": "accepted", "delivered": True} for i in range(2)
     ]
     assert (body["accepted"], body["duplicates"], body["rejected"]) == (2, 0, 0)
-    assert (body["delivered"], body["pending"]) == (0 + 2, 0)
+    assert (body["delivered"], body["pending"]) == (2, 0)
 
     found = consume(stack, "20-INSP", ids)
     assert {eid: len(copies) for eid, copies in found.items()} == {ids[0]: 1, ids[1]: 1}
@@ -431,7 +431,7 @@ def test_token_of_another_agency_cannot_publish_its_events(stack, client, gatewa
     assert rejected["status"] == "rejected" and rejected["event_id"] == foreign["event_id"]
     assert rejected["error"]["field"] == "agency_id"
     assert rejected["error"]["value"] == "20-INSP"
-    assert "agency_id" in rejected["error"]["field"] and "20-POLICE" in rejected["error"]["reason"]
+    assert "20-POLICE" in rejected["error"]["reason"]
     assert accepted["status"] == "accepted" and accepted["delivered"] is True
 
     unknown = client.post("/v1/events", json={"events": [foreign]}, headers=_bearer("csgw_nope"))
@@ -501,9 +501,8 @@ def test_healthz_and_metrics(client, gateway_tokens):
     health = client.get("/healthz?strict=true")
     assert health.status_code == 200, health.text
     assert health.json()["status"] == "ok"
-    assert health.json()["kafka"] == {"reachable": True, "error": None} or health.json()[
-        "kafka"
-    ] == {"reachable": True}
+    assert health.json()["kafka"]["reachable"] is True
+    assert health.json()["registry"]["reachable"] is True
 
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
