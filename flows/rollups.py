@@ -8,7 +8,7 @@ end, monitored) are cumulated from the first event, so any period can be rebuilt
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 from prefect import flow, get_run_logger, task
 
@@ -109,8 +109,35 @@ def build_rollups(
     return written
 
 
+WATERMARK_FLOW = "refresh-watermark"
+
+
 @flow(name="refresh-recent-rollups")
-def refresh_recent(days_back: int = 400) -> dict[str, int]:
-    """Scheduled refresh of the periods recent and late events can still change."""
-    today = date.today()
-    return build_rollups(today - timedelta(days=days_back), today)
+def refresh_recent() -> dict[str, int]:
+    """Scheduled refresh: rebuild every period that events ingested since the last refresh touch.
+
+    A late event re-opens its own periods and, because pending/monitored are stocks, every later
+    one; so the rebuild runs from the earliest touched period to today.
+    """
+    logger = get_run_logger()
+    settings = Settings.from_env()
+    client = settings.clickhouse_client()
+    started = datetime.now(UTC)
+    since = client.command(
+        "SELECT max(finished_at) FROM rollup_runs WHERE flow = {f:String}",
+        parameters={"f": WATERMARK_FLOW},
+    )
+    earliest = client.command(
+        "SELECT toDate(min(occurred_at), {tz:String}) FROM events "
+        "WHERE ingested_at > {since:DateTime64(3)}",
+        parameters={"tz": REPORTING_TZ, "since": since},
+    )
+    written: dict[str, int] = {}
+    if earliest and not str(earliest).startswith("1970"):
+        first = date.fromisoformat(str(earliest))
+        logger.info("events ingested since %s touch periods from %s on", since, first)
+        written = build_rollups(first, date.today())
+    client.insert("rollup_runs", [[WATERMARK_FLOW, "", date.today(), date.today(), 0, started]],
+                  column_names=["flow", "period_kind", "first_period", "last_period",
+                                "rows_written", "finished_at"])
+    return written

@@ -194,9 +194,11 @@ def publish_cmd(file: str, agency: str | None, max_errors: int) -> None:
 def _register_area_commands() -> None:
     """Commands that live next to the code they drive (each module imports only click)."""
     from services.agency.gateway_command import gateway, tokens
+    from services.agency.generate_command import generate
+    from services.demo import demo
 
-    main.add_command(gateway)
-    main.add_command(tokens)
+    for command in (gateway, tokens, generate, demo):
+        main.add_command(command)
 
 
 _register_area_commands()

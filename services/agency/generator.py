@@ -35,9 +35,10 @@ a little later; ``out_of_order`` emits a fraction of lines later than their plac
 ``seed``, ``start``, ``end``, the size and ``provinces``: the perturbation options and ``sorted``
 only change which lines are repeated and their order.
 
-Streaming: cases are simulated in opening order and each event goes to one of up to a few hundred
-time-bucket spill files in a temporary directory (about the size of the output); each bucket is
-then sorted in memory (~200k events at most) and written. Memory does not grow with the size.
+Streaming: cases are simulated in opening order and each event goes to one of up to 1000
+time-bucket spill files in a temporary directory (``tmp_dir``; they take about the size of the
+output and are deleted as they are consumed); each bucket (~150k events) is then sorted in memory
+and written. Memory (~250 MB) does not grow with the size up to ~150M events.
 """
 
 from __future__ import annotations
@@ -70,9 +71,9 @@ UTC_AGENCIES = frozenset({"00-AUDIT", "00-CUSTOMS", "00-TAX", "79-CUSTOMS"})
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _DAY = 86_400
-_BUCKET_TARGET = 200_000  # events per spill bucket (sorted in memory)
-_MAX_BUCKETS = 400
-_PILOT_CASES = 1_500
+_BUCKET_TARGET = 150_000  # events per spill bucket (sorted in memory)
+_MAX_BUCKETS = 1_000
+_PILOT_CASES = 4_000
 
 # Approximate population in millions (2023) of the 63 pre-merger provinces: the default weights.
 PROVINCE_WEIGHTS: dict[str, float] = {
@@ -355,7 +356,7 @@ class _Spill:
     """Time buckets of spill lines ``key<TAB>agency<TAB>ctl<TAB>head<TAB>tail`` (head + sequence +
     tail is the output line); kept in lists and appended to one file per bucket now and then."""
 
-    FLUSH_LINES = 300_000
+    FLUSH_LINES = 200_000
 
     def __init__(self, paths: list[str], t0: int, width: int, delivery: bool) -> None:
         self.paths = paths
@@ -689,14 +690,17 @@ class _Sim:
             self._crime(t, prov, opener, damage, subject)
             return
         t = self._at(t, self._ln(70.0, 0.8))  # inspection / audit conclusion
-        if (subject in ("party_member", "party_organization") and r() < 0.6) or (
-            subject == "official" and r() < 0.2
-        ):
-            self._party_side(self._at(t, self._ln(10.0, 0.8)), prov, opener, subject)
-        if r() < 0.5:
-            identified = self._money(damage * (0.2 + 0.8 * r()))
-            self._assets(t, prov, opener, identified, self._money(identified * self.beta(2.0, 3.0)))
-        self._resolve(self._at(t, self._ln(3.0, 0.5)), prov, opener, _pick(_ADMIN_OUTCOMES, r))
+        outcome = _pick(_ADMIN_OUTCOMES, r)
+        if outcome == "administrative":  # violations handled without criminal proceedings
+            if (subject in ("party_member", "party_organization") and r() < 0.6) or (
+                subject == "official" and r() < 0.2
+            ):
+                self._party_side(self._at(t, self._ln(10.0, 0.8)), prov, opener, subject)
+            if r() < 0.65:  # funds to recover: identified, partly recovered
+                identified = self._money(damage * (0.2 + 0.8 * r()))
+                recovered = self._money(identified * self.beta(2.0, 3.0))
+                self._assets(t, prov, opener, identified, recovered)
+        self._resolve(self._at(t, self._ln(3.0, 0.5)), prov, opener, outcome)
 
     def _pic(self, t: int, prov: str, damage: int, subject: str, prominent: bool) -> None:
         r = self.r
@@ -906,16 +910,9 @@ def _make_plan(opts: GeneratorOptions, geo: _Geography) -> _Plan:
         assert opts.events is not None
         n_cases = max(1, round(opts.events / (per_case * lines_per_event)))
     est = n_cases * per_case
-    try:
-        import resource
-
-        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-        max_buckets = max(1, min(_MAX_BUCKETS, soft - 64)) if soft > 0 else _MAX_BUCKETS
-    except (ImportError, ValueError, OSError):  # pragma: no cover - non-POSIX
-        max_buckets = 200
     span = cutoff - first_day * _DAY + 1
     n_buckets = max(
-        1, min(max_buckets, last_day - first_day + 1, math.ceil(est * 1.2 / _BUCKET_TARGET))
+        1, min(_MAX_BUCKETS, last_day - first_day + 1, math.ceil(est * 1.2 / _BUCKET_TARGET))
     )
     width = -(-span // n_buckets)
     return _Plan(first_day, last_day, cutoff, cum, n_cases, est, n_buckets, width)
@@ -1070,6 +1067,7 @@ class _Run:
             del lines
             if out:
                 yield out
+            del out, emit  # do not hold the last batch while reading the next bucket
             elapsed = time.monotonic() - started
             self._progress(
                 f"writing bucket {b + 1}/{len(paths)}: {n:,} lines ({n / max(elapsed, 1e-9):,.0f}/s)",
@@ -1141,6 +1139,7 @@ def _write_batches(options: GeneratorOptions, summary: Summary, out: IO[str]) ->
             chunk = batch[i : i + 65_536]
             chunk.append("")
             write("\n".join(chunk))
+        del batch, chunk  # freed before the next bucket is read
     out.flush()
 
 
