@@ -19,8 +19,8 @@ import logging
 import os
 import signal
 import sys
-import threading
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -37,7 +37,6 @@ log = logging.getLogger("casestream.worker")
 SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so never zero topics
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
-RESTART_FOR_NEW_TOPICS = threading.Event()
 BATCH_WITHIN_SECONDS = 0.5
 
 
@@ -83,57 +82,83 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         use_partitioner=True,
     )
     ingestor = Ingestor.from_settings(settings)
-    stop = threading.Event()
-    sink = ClickHouseSink(lambda: settings.clickhouse_client(), stop=stop)
+    sink = ClickHouseSink(lambda: settings.clickhouse_client())
     app.casestream_sink = sink  # exposed for metrics
+
+    async def ingest_batch(events: list) -> None:
+        for event in events:
+            message = event.message
+            try:
+                fact = ingestor.accept(message.value, message.topic)
+            except Rejected as rejected:
+                await dlq.send(key=message.key, value=message.value,
+                               headers=_dlq_headers(rejected, message))
+                continue
+            await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json())
+
+    async def derive_batch(events: list) -> None:
+        facts = [Fact.from_json(event.message.value) for event in events]
+        result = apply_batch(facts, case_facts.get)
+        for case_id, stored in result.changed.items():
+            case_facts[case_id] = stored
+        started = time.perf_counter()
+        await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
+        log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
 
     @app.agent(source)
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
-            for event in events:
-                message = event.message
-                try:
-                    fact = ingestor.accept(message.value, message.topic)
-                except Rejected as rejected:
-                    await dlq.send(
-                        key=message.key,
-                        value=message.value,
-                        headers=_dlq_headers(rejected, message),
-                    )
-                    continue
-                await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json())
+            await _finish_or_die(ingest_batch(events))
 
     @app.agent(facts_topic)
     async def derive(stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
-            facts = [Fact.from_json(event.message.value) for event in events]
-            result = apply_batch(facts, case_facts.get)
-            for case_id, stored in result.changed.items():
-                case_facts[case_id] = stored
-            batch = result.rows
-            started = time.perf_counter()
-            await loop.run_in_executor(None, sink.write, batch)
-            log.debug("wrote %d rows in %.3fs", len(batch), time.perf_counter() - started)
+            await _finish_or_die(derive_batch(events))
 
     @app.timer(interval=TOPIC_DISCOVERY_SECONDS)
     async def discover_agency_topics() -> None:
         loop = asyncio.get_running_loop()
         found = await loop.run_in_executor(None, _agency_topics, settings)
         new = sorted(set(found) - set(source.topics))
-        if new and not RESTART_FOR_NEW_TOPICS.is_set():
+        if new:
             # faust cannot add topics to a running subscription reliably (the group is
-            # rebalanced but the new partitions are never fetched), so stop gracefully -
-            # committing offsets - and re-exec the process with the new topic list.
+            # rebalanced but the new partitions are never fetched): re-exec with the new list.
             log.warning("new agency topics %s: restarting to subscribe", ", ".join(new))
-            RESTART_FOR_NEW_TOPICS.set()
-            os.kill(os.getpid(), signal.SIGTERM)
+            _leave_now(restart=True)
 
-    @app.on_before_shutdown.connect
-    async def _stop_retrying(app: faust.App, **_: Any) -> None:
-        stop.set()
+    @app.task
+    async def stop_like_a_crash() -> None:
+        # Replace faust's graceful SIGTERM/SIGINT handling: its stop commits the offsets of
+        # batches that were buffered but never processed (measured: 142 of 3,823 events lost
+        # in one stop). Leaving at once is the crash case, which replays and is tested.
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _leave_now)
 
     return app
+
+
+async def _finish_or_die(batch: Awaitable[None]) -> None:
+    """Process one batch; if the worker is stopped in the middle of it, die instead.
+
+    faust's take_events() acknowledges a yielded batch in a `finally`, even when the agent is
+    cancelled halfway through it (a graceful stop or the restart for new topics), and those
+    offsets would then be committed unprocessed. Leaving the process at once, like a crash,
+    prevents that commit: the batch is replayed on restart, and every sink is idempotent.
+    """
+    try:
+        await batch
+    except asyncio.CancelledError:
+        log.warning("stopped in the middle of a batch: leaving without acknowledging it")
+        _leave_now()
+
+
+def _leave_now(restart: bool = False) -> None:
+    """Leave without committing anything more: the uncommitted input is replayed next time."""
+    logging.shutdown()
+    if restart:
+        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    os._exit(0)
 
 
 def _agency_topics(settings: Settings) -> list[str]:
@@ -164,8 +189,4 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     ensure_topics(settings, {SEED_AGENCY_TOPIC: settings.topic_partitions})
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        if RESTART_FOR_NEW_TOPICS.is_set():
-            os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+    worker.execute_from_commandline()
