@@ -196,8 +196,9 @@ def _register_area_commands() -> None:
     from services.agency.gateway_command import gateway, tokens
     from services.agency.generate_command import generate
     from services.demo import demo
+    from services.serving.report_command import flows, report
 
-    for command in (gateway, tokens, generate, demo):
+    for command in (gateway, tokens, generate, demo, report, flows):
         main.add_command(command)
 
 

@@ -70,7 +70,10 @@ def stack_settings() -> Iterator[Settings]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        shutil.rmtree(home, ignore_errors=True)
+        if os.environ.get("CASESTREAM_KEEP_TEST_HOME"):
+            print(f"kept the test stack's home: {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -95,12 +95,18 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
                                headers=_dlq_headers(rejected, message))
                 continue
             await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json())
+        # The batch is acknowledged when this returns, and faust's send() only queues: wait
+        # until Kafka has every re-keyed fact and dead letter, or a crash could lose them.
+        await app.producer.flush()
 
     async def derive_batch(events: list) -> None:
         facts = [Fact.from_json(event.message.value) for event in events]
         result = apply_batch(facts, case_facts.get)
         for case_id, stored in result.changed.items():
             case_facts[case_id] = stored
+        # The changelog must hold the new state before the input is acknowledged; otherwise a
+        # crash would restore a table that lacks facts whose offsets were committed.
+        await app.producer.flush()
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)

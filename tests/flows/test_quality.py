@@ -1,4 +1,7 @@
-"""The data-quality flow flags what was planted in year 2006 (a year no other test uses):
+"""The data-quality flow flags what was planted in year 2019 (a year no other test uses).
+
+2019 is after the report test's 2018, so these never-resolved cases change no stock that test
+reads; tests asserting national stocks must use years before 2018.
 
     Q1  20-INSP opens 01-05, transfers T1 → 20-POLICE on 01-10: never received  → stale transfer
     Q2  22-INSP opens 03-01; 22-POLICE "receives" T-orphan that was never sent  → orphan receipt
@@ -27,7 +30,7 @@ def _events(tag: str) -> tuple[list[dict], dict]:
         return f"{tag}:Q{n}"
 
     def at(day: str) -> str:
-        return f"2006-{day}T09:00:00+07:00"
+        return f"2019-{day}T09:00:00+07:00"
 
     forest_open = make_event(
         "case_opened", "00-FOREST", c(4), at("12-01"), OPENED, sequence=900000001
@@ -96,7 +99,7 @@ def planted(stack, worker, tmp_path_factory):
             > ch.command("SELECT uniqExact(event_id) FROM events WHERE agency_id = '00-FOREST'")
         ),
         timeout=180,
-        what="the planted 2006 events (and the duplicate delivery) in ClickHouse",
+        what="the planted 2019 events (and the duplicate delivery) in ClickHouse",
     )
     return tag
 

@@ -1,21 +1,28 @@
 """The report flow on a hand-written event set whose figures are computed by hand below.
 
-Year 2005 belongs to this module alone (nothing else publishes before 2006), so the national
-figures and the stocks at the end of 2005 contain exactly these cases:
+Year 2018 belongs to this module alone, and provinces 22 (Quảng Ninh), 45 (Quảng Trị) and 11
+(Điện Biên) see no earlier event from any other test. So the national *flows* of 2018 (opened,
+resolved, transfers sent/received, lags, appraisals) and every *stock* of these provinces
+(pending, monitored, pending transfers) are exactly these cases. National stocks also hold
+earlier years' leftovers of other tests (2011-2016), so they are only asserted per province or
+for ages they cannot reach (< 2 years). Data after 2018 (e.g. the quality test's 2019) does not
+change anything in 2018; these cases, still pending, do change later national stocks: tests
+asserting national stocks must use years before 2018.
 
     case  opened (agency, day)  transfer                            other                 resolved
-    C1    20-INSP  02-01        T1 → 20-POLICE 02-10, recv 02-12   monitored 03-01       11-01
-                                (48 h = 2.0 days)                   (00-SC, central)
-    C2    20-INSP  03-01        T2 → 20-POLICE 03-05, recv 03-15   valuation appraisal   –
+    C1    22-INSP  02-01        T1 → 22-POLICE 02-10, recv 02-12   monitored 03-01       11-01
+                                (48 h = 2.0 days)                   (22-SC)
+    C2    22-INSP  03-01        T2 → 22-POLICE 03-05, recv 03-15   valuation appraisal   –
                                 (240 h = 10.0 days); T3 POLICE →    04-01 → 05-01 (30 d)
-                                20-PROC 06-01 00:00, never received
-    C3    34-PIC   09-15                                            3 members disciplined –
-    C4    01-AUDIT 12-20                                                                  –
-    C5    01-INSP  05-10                                                                  08-01
+                                22-PROC 06-01 00:00, never received
+    C3    45-PIC   09-15                                            3 members disciplined –
+    C4    11-AUDIT 12-20                                                                  –
+    C5    11-INSP  05-10                                                                  08-01
 
-National 2005: opened 5, resolved 2, pending 3 (C2 6–12 months, C3 3–6 months, C4 < 3 months),
-1 monitored and 1 completed, 2 transfers to investigation; INSP → POLICE lag p50 6.0 days,
-p90 9.2, max 10.0; T3 pending at the end of 2005 for exactly 214 days.
+National 2018: opened 5, resolved 2, 2 transfers to investigation; INSP → POLICE lag p50 6.0
+days, p90 9.2 (2 + 0.9 × 8), max 10.0; pending cases opened in 2018: C2 (6–12 months), C3 (3–6
+months), C4 (< 3 months). Quảng Ninh: pending 1, monitored 1 and completed 1; T3 pending at the
+end of 2018 for exactly 214 days.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ def _events(tag: str) -> list[dict]:
         return f"{tag}:C{n}"
 
     def at(day: str, hour: str = "09:00") -> str:
-        return f"2005-{day}T{hour}:00+07:00"
+        return f"2018-{day}T{hour}:00+07:00"
 
     def transfer(n, case, agency, to, sent, received=None):
         tid = f"{tag}:T{n}"
@@ -58,38 +65,38 @@ def _events(tag: str) -> list[dict]:
         return out
 
     return [
-        make_event("case_opened", "20-INSP", c(1), at("02-01"), OPENED),
-        *transfer(1, 1, "20-INSP", "20-POLICE", at("02-10"), at("02-12")),
-        make_event("monitoring_assigned", "00-SC", c(1), at("03-01"), {"level": "central"}),
-        make_event("case_resolved", "20-COURT", c(1), at("11-01"), {"outcome": "convicted"}),
-        make_event("case_opened", "20-INSP", c(2), at("03-01"), OPENED),
-        *transfer(2, 2, "20-INSP", "20-POLICE", at("03-05"), at("03-15")),
+        make_event("case_opened", "22-INSP", c(1), at("02-01"), OPENED),
+        *transfer(1, 1, "22-INSP", "22-POLICE", at("02-10"), at("02-12")),
+        make_event("monitoring_assigned", "22-SC", c(1), at("03-01"), {"level": "provincial"}),
+        make_event("case_resolved", "22-COURT", c(1), at("11-01"), {"outcome": "convicted"}),
+        make_event("case_opened", "22-INSP", c(2), at("03-01"), OPENED),
+        *transfer(2, 2, "22-INSP", "22-POLICE", at("03-05"), at("03-15")),
         make_event(
             "appraisal_requested",
-            "20-POLICE",
+            "22-POLICE",
             c(2),
             at("04-01"),
             {"appraisal_id": f"{tag}:A1", "kind": "valuation"},
         ),
         make_event(
             "appraisal_completed",
-            "20-POLICE",
+            "22-POLICE",
             c(2),
             at("05-01"),
             {"appraisal_id": f"{tag}:A1", "kind": "valuation"},
         ),
-        *transfer(3, 2, "20-POLICE", "20-PROC", at("06-01", "00:00")),
-        make_event("case_opened", "34-PIC", c(3), at("09-15"), OPENED),
+        *transfer(3, 2, "22-POLICE", "22-PROC", at("06-01", "00:00")),
+        make_event("case_opened", "45-PIC", c(3), at("09-15"), OPENED),
         make_event(
             "discipline_imposed",
-            "34-PIC",
+            "45-PIC",
             c(3),
             at("10-01"),
             {"target": "party_member", "count": 3, "form": "warning"},
         ),
-        make_event("case_opened", "01-AUDIT", c(4), at("12-20"), OPENED),
-        make_event("case_opened", "01-INSP", c(5), at("05-10"), OPENED),
-        make_event("case_resolved", "01-INSP", c(5), at("08-01"), {"outcome": "administrative"}),
+        make_event("case_opened", "11-AUDIT", c(4), at("12-20"), OPENED),
+        make_event("case_opened", "11-INSP", c(5), at("05-10"), OPENED),
+        make_event("case_resolved", "11-INSP", c(5), at("08-01"), {"outcome": "administrative"}),
     ]
 
 
@@ -135,7 +142,7 @@ def published(stack, worker):
             == 2
         ),
         timeout=180,
-        what="the hand-written 2005 events in ClickHouse",
+        what="the hand-written 2018 events in ClickHouse",
     )
     return tag
 
@@ -154,43 +161,38 @@ def _read_artifact(key: str):
 def test_national_report_files_figures_charts_and_artifact(published, tmp_path):
     from flows.reports import build_report
 
-    tag = published
     html_path = build_report(
-        "national", "year", date(2005, 1, 1), date(2005, 12, 31), out_dir=tmp_path
+        "national", "year", date(2018, 1, 1), date(2018, 12, 31), out_dir=tmp_path
     )
-    md_path = tmp_path / "report-national-year-2005-01-01-2005-12-31.md"
-    assert html_path == (tmp_path / "report-national-year-2005-01-01-2005-12-31.html").resolve()
+    md_path = tmp_path / "report-national-year-2018-01-01-2018-12-31.md"
+    assert html_path == (tmp_path / "report-national-year-2018-01-01-2018-12-31.html").resolve()
     assert md_path.exists() and html_path.exists()
     md, page = md_path.read_text(), html_path.read_text()
 
-    # headline and rollup figures (rollups were missing for 2005: the flow built them)
-    assert "5 cases opened, 2 resolved (clearance rate 40.0%), 3 pending" in md
-    assert "1 monitored, 1 completed" in md
+    # headline and rollup figures (the flow builds the 2018 rollups when missing or stale)
+    assert "Nationwide, 2018: 5 cases opened, 2 resolved (clearance rate 40.0%)" in md
     assert "2 transfers to investigation" in md
-    assert "| Cases opened | 5 | – |" in md
-    assert "| Party members disciplined | 3 | – |" in md
-    assert "(rebuilt for this report)" in md
-    # transfer lag by agency pair: lags 2 and 10 days (p90 = 2 + 0.9 × 8)
-    assert "| INSP → POLICE | 2 | 6.0 | 9.2 | 10.0 | 2 | 0 | 0 |" in md
-    assert "| POLICE → PROC | 0 | – | – | – | 1 | 0 | 1 |" in md
-    # backlog aging at the end of 2005
+    assert "| Cases opened | 5 |" in md
+    assert "| Party members disciplined | 3 |" in md
+    assert re.search(r"Rollups last built: national \d{4}-\d\d-\d\d \d\d:\d\d UTC", md)
+    # transfer lag by agency pair: lags 2 and 10 days (p90 = 2 + 0.9 × 8); then sent, returned
+    assert "| INSP → POLICE | 2 | 6.0 | 9.2 | 10.0 | 2 | 0 |" in md
+    assert "| POLICE → PROC | 0 | – | – | – | 1 | 0 |" in md
+    # backlog aging at the end of 2018 (older leftovers of other tests are all > 2 years old)
     for bucket, count in [
         ("< 3 months", 1),
         ("3–6 months", 1),
         ("6–12 months", 1),
         ("1–2 years", 0),
-        ("> 2 years", 0),
     ]:
         assert f"| {bucket} | {count} |" in md
-    # slowest pending transfer: T3, sent 2005-06-01 00:00 Vietnam time, 214 days before 2006
-    assert (
-        f"| 1 | {tag}:C2 | {tag}:T3 | 20-POLICE → 20-PROC | signs_of_crime | 2005-06-01 | 214 |"
-    ) in md
-    # appraisal lag: one valuation of 30 days
-    assert "| valuation | 1 | 30.0 | 30.0 | 30.0 | 0 | – |" in md
-    # provincial comparison: Lạng Sơn has C2 pending, Thái Bình C3, Hà Nội C4
-    assert re.search(r"\| \d+ \| Lạng Sơn \(20\) \| 1 \| 2 \| 1 \| 50\.0% \|", md)
-    assert "## Data quality" in md
+    # appraisal lag: one valuation of 30 days completed in 2018
+    assert "| valuation | 1 | 30.0 | 30.0 | 30.0 |" in md
+    # provincial comparison: Quảng Ninh has C2 pending, C1 resolved and monitored
+    assert re.search(
+        r"\| \d+ \| Quảng Ninh \(22\) \| 1 \| 2 \| 1 \| 50\.0% \| 365\.0 \| 2 \| 1 \(1\) \|", md
+    )
+    assert "## Slowest pending transfers" in md and "## Data quality" in md
 
     # the HTML parses, has one inline SVG per chart, and no external resource
     parser = _Tags()
@@ -200,12 +202,12 @@ def test_national_report_files_figures_charts_and_artifact(published, tmp_path):
     assert not re.search(r"<(script|link)\b|src=\"http", page)
     for svg in re.findall(r"<svg\b.*?</svg>", page, flags=re.S):
         ET.fromstring(svg)
-    assert "INSP → POLICE" in page and f"{tag}:T3" in page
+    assert "INSP → POLICE" in page and "Quảng Ninh (22)" in page
 
     artifacts = _read_artifact("report-national-year")
     assert artifacts, "markdown artifact report-national-year"
-    assert artifacts[0].type == "markdown"
-    assert any(f"{tag}:T3" in (a.data or "") for a in artifacts)
+    assert all(a.type == "markdown" for a in artifacts)
+    assert any("Nationwide, 2018: 5 cases opened" in (a.data or "") for a in artifacts)
 
 
 def test_province_report_and_cli(published, tmp_path):
@@ -213,33 +215,41 @@ def test_province_report_and_cli(published, tmp_path):
 
     from services.serving.report_command import report
 
-    result = CliRunner().invoke(
-        report,
-        [
-            "--scope",
-            "20",
-            "--period",
-            "quarter",
-            "--from",
-            "2005-01-01",
-            "--to",
-            "2005-12-31",
-            "--out",
-            str(tmp_path),
-        ],
-    )
+    tag = published
+    args = [
+        "--scope",
+        "22",
+        "--period",
+        "quarter",
+        "--from",
+        "2018-01-01",
+        "--to",
+        "2018-12-31",
+        "--out",
+        str(tmp_path),
+    ]
+    result = CliRunner().invoke(report, args)
     assert result.exit_code == 0, result.output
-    md_path = tmp_path / "report-20-quarter-2005-01-01-2005-12-31.md"
-    html_path = tmp_path / "report-20-quarter-2005-01-01-2005-12-31.html"
+    md_path = tmp_path / "report-22-quarter-2018-01-01-2018-12-31.md"
+    html_path = tmp_path / "report-22-quarter-2018-01-01-2018-12-31.html"
     printed = [line for line in result.output.splitlines() if line.endswith((".md", ".html"))]
     assert printed == [str(md_path.resolve()), str(html_path.resolve())]
     md = md_path.read_text()
-    assert md.startswith("# casestream report — Lạng Sơn (20), 2005 Q1 – 2005 Q4")
-    # Q4 2005 in Lạng Sơn: C1 resolved (opened earlier), C2 pending
-    assert "Lạng Sơn (20), 2005 Q4: 0 cases opened, 1 resolved" in md
-    assert "Lạng Sơn (20) ranks 2 of" in md  # pending 1 (C2), after Hà Nội (01): C4
-    assert "| INSP → POLICE | 2 | 6.0 | 9.2 | 10.0 |" in md  # the whole range
-    assert _read_artifact("report-20-quarter")
+    assert md.startswith("# casestream report — Quảng Ninh (22), 2018 Q1 – 2018 Q4")
+    # Q4 2018 in Quảng Ninh: C1 resolved (opened earlier, monitored), C2 pending
+    assert (
+        "Quảng Ninh (22), 2018 Q4: 0 cases opened, 1 resolved (clearance rate –), 1 pending at "
+        "the end of the period. 1 monitored, 1 completed. 0 transfers to investigation." in md
+    )
+    assert "Quảng Ninh (22) ranks" in md
+    assert "| INSP → POLICE | 2 | 6.0 | 9.2 | 10.0 | 2 | 0 | 0 |" in md  # the whole range
+    assert "| 6–12 months | 1 | 100.0% |" in md
+    # slowest pending transfer: T3, sent 2018-06-01 00:00 Vietnam time, 214 days before 2019
+    assert (
+        f"| 1 | {tag}:C2 | {tag}:T3 | 22-POLICE → 22-PROC | signs_of_crime | 2018-06-01 | 214 |"
+    ) in md
+    assert "| valuation | 1 | 30.0 | 30.0 | 30.0 | 0 | – |" in md
+    assert _read_artifact("report-22-quarter")
 
     bad = CliRunner().invoke(report, ["--scope", "7x"])
     assert bad.exit_code != 0 and "province code" in bad.output
