@@ -141,6 +141,23 @@ def worker_stop() -> None:
     click.echo("worker stopped" if worker_proc.process(_settings()).stop() else "worker was not running")
 
 
+@main.command("rebuild")
+@click.option("--switch/--no-switch", default=True, show_default=True,
+              help="exchange the rebuilt tables with the live ones when they are complete")
+@click.option("--timeout", default=3600, show_default=True, help="seconds to wait for catch-up")
+def rebuild_cmd(switch: bool, timeout: int) -> None:
+    """Replay every topic from the beginning into fresh tables, compare, and switch.
+
+    The live tables and the live worker keep running meanwhile. Exit 1 when the rebuilt
+    tables differ from the live ones (they are then not switched).
+    """
+    from services.ops.rebuild import rebuild
+
+    result = rebuild(_settings(), switch=switch, timeout=timeout)
+    if not result.equal:
+        _fail("the rebuilt tables differ from the live ones (see above)")
+
+
 # --------------------------------------------------------------------------- rollups
 @main.group()
 def rollups() -> None:

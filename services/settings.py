@@ -24,6 +24,17 @@ setting these variables.
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
 | CASESTREAM_WORKER_APP_ID | casestream-worker | worker consumer group / faust app id (a rebuild uses another) |
+| CASESTREAM_WORKER_METRICS_ADDR | 127.0.0.1:9464 | worker Prometheus `/metrics` (host:port; `off` disables) |
+| CASESTREAM_PROBE_INTERVAL_SECONDS | 10 | the worker sends a latency probe this often (0 disables) |
+| CASESTREAM_HEALTH_MAX_LAG | 5000 | `health`: max messages behind, per consumer group |
+| CASESTREAM_HEALTH_MAX_SILENCE_SECONDS | 172800 | `health`: an agency with no ingest for longer is silent |
+| CASESTREAM_HEALTH_EXPECTED_AGENCIES | (none) | `health`: comma-separated agencies that must be publishing |
+| CASESTREAM_HEALTH_MAX_P99_LATENCY_SECONDS | 30 | `health`: max p99 of probe latency (produced → visible in ClickHouse) |
+| CASESTREAM_HEALTH_MAX_PROBE_AGE_SECONDS | 120 | `health`: the newest visible probe must be younger than this |
+| CASESTREAM_HEALTH_MAX_DLQ_PER_MINUTE | 5 | `health`: max dead letters per minute over the window |
+| CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS | 0 | `health`: max missing sequence numbers per agency |
+| CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS | 7200 | `health`: the newest rollup run must be younger than this |
+| CASESTREAM_HEALTH_WINDOW_SECONDS | 900 | `health`: window of "recent" throughput, DLQ rate and latency |
 """
 
 from __future__ import annotations
@@ -59,6 +70,18 @@ class Settings:
     prefect_api_url: str
     topic_partitions: int
     worker_app_id: str
+    # Operations (services/ops/health.py): worker metrics, latency probes, health thresholds.
+    worker_metrics_addr: str = "127.0.0.1:9464"
+    probe_interval_seconds: float = 10.0
+    health_max_lag: int = 5000
+    health_max_silence_seconds: float = 172800.0
+    health_expected_agencies: tuple[str, ...] = ()
+    health_max_p99_latency_seconds: float = 30.0
+    health_max_probe_age_seconds: float = 120.0
+    health_max_dlq_per_minute: float = 5.0
+    health_max_sequence_gaps: int = 0
+    health_max_rollup_age_seconds: float = 7200.0
+    health_window_seconds: float = 900.0
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -81,6 +104,23 @@ class Settings:
             prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
             topic_partitions=int(_env("CASESTREAM_TOPIC_PARTITIONS", "4")),
             worker_app_id=_env("CASESTREAM_WORKER_APP_ID", "casestream-worker"),
+            worker_metrics_addr=_env("CASESTREAM_WORKER_METRICS_ADDR", "127.0.0.1:9464"),
+            probe_interval_seconds=float(_env("CASESTREAM_PROBE_INTERVAL_SECONDS", "10")),
+            health_max_lag=int(_env("CASESTREAM_HEALTH_MAX_LAG", "5000")),
+            health_max_silence_seconds=float(
+                _env("CASESTREAM_HEALTH_MAX_SILENCE_SECONDS", "172800")),
+            health_expected_agencies=tuple(
+                a.strip() for a in _env("CASESTREAM_HEALTH_EXPECTED_AGENCIES", "").split(",")
+                if a.strip()),
+            health_max_p99_latency_seconds=float(
+                _env("CASESTREAM_HEALTH_MAX_P99_LATENCY_SECONDS", "30")),
+            health_max_probe_age_seconds=float(
+                _env("CASESTREAM_HEALTH_MAX_PROBE_AGE_SECONDS", "120")),
+            health_max_dlq_per_minute=float(_env("CASESTREAM_HEALTH_MAX_DLQ_PER_MINUTE", "5")),
+            health_max_sequence_gaps=int(_env("CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS", "0")),
+            health_max_rollup_age_seconds=float(
+                _env("CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS", "7200")),
+            health_window_seconds=float(_env("CASESTREAM_HEALTH_WINDOW_SECONDS", "900")),
         )
 
     # Where the local stack listens, derived from the URLs so there is one source of truth.

@@ -84,6 +84,14 @@ class EndpointServer(ThreadingHTTPServer):
         self.app = app
         super().__init__(address, EndpointHandler)
 
+    def handle_error(self, request, client_address) -> None:
+        """A client hanging up between requests is normal (keep-alive pools); not a traceback."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
+            return
+        super().handle_error(request, client_address)
+
 
 class _ClientGone(Exception):
     """The client closed the connection while we were writing the response."""

@@ -25,10 +25,19 @@ from typing import Any
 
 import faust
 
-from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, FACTS_TOPIC, ensure_topics
+from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issue 6)
+from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
+from services.ops.topics import (
+    AGENCY_TOPIC_PATTERN,
+    DLQ_TOPIC,
+    FACTS_TOPIC,
+    PROBE_TOPIC,
+    ensure_topics,
+)
 from services.processor.batch import apply_batch
 from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, Rejected
+from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink
 from services.settings import Settings
 
@@ -37,6 +46,7 @@ log = logging.getLogger("casestream.worker")
 SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so never zero topics
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
+DELIVERY_TIMEOUT_SECONDS = 60.0
 BATCH_WITHIN_SECONDS = 0.5
 
 
@@ -63,8 +73,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     )
     # faust's pattern subscription does not work with its aiokafka driver ("XXX pattern does
     # not work"), so we subscribe by name and a timer adds agency topics as they appear.
+    # ops: the latency probe topic is read by the same agent, so probes share its batches.
     source = app.topic(
-        *(_agency_topics(settings) or [SEED_AGENCY_TOPIC]),
+        *(_agency_topics(settings) or [SEED_AGENCY_TOPIC]), PROBE_TOPIC,
         key_serializer="raw", value_serializer="raw",
     )
     facts_topic = app.topic(
@@ -82,31 +93,37 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         use_partitioner=True,
     )
     ingestor = Ingestor.from_settings(settings)
-    sink = ClickHouseSink(lambda: settings.clickhouse_client())
+    sink = ClickHouseSink(lambda: settings.clickhouse_client(),
+                          columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS})  # ops
     app.casestream_sink = sink  # exposed for metrics
+    metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
 
     async def ingest_batch(events: list) -> None:
+        sent = []
         for event in events:
             message = event.message
             try:
                 fact = ingestor.accept(message.value, message.topic)
             except Rejected as rejected:
-                await dlq.send(key=message.key, value=message.value,
-                               headers=_dlq_headers(rejected, message))
+                sent.append(await dlq.send(key=message.key, value=message.value,
+                                           headers=_dlq_headers(rejected, message)))
                 continue
-            await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json())
+            sent.append(await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json()))
         # The batch is acknowledged when this returns, and faust's send() only queues: wait
         # until Kafka has every re-keyed fact and dead letter, or a crash could lose them.
-        await app.producer.flush()
+        await _delivered(sent)
 
     async def derive_batch(events: list) -> None:
         facts = [Fact.from_json(event.message.value) for event in events]
         result = apply_batch(facts, case_facts.get)
+        changelog = []
         for case_id, stored in result.changed.items():
-            case_facts[case_id] = stored
-        # The changelog must hold the new state before the input is acknowledged; otherwise a
-        # crash would restore a table that lacks facts whose offsets were committed.
-        await app.producer.flush()
+            # What `case_facts[case_id] = stored` does, keeping the changelog future: the
+            # changelog must hold the new state before the input is acknowledged, otherwise a
+            # crash would restore a table lacking facts whose offsets were committed.
+            case_facts.data[case_id] = stored
+            changelog.append(case_facts.send_changelog(None, case_id, stored))
+        await _delivered(changelog)
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
@@ -131,6 +148,15 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             # rebalanced but the new partitions are never fetched): re-exec with the new list.
             log.warning("new agency topics %s: restarting to subscribe", ", ".join(new))
             _leave_now(restart=True)
+
+    if settings.probe_interval_seconds > 0:  # ops: continuous end-to-end latency probes
+        probe_topic = app.topic(PROBE_TOPIC, key_serializer="raw", value_serializer="raw")
+
+        @app.timer(interval=settings.probe_interval_seconds)
+        async def send_latency_probe() -> None:
+            key, value = ops_probe.new_probe("worker")
+            await probe_topic.send(key=key, value=value)
+            metrics.probes_sent.inc()
 
     @app.task
     async def stop_like_a_crash() -> None:
@@ -157,6 +183,18 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
     except asyncio.CancelledError:
         log.warning("stopped in the middle of a batch: leaving without acknowledging it")
         _leave_now()
+
+
+async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+    """Wait until Kafka acknowledged every message; a stuck producer means restart (replay)."""
+    if not futures:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+    except TimeoutError:
+        log.error("Kafka did not acknowledge %d messages in %.0fs: restarting", len(futures),
+                  timeout)
+        _leave_now(restart=True)
 
 
 def _leave_now(restart: bool = False) -> None:
@@ -193,6 +231,8 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 
     migrate(settings, log=log.info)
     ensure_topics(settings, {SEED_AGENCY_TOPIC: settings.topic_partitions})
+    ops_probe.ensure_probe_topic(settings)  # ops: before create_app subscribes to it
     app = create_app(settings)
+    ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

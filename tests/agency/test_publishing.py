@@ -1,0 +1,335 @@
+"""The agency SDK: `Publisher` with its durable outbox.
+
+* unit: validation, idempotency and the outbox without any server (fake registry, no broker);
+* integration: every event type round-trips Publisher -> Kafka -> registry-aware decoding;
+* integration + slow: the broker goes away (a private Kafka + Apicurio started here, never the
+  session's Kafka, which other tests share) and every accepted event is delivered exactly once
+  when it is back, also across a restart of the publishing process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from services.agency.outbox import Outbox
+from services.agency.publisher import Publisher
+from services.contracts.codec import decode, schema_id_of
+from services.contracts.events import (
+    EVENT_TYPES,
+    EventValidationError,
+    parse_event,
+    to_json_form,
+    topic_for_agency,
+)
+from services.contracts.examples import CASE_ID, example_event
+from services.contracts.fake_registry import InMemorySchemaRegistry
+from services.contracts.registry import SchemaCache, make_client, subject_for_agency
+from services.ops.topics import ensure_agency_topic
+from services.settings import Settings
+from tests.conftest import free_ports, stack_env
+from tests.helpers import new_tag
+
+# --------------------------------------------------------------------------- helpers (also
+# used by tests/agency/test_bulk_import.py)
+
+
+def read_topics(settings: Settings, topics: Iterable[str], timeout: float = 60.0) -> list[Message]:
+    """Every message of the topics, from the beginning up to their current end."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"test-read-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        metadata = consumer.list_topics(timeout=10)
+        ends: dict[tuple[str, int], int] = {}
+        start = []
+        for topic in topics:
+            if topic not in metadata.topics:
+                continue
+            for partition in metadata.topics[topic].partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
+                if high > low:
+                    ends[(topic, partition)] = high
+                    start.append(TopicPartition(topic, partition, low))
+        consumer.assign(start)
+        messages: list[Message] = []
+        remaining = set(ends)
+        deadline = time.monotonic() + timeout
+        while remaining and time.monotonic() < deadline:
+            message = consumer.poll(1.0)
+            if message is None or message.error():
+                continue
+            messages.append(message)
+            if message.offset() + 1 >= ends[(message.topic(), message.partition())]:
+                remaining.discard((message.topic(), message.partition()))
+        assert not remaining, f"could not read to the end of {sorted(remaining)}"
+        return messages
+    finally:
+        consumer.close()
+
+
+def decoded_events(settings: Settings, messages: Iterable[Message], tag: str | None = None
+                   ) -> list[dict]:
+    """Decode (with the real registry) the messages whose key (case_id) carries ``tag``."""
+    cache = SchemaCache(make_client(settings.registry_url))
+    prefix = f"{tag}:".encode() if tag else b""
+    return [decode(m.value(), cache) for m in messages if (m.key() or b"").startswith(prefix)]
+
+
+def _events(tag: str, count: int, agency: str = "20-INSP") -> list[dict]:
+    return [
+        example_event("stage_changed", event_id=str(uuid.uuid4()), agency_id=agency,
+                      case_id=f"{tag}:{agency}/2024/{n:04d}", sequence=None)
+        for n in range(count)
+    ]
+
+
+def _without_none(event: dict) -> dict:
+    return {k: v for k, v in event.items() if v is not None}
+
+
+# =========================================================================== unit
+
+
+@pytest.fixture
+def offline(tmp_path) -> Settings:
+    """Settings whose broker does not exist (nothing listens on the port)."""
+    (port,) = free_ports(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CASESTREAM_HOME", str(tmp_path / "home"))
+        mp.setenv("CASESTREAM_KAFKA_BOOTSTRAP", f"127.0.0.1:{port}")
+        return Settings.from_env()
+
+
+def _offline_publisher(settings: Settings, agency: str | None, registry=None, **kw) -> Publisher:
+    return Publisher(agency, settings, registry_client=registry or InMemorySchemaRegistry(),
+                     producer_config={"log_level": 0, "reconnect.backoff.max.ms": 1000}, **kw)
+
+
+@pytest.mark.unit
+def test_accepted_events_wait_in_the_outbox_while_the_broker_is_unreachable(offline):
+    pub = _offline_publisher(offline, "20-INSP")
+    events = _events("u", 5)
+    accepted = pub.publish_many(events)
+    assert [a.event_id for a in accepted] == [e["event_id"] for e in events]
+    assert all(a.new for a in accepted)
+    assert pub.flush(timeout=0.5) == 5
+    # the same event again (a retry by the agency) is a no-op
+    assert pub.publish(events[0]).new is False
+    assert pub.outbox.counts() == {"pending": 5, "delivered": 0}
+    assert pub.close(timeout=0.2) == 5
+
+    # a new process finds them on disk
+    outbox = Outbox(offline.home / "outbox" / "20-INSP.sqlite")
+    pending = list(outbox.pending())
+    outbox.close()
+    assert [event_id for event_id, _ in pending] == [e["event_id"] for e in events]
+    stored = pending[0][1]
+    assert stored["case_id"] == events[0]["case_id"] and isinstance(stored["occurred_at"], int)
+
+
+@pytest.mark.unit
+def test_an_agency_publishes_only_as_itself_and_a_bad_batch_is_refused_whole(offline):
+    pub = _offline_publisher(offline, "20-INSP")
+    try:
+        with pytest.raises(EventValidationError) as info:
+            pub.publish(example_event("transfer_received"))  # an event of 20-POLICE
+        assert info.value.field == "agency_id" and "only publish its own" in info.value.reason
+
+        good = _events("u", 2)
+        bad = {**_events("u", 1)[0], "payload": {"stage": "acquitted"}}
+        with pytest.raises(EventValidationError) as info:
+            pub.publish_many([*good, bad])
+        assert info.value.field == "payload.stage"
+        assert pub.outbox.counts() == {"pending": 0, "delivered": 0}
+        future = {**good[0], "occurred_at": "2999-01-01T00:00:00Z"}
+        with pytest.raises(EventValidationError, match="future"):
+            pub.publish(future)
+    finally:
+        pub.close(timeout=0.1)
+
+
+@pytest.mark.unit
+def test_operator_publisher_keeps_one_outbox_for_many_agencies(offline, tmp_path):
+    registry = InMemorySchemaRegistry()
+    path = tmp_path / "operator.sqlite"
+    pub = _offline_publisher(offline, None, registry, outbox_path=path)
+    events = [example_event(t, event_id=str(uuid.uuid4())) for t in EVENT_TYPES]
+    assert all(a.new for a in pub.publish_many(events))
+    assert pub.close(timeout=0.2) == len(events)
+    agencies = {e["agency_id"] for e in events}
+    # the schema was registered for each agency's own subject
+    assert set(registry.get_subjects()) == {subject_for_agency(a) for a in agencies}
+    assert path.exists()
+
+
+@pytest.mark.unit
+def test_events_wait_when_the_registry_is_down(offline):
+    class Down(InMemorySchemaRegistry):
+        def lookup_schema(self, *args, **kwargs):
+            raise ConnectionError("registry unreachable")
+
+    pub = _offline_publisher(offline, "20-INSP", Down())
+    assert all(a.new for a in pub.publish_many(_events("u", 3)))
+    assert pub.close(timeout=0.3) == 3
+
+
+# =========================================================================== round trip
+
+
+@pytest.mark.integration
+def test_every_event_type_round_trips_through_the_registry(stack):
+    tag = new_tag()
+    events = [
+        example_event(t, event_id=str(uuid.uuid4()), case_id=f"{tag}:{CASE_ID}")
+        for t in EVENT_TYPES
+    ]
+    # optional fields absent (sequence, damage_vnd, count) round-trip too
+    events.append(example_event("case_opened", event_id=str(uuid.uuid4()),
+                                case_id=f"{tag}:{CASE_ID}-b", sequence=None))
+    del events[-1]["payload"]["damage_vnd"]
+    events = [_without_none(e) for e in events]
+    by_agency: dict[str, list[dict]] = {}
+    for event in events:
+        by_agency.setdefault(event["agency_id"], []).append(event)
+
+    schema_ids = {}
+    for agency, own in by_agency.items():  # each agency publishes as itself
+        pub = Publisher(agency, stack)
+        assert all(a.new for a in pub.publish_many(own))
+        schema_ids[agency] = pub.schema_id(agency)
+        assert pub.close(timeout=60) == 0
+
+    messages = [
+        m for m in read_topics(stack, [topic_for_agency(a) for a in by_agency])
+        if m.key().startswith(f"{tag}:".encode())
+    ]
+    assert len(messages) == len(events)
+    cache = SchemaCache(make_client(stack.registry_url))
+    sent = {e["event_id"]: e for e in events}
+    for message in messages:
+        event = decode(message.value(), cache)
+        original = sent.pop(event["event_id"])
+        assert to_json_form(event) == original
+        assert event == parse_event(original)
+        assert message.topic() == topic_for_agency(original["agency_id"])
+        assert message.key() == original["case_id"].encode()
+        assert schema_id_of(message.value()) == schema_ids[original["agency_id"]]
+    assert sent == {}
+    assert {e["event_type"] for e in events} == set(EVENT_TYPES)
+
+
+# =========================================================================== broker outage
+
+
+@pytest.fixture(scope="module")
+def own_stack() -> Iterator[Settings]:
+    """A private Kafka + Apicurio (registry storage lives in this Kafka) that tests may stop."""
+    from services.stack import manager
+
+    home = Path(tempfile.mkdtemp(prefix="casestream-outbox-"))
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in {**stack_env(), "CASESTREAM_HOME": str(home)}.items():
+            mp.setenv(key, value)
+        settings = Settings.from_env()
+    try:
+        manager.up(settings, parts=["kafka", "registry"], log=lambda m: None)
+        yield settings
+    finally:
+        manager.down(settings, log=lambda m: None)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _stop_broker(settings: Settings) -> None:
+    from services.stack import kafka, manager
+
+    manager.down(settings, parts=["kafka"], log=lambda m: None)
+    assert not kafka.is_ready(settings)
+
+
+def _start_broker(settings: Settings) -> None:
+    from services.stack import manager
+
+    # `up` is idempotent: it restarts the registry only if it did not survive the outage
+    manager.up(settings, parts=["kafka", "registry"], log=lambda m: None)
+
+
+def _delivered_once(settings: Settings, agency: str, events: list[dict]) -> None:
+    counts = Counter(
+        e["event_id"] for e in decoded_events(settings, read_topics(
+            settings, [topic_for_agency(agency)]))
+    )
+    wanted = {e["event_id"] for e in events}
+    assert {eid: n for eid, n in counts.items() if eid in wanted} == dict.fromkeys(wanted, 1)
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_events_accepted_while_the_broker_is_down_are_delivered_once(own_stack):
+    s = own_stack
+    agency = "20-INSP"
+    ensure_agency_topic(s, agency)
+    pub = Publisher(agency, s)
+    try:
+        pub.schema_id(agency)  # registered and cached while the registry can write to Kafka
+        warm_up = _events("warm", 1, agency)
+        pub.publish_many(warm_up)
+        assert pub.flush(timeout=60) == 0
+
+        _stop_broker(s)
+        events = _events(new_tag(), 40, agency)
+        accepted = pub.publish_many(events)
+        assert all(a.new for a in accepted)
+        assert pub.flush(timeout=3) == len(events)  # accepted, on disk, not delivered
+        assert pub.outbox.counts() == {"pending": len(events), "delivered": 1}
+
+        _start_broker(s)
+        assert pub.flush(timeout=180) == 0
+        assert pub.outbox.counts() == {"pending": 0, "delivered": len(events) + 1}
+    finally:
+        pub.close(timeout=5)
+    _delivered_once(s, agency, [*warm_up, *events])
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pending_events_survive_a_publisher_restart_and_are_delivered_once(own_stack):
+    s = own_stack
+    agency = "20-POLICE"
+    ensure_agency_topic(s, agency)
+    first = Publisher(agency, s)
+    first.schema_id(agency)
+    assert first.flush(timeout=30) == 0
+
+    _stop_broker(s)
+    events = _events(new_tag(), 30, agency)
+    assert all(a.new for a in first.publish_many(events))
+    assert first.close(timeout=2) == len(events)  # the process ends with events pending
+    del first
+
+    _start_broker(s)
+    second = Publisher(agency, s)  # same agency -> same outbox file; sends what is pending
+    try:
+        assert second.flush(timeout=180) == 0
+        assert second.outbox.counts() == {"pending": 0, "delivered": len(events)}
+        # publishing the same events again (the agency retries) sends nothing new
+        assert not any(a.new for a in second.publish_many(events))
+        assert second.flush(timeout=10) == 0
+    finally:
+        second.close(timeout=5)
+    _delivered_once(s, agency, events)
