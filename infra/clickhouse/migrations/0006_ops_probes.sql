@@ -19,13 +19,13 @@ TTL toDateTime(visible_at) + INTERVAL 30 DAY;
 
 CREATE VIEW IF NOT EXISTS probe_latency AS
 SELECT
-    probe_id,
-    any(source) AS source,
-    min(sent_at) AS sent_at,
-    min(visible_at) AS visible_at,
-    greatest(dateDiff('millisecond', min(sent_at), min(visible_at)), 0) / 1000.0 AS latency_seconds
-FROM probes
-GROUP BY probe_id;
+    p.probe_id AS probe_id,
+    any(p.source) AS source,
+    min(p.sent_at) AS sent_at,
+    min(p.visible_at) AS visible_at,
+    greatest(dateDiff('millisecond', min(p.sent_at), min(p.visible_at)), 0) / 1000.0 AS latency_seconds
+FROM probes AS p
+GROUP BY p.probe_id;
 
 -- One row per dead letter re-published by `casestream dlq replay`, keyed by where the event
 -- was first read (source topic, partition, offset). A second replay skips what is here.
