@@ -29,7 +29,7 @@ class WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self._log_handle = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "warning"],
+            [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "info"],
             cwd=REPO, env=self.env, stdout=self._log_handle, stderr=subprocess.STDOUT,
         )
         return self

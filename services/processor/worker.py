@@ -27,6 +27,7 @@ import faust
 
 from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issue 6)
 from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
+from services.ops.consumer_lag import worker_lag
 from services.ops.topics import (
     AGENCY_TOPIC_PATTERN,
     DLQ_TOPIC,
@@ -47,6 +48,9 @@ SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so n
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
 DELIVERY_TIMEOUT_SECONDS = 60.0
+STALL_CHECK_SECONDS = 15.0
+STALL_SECONDS = 45.0
+_ACTIVITY = {"busy": 0, "last": time.monotonic()}  # batches in progress, last one finished
 BATCH_WITHIN_SECONDS = 0.5
 
 
@@ -56,6 +60,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=settings.faust_broker_credentials(),  # issue 7: SASL/SSL by config
         store="memory://",
         datadir=str(settings.home / "worker" / app_id),
         topic_partitions=settings.topic_partitions,
@@ -93,29 +98,42 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         use_partitioner=True,
     )
     ingestor = Ingestor.from_settings(settings)
-    sink = ClickHouseSink(lambda: settings.clickhouse_client(),
-                          columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS})  # ops
+    sink = ClickHouseSink(
+        lambda: settings.clickhouse_client(),
+        columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS},  # ops: + probes table
+    )
     app.casestream_sink = sink  # exposed for metrics
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
 
     async def ingest_batch(events: list) -> None:
+        started = time.perf_counter()  # ops
         sent = []
         for event in events:
             message = event.message
+            if message.topic == PROBE_TOPIC:  # ops: forwarded as is, never validated or stored
+                probe_key = ops_probe.facts_key(message.key)
+                sent.append(await facts_topic.send(key=probe_key, value=message.value))
+                continue
             try:
                 fact = ingestor.accept(message.value, message.topic)
             except Rejected as rejected:
                 sent.append(await dlq.send(key=message.key, value=message.value,
                                            headers=_dlq_headers(rejected, message)))
+                metrics.rejected(message.topic, rejected.reason)  # ops
                 continue
             sent.append(await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json()))
+            metrics.accepted(fact.agency_id)  # ops
         # The batch is acknowledged when this returns, and faust's send() only queues: wait
         # until Kafka has every re-keyed fact and dead letter, or a crash could lose them.
         await _delivered(sent)
+        metrics.batch("ingest", len(events), time.perf_counter() - started)  # ops
 
     async def derive_batch(events: list) -> None:
-        facts = [Fact.from_json(event.message.value) for event in events]
+        batch_started = time.perf_counter()  # ops
+        fact_events, probes = ops_probe.split_probes(events)  # ops: probes go to `probes` only
+        facts = [Fact.from_json(event.message.value) for event in fact_events]
         result = apply_batch(facts, case_facts.get)
+        result.rows.extend("probes", probes)  # ops: written with the batch's rows
         changelog = []
         for case_id, stored in result.changed.items():
             # What `case_facts[case_id] = stored` does, keeping the changelog future: the
@@ -127,6 +145,8 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
+        metrics.written(facts, probes, time.perf_counter() - started)  # ops
+        metrics.batch("derive", len(events), time.perf_counter() - batch_started)  # ops
 
     @app.agent(source)
     async def ingest(stream: faust.StreamT) -> None:
@@ -158,6 +178,23 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             await probe_topic.send(key=key, value=value)
             metrics.probes_sent.inc()
 
+    @app.timer(interval=STALL_CHECK_SECONDS)
+    async def watchdog() -> None:
+        # Liveness: we have seen faust stop fetching a partition after a rebalance, with input
+        # waiting and no batch in progress. A restart resumes from the committed offsets.
+        if app.rebalancing or app.in_recovery:  # table recovery is slow but it is progress
+            _ACTIVITY["last"] = time.monotonic()
+            return
+        idle = time.monotonic() - _ACTIVITY["last"]
+        if _ACTIVITY["busy"] or idle < STALL_SECONDS:
+            return
+        loop = asyncio.get_running_loop()
+        lags = await loop.run_in_executor(None, worker_lag, settings, app_id)
+        behind = sum(p.lag for p in lags)
+        if behind:
+            log.error("no progress for %.0fs with %d messages waiting: restarting", idle, behind)
+            _leave_now(restart=True)
+
     @app.task
     async def stop_like_a_crash() -> None:
         # Replace faust's graceful SIGTERM/SIGINT handling: its stop commits the offsets of
@@ -178,11 +215,15 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
     offsets would then be committed unprocessed. Leaving the process at once, like a crash,
     prevents that commit: the batch is replayed on restart, and every sink is idempotent.
     """
+    _ACTIVITY["busy"] += 1
     try:
         await batch
+        _ACTIVITY["last"] = time.monotonic()
     except asyncio.CancelledError:
         log.warning("stopped in the middle of a batch: leaving without acknowledging it")
         _leave_now()
+    finally:
+        _ACTIVITY["busy"] -= 1
 
 
 async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
@@ -208,7 +249,7 @@ def _leave_now(restart: bool = False) -> None:
 def _agency_topics(settings: Settings) -> list[str]:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     names = admin.list_topics(timeout=10).topics
     return sorted(n for n in names if AGENCY_TOPIC_PATTERN.match(n))
 
