@@ -50,7 +50,7 @@ BATCH_SIZE = 5000
 DELIVERY_TIMEOUT_SECONDS = 60.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
-_ACTIVITY = {"busy": 0, "last": time.monotonic()}  # batches in progress, last one finished
+_ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
 BATCH_WITHIN_SECONDS = 0.5
 
 
@@ -181,18 +181,22 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def watchdog() -> None:
         # Liveness: we have seen faust stop fetching a partition after a rebalance, with input
-        # waiting and no batch in progress. A restart resumes from the committed offsets.
-        if app.rebalancing or app.in_recovery:  # table recovery is slow but it is progress
-            _ACTIVITY["last"] = time.monotonic()
-            return
-        idle = time.monotonic() - _ACTIVITY["last"]
-        if _ACTIVITY["busy"] or idle < STALL_SECONDS:
+        # waiting and no batch in progress. Progress = committed offsets moving (probe batches
+        # keep finishing, so "a batch finished" is not enough). A restart resumes from the
+        # committed offsets.
+        now = time.monotonic()
+        if app.rebalancing or app.in_recovery or _ACTIVITY["busy"]:
+            _ACTIVITY["since"] = now  # recovering, or a batch waits for ClickHouse: progress
             return
         loop = asyncio.get_running_loop()
         lags = await loop.run_in_executor(None, worker_lag, settings, app_id)
         behind = sum(p.lag for p in lags)
-        if behind:
-            log.error("no progress for %.0fs with %d messages waiting: restarting", idle, behind)
+        committed = sum(max(p.committed, 0) for p in lags)
+        if not behind or committed != _ACTIVITY["committed"]:
+            _ACTIVITY.update(committed=committed, since=now)
+        elif now - _ACTIVITY["since"] > STALL_SECONDS:
+            log.error("offsets stuck for %.0fs with %d messages waiting: restarting",
+                      now - _ACTIVITY["since"], behind)
             _leave_now(restart=True)
 
     @app.task
@@ -218,7 +222,6 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
     _ACTIVITY["busy"] += 1
     try:
         await batch
-        _ACTIVITY["last"] = time.monotonic()
     except asyncio.CancelledError:
         log.warning("stopped in the middle of a batch: leaving without acknowledging it")
         _leave_now()
