@@ -213,9 +213,10 @@ def _register_area_commands() -> None:
     from services.agency.gateway_command import gateway, tokens
     from services.agency.generate_command import generate
     from services.demo import demo
+    from services.ops.health_command import dlq, health, ops
     from services.serving.report_command import flows, report
 
-    for command in (gateway, tokens, generate, demo, report, flows):
+    for command in (gateway, tokens, generate, demo, report, flows, health, dlq, ops):
         main.add_command(command)
 
 

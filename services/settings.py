@@ -35,6 +35,11 @@ setting these variables.
 | CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS | 0 | `health`: max missing sequence numbers per agency |
 | CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS | 7200 | `health`: the newest rollup run must be younger than this |
 | CASESTREAM_HEALTH_WINDOW_SECONDS | 900 | `health`: window of "recent" throughput, DLQ rate and latency |
+| CASESTREAM_KAFKA_SECURITY_PROTOCOL | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Kafka clients) |
+| CASESTREAM_KAFKA_SASL_MECHANISM | SCRAM-SHA-512 | SASL mechanism (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) |
+| CASESTREAM_KAFKA_SASL_USERNAME | (none) | this component's Kafka principal |
+| CASESTREAM_KAFKA_SASL_PASSWORD / _PASSWORD_FILE | (none) | its password, or a file holding it (never logged) |
+| CASESTREAM_KAFKA_SSL_CA_LOCATION | (system CAs) | CA bundle for SSL / SASL_SSL |
 """
 
 from __future__ import annotations
@@ -42,12 +47,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _secret(name: str) -> str | None:
+    """A secret from ``NAME`` or from the file named by ``NAME_FILE`` (issue 7).
+
+    The file form suits secrets mounted by an orchestrator; one trailing newline is dropped.
+    Errors name the variable and the file, never the secret's text.
+    """
+    value = os.environ.get(name)
+    if value not in (None, ""):
+        return value
+    path = os.environ.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+    return text[:-1] if text.endswith("\n") else text
 
 
 @dataclass(frozen=True)
@@ -82,6 +107,13 @@ class Settings:
     health_max_sequence_gaps: int = 0
     health_max_rollup_age_seconds: float = 7200.0
     health_window_seconds: float = 900.0
+    # Kafka client security (issue 7). Defaults are the local stack's PLAINTEXT; production SASL
+    # is configuration only. The password is never shown by repr() (`casestream settings`).
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = field(default=None, repr=False)
+    kafka_ssl_ca_location: str | None = None
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -108,19 +140,31 @@ class Settings:
             probe_interval_seconds=float(_env("CASESTREAM_PROBE_INTERVAL_SECONDS", "10")),
             health_max_lag=int(_env("CASESTREAM_HEALTH_MAX_LAG", "5000")),
             health_max_silence_seconds=float(
-                _env("CASESTREAM_HEALTH_MAX_SILENCE_SECONDS", "172800")),
+                _env("CASESTREAM_HEALTH_MAX_SILENCE_SECONDS", "172800")
+            ),
             health_expected_agencies=tuple(
-                a.strip() for a in _env("CASESTREAM_HEALTH_EXPECTED_AGENCIES", "").split(",")
-                if a.strip()),
+                a.strip()
+                for a in _env("CASESTREAM_HEALTH_EXPECTED_AGENCIES", "").split(",")
+                if a.strip()
+            ),
             health_max_p99_latency_seconds=float(
-                _env("CASESTREAM_HEALTH_MAX_P99_LATENCY_SECONDS", "30")),
+                _env("CASESTREAM_HEALTH_MAX_P99_LATENCY_SECONDS", "30")
+            ),
             health_max_probe_age_seconds=float(
-                _env("CASESTREAM_HEALTH_MAX_PROBE_AGE_SECONDS", "120")),
+                _env("CASESTREAM_HEALTH_MAX_PROBE_AGE_SECONDS", "120")
+            ),
             health_max_dlq_per_minute=float(_env("CASESTREAM_HEALTH_MAX_DLQ_PER_MINUTE", "5")),
             health_max_sequence_gaps=int(_env("CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS", "0")),
             health_max_rollup_age_seconds=float(
-                _env("CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS", "7200")),
+                _env("CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS", "7200")
+            ),
             health_window_seconds=float(_env("CASESTREAM_HEALTH_WINDOW_SECONDS", "900")),
+            # issue 7: Kafka client security
+            kafka_security_protocol=_env("CASESTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
+            kafka_sasl_mechanism=_env("CASESTREAM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").upper(),
+            kafka_sasl_username=os.environ.get("CASESTREAM_KAFKA_SASL_USERNAME") or None,
+            kafka_sasl_password=_secret("CASESTREAM_KAFKA_SASL_PASSWORD"),
+            kafka_ssl_ca_location=os.environ.get("CASESTREAM_KAFKA_SSL_CA_LOCATION") or None,
         )
 
     # Where the local stack listens, derived from the URLs so there is one source of truth.
@@ -141,6 +185,57 @@ class Settings:
     @property
     def prefect_host_port(self) -> tuple[str, int]:
         return _host_port(self.prefect_api_url, 4200)
+
+    # issue 7: every Kafka client of the platform is built from these two, so a secured cluster
+    # needs configuration only (CASESTREAM_KAFKA_SECURITY_PROTOCOL and the SASL variables).
+    def kafka_client_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka (confluent-kafka) configuration: bootstrap servers plus security settings."""
+        protocol = self.kafka_security_protocol
+        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise ValueError(
+                f"CASESTREAM_KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, SASL_PLAINTEXT or "
+                f"SASL_SSL, got {protocol!r}"
+            )
+        config: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        if protocol != "PLAINTEXT":
+            config["security.protocol"] = protocol
+        if protocol.startswith("SASL"):
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError(
+                    f"{protocol} needs CASESTREAM_KAFKA_SASL_USERNAME and "
+                    "CASESTREAM_KAFKA_SASL_PASSWORD (or CASESTREAM_KAFKA_SASL_PASSWORD_FILE)"
+                )
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username
+            config["sasl.password"] = self.kafka_sasl_password
+        if protocol.endswith("SSL") and self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        config.update(overrides)
+        return config
+
+    def faust_broker_credentials(self) -> Any:
+        """The same security settings for faust/aiokafka (``broker_credentials``); None = PLAINTEXT."""
+        self.kafka_client_config()  # validates protocol and credentials with the same messages
+        protocol = self.kafka_security_protocol
+        if protocol == "PLAINTEXT":
+            return None
+        import ssl
+
+        import faust
+
+        context = (
+            ssl.create_default_context(cafile=self.kafka_ssl_ca_location)
+            if protocol.endswith("SSL")
+            else None
+        )
+        if protocol == "SSL":
+            return faust.SSLCredentials(context)
+        return faust.SASLCredentials(
+            username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password,
+            mechanism=self.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
 
     def clickhouse_client(self, *, analyst: bool = False, database: str | None = None, **kwargs):
         """A clickhouse-connect client for the platform user (or the read-only analyst)."""

@@ -27,7 +27,7 @@ class PartitionLag:
 
 def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0
               ) -> list[PartitionLag]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     metadata = admin.list_topics(timeout=timeout)
     partitions = [
         TopicPartition(topic, p)
@@ -41,8 +41,8 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout: float 
         [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=timeout
     )[group]
     committed = {(tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions}
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group,
-                         "enable.auto.commit": False})
+    consumer = Consumer(settings.kafka_client_config(**{"group.id": group,
+                                                        "enable.auto.commit": False}))
     try:
         result = []
         for tp in partitions:
@@ -55,7 +55,7 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout: float 
 
 
 def matching_topics(settings: Settings, pattern) -> list[str]:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     return sorted(t for t in admin.list_topics(timeout=10).topics if pattern.match(t))
 
 

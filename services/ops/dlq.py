@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.contracts.events import agency_from_topic
+from services.ops.probe import kafka_config
 from services.ops.topics import DLQ_TOPIC
 from services.settings import Settings
 
@@ -67,16 +68,30 @@ class DlqEntry:
     rejected_at_ms: int | None
 
     @classmethod
-    def from_parts(cls, partition: int, offset: int, timestamp_ms: int, key: bytes | None,
-                   value: bytes | None, headers: Iterable[tuple[str, bytes | None]] | None
-                   ) -> DlqEntry:
+    def from_parts(
+        cls,
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: Iterable[tuple[str, bytes | None]] | None,
+    ) -> DlqEntry:
         h = {k: v for k, v in (headers or []) if v is not None}
-        return cls(partition, offset, timestamp_ms, key, value,
-                   reason=_text(h, "reason") or "unknown", detail=_text(h, "detail"),
-                   field=_text(h, "field"), source_topic=_text(h, "source_topic"),
-                   source_partition=_int(h, "source_partition"),
-                   source_offset=_int(h, "source_offset"),
-                   rejected_at_ms=_int(h, "rejected_at_ms"))
+        return cls(
+            partition,
+            offset,
+            timestamp_ms,
+            key,
+            value,
+            reason=_text(h, "reason") or "unknown",
+            detail=_text(h, "detail"),
+            field=_text(h, "field"),
+            source_topic=_text(h, "source_topic"),
+            source_partition=_int(h, "source_partition"),
+            source_offset=_int(h, "source_offset"),
+            rejected_at_ms=_int(h, "rejected_at_ms"),
+        )
 
     @property
     def id(self) -> str:
@@ -102,10 +117,16 @@ class DlqEntry:
     def summary(self) -> dict[str, Any]:
         """JSON-able description (raw bytes left out; see `casestream dlq show`)."""
         return {
-            "id": self.id, "reason": self.reason, "agency": self.agency, "field": self.field,
-            "detail": self.detail, "source_topic": self.source_topic,
-            "source_partition": self.source_partition, "source_offset": self.source_offset,
-            "rejected_at": _iso(self.at_ms), "key": (self.key or b"").decode("utf-8", "replace"),
+            "id": self.id,
+            "reason": self.reason,
+            "agency": self.agency,
+            "field": self.field,
+            "detail": self.detail,
+            "source_topic": self.source_topic,
+            "source_partition": self.source_partition,
+            "source_offset": self.source_offset,
+            "rejected_at": _iso(self.at_ms),
+            "key": (self.key or b"").decode("utf-8", "replace"),
             "value_bytes": len(self.value or b""),
         }
 
@@ -131,9 +152,18 @@ def parse_id(text: str) -> tuple[int, int]:
 def _consumer(settings: Settings):
     from confluent_kafka import Consumer
 
-    return Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": READER_GROUP,
-                     "enable.auto.commit": False, "auto.offset.reset": "earliest",
-                     "enable.partition.eof": False})
+    return Consumer(
+        kafka_config(
+            settings,
+            **{
+                "group.id": READER_GROUP,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": False,
+                "log_level": 0,  # errors surface as exceptions; no per-retry lines on stderr
+            },
+        )
+    )
 
 
 def watermarks(settings: Settings, timeout: float = 10.0) -> dict[int, tuple[int, int]]:
@@ -146,14 +176,41 @@ def watermarks(settings: Settings, timeout: float = 10.0) -> dict[int, tuple[int
         meta = topics.get(DLQ_TOPIC)
         if meta is None or meta.error is not None:
             return {}
-        return {p: consumer.get_watermark_offsets(TopicPartition(DLQ_TOPIC, p), timeout=timeout)
-                for p in sorted(meta.partitions)}
+        return {
+            p: _watermark(consumer, TopicPartition(DLQ_TOPIC, p), timeout)
+            for p in sorted(meta.partitions)
+        }
     finally:
         consumer.close()
 
 
-def read_entries(settings: Settings, *, limit: int | None = 100_000, timeout: float = 60.0,
-                 only: Iterable[tuple[int, int]] | None = None) -> list[DlqEntry]:
+def _watermark(consumer, tp, timeout: float, attempts: int = 10) -> tuple[int, int]:
+    """Watermarks, retried while a just-created topic has no leader yet."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    transient = {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+    for attempt in range(attempts):
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args and hasattr(exc.args[0], "code") else None
+            if code not in transient or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def read_entries(
+    settings: Settings,
+    *,
+    limit: int | None = 100_000,
+    timeout: float = 60.0,
+    only: Iterable[tuple[int, int]] | None = None,
+) -> list[DlqEntry]:
     """The newest `limit` entries per partition (all with None), oldest first.
 
     `only` reads just these (partition, offset) ids.
@@ -193,8 +250,11 @@ def read_entries(settings: Settings, *, limit: int | None = 100_000, timeout: fl
                 if end is None or o >= end:
                     continue
                 if wanted is None or o in wanted.get(p, ()):
-                    entries.append(DlqEntry.from_parts(p, o, msg.timestamp()[1], msg.key(),
-                                                       msg.value(), msg.headers()))
+                    entries.append(
+                        DlqEntry.from_parts(
+                            p, o, msg.timestamp()[1], msg.key(), msg.value(), msg.headers()
+                        )
+                    )
                 if o >= end - 1:
                     remaining.pop(p, None)
         if remaining:
@@ -210,11 +270,18 @@ def get_entry(settings: Settings, entry_id: str) -> DlqEntry | None:
     return found[0] if found else None
 
 
-def select(entries: Iterable[DlqEntry], *, reason: str | None = None, agency: str | None = None,
-           ids: Iterable[str] = (), since_ms: int | None = None) -> list[DlqEntry]:
+def select(
+    entries: Iterable[DlqEntry],
+    *,
+    reason: str | None = None,
+    agency: str | None = None,
+    ids: Iterable[str] = (),
+    since_ms: int | None = None,
+) -> list[DlqEntry]:
     wanted = {parse_id(i) for i in ids}
     return [
-        e for e in entries
+        e
+        for e in entries
         if (reason is None or e.reason == reason)
         and (agency is None or e.agency == agency)
         and (not wanted or (e.partition, e.offset) in wanted)
@@ -235,8 +302,12 @@ def counts(entries: Iterable[DlqEntry], *, since_ms: int | None = None) -> dict[
         by_reason[e.reason] = by_reason.get(e.reason, 0) + 1
         by_agency[e.agency] = by_agency.get(e.agency, 0) + 1
         by_both[f"{e.agency}/{e.reason}"] = by_both.get(f"{e.agency}/{e.reason}", 0) + 1
-    return {"total": total, "by_reason": _sorted(by_reason), "by_agency": _sorted(by_agency),
-            "by_agency_reason": _sorted(by_both)}
+    return {
+        "total": total,
+        "by_reason": _sorted(by_reason),
+        "by_agency": _sorted(by_agency),
+        "by_agency_reason": _sorted(by_both),
+    }
 
 
 def _sorted(d: dict[str, int]) -> dict[str, int]:
@@ -286,15 +357,26 @@ class Decision:
     event_id: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.entry.id, "action": self.action, "detail": self.detail,
-                "event_id": self.event_id, "agency": self.entry.agency,
-                "reason": self.entry.reason, "source_topic": self.entry.source_topic,
-                "source_partition": self.entry.source_partition,
-                "source_offset": self.entry.source_offset}
+        return {
+            "id": self.entry.id,
+            "action": self.action,
+            "detail": self.detail,
+            "event_id": self.event_id,
+            "agency": self.entry.agency,
+            "reason": self.entry.reason,
+            "source_topic": self.entry.source_topic,
+            "source_partition": self.entry.source_partition,
+            "source_offset": self.entry.source_offset,
+        }
 
 
-def plan(entries: Iterable[DlqEntry], records: ReplayRecords,
-         validate: Callable[[bytes | None, str], Any], *, force: bool = False) -> list[Decision]:
+def plan(
+    entries: Iterable[DlqEntry],
+    records: ReplayRecords,
+    validate: Callable[[bytes | None, str], Any],
+    *,
+    force: bool = False,
+) -> list[Decision]:
     """Decide, without side effects, what a replay does with each entry.
 
     `validate(raw, topic)` returns the event's Fact or raises `Rejected` (the worker's rules).
@@ -321,13 +403,17 @@ def plan(entries: Iterable[DlqEntry], records: ReplayRecords,
         try:
             fact = validate(entry.value, entry.source_topic)
         except Rejected as rejected:
-            decisions.append(Decision(entry, "still_invalid",
-                                      f"{rejected.reason}: {rejected.detail}"))
+            decisions.append(
+                Decision(entry, "still_invalid", f"{rejected.reason}: {rejected.detail}")
+            )
             continue
         event_id = str(fact.event_id)
         if event_id in seen_events or (not force and event_id in records.event_ids):
-            decisions.append(Decision(entry, "already_replayed",
-                                      f"event {event_id} was replayed before", event_id))
+            decisions.append(
+                Decision(
+                    entry, "already_replayed", f"event {event_id} was replayed before", event_id
+                )
+            )
             continue
         seen_events.add(event_id)
         decisions.append(Decision(entry, "replay", "", event_id))
@@ -347,12 +433,22 @@ class ReplayResult:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "tally": self.tally(), "replayed": self.replayed,
-                "decisions": [d.as_dict() for d in self.decisions]}
+        return {
+            "dry_run": self.dry_run,
+            "tally": self.tally(),
+            "replayed": self.replayed,
+            "decisions": [d.as_dict() for d in self.decisions],
+        }
 
 
-def replay(settings: Settings, entries: list[DlqEntry], *, dry_run: bool = False,
-           force: bool = False, timeout: float = 60.0) -> ReplayResult:
+def replay(
+    settings: Settings,
+    entries: list[DlqEntry],
+    *,
+    dry_run: bool = False,
+    force: bool = False,
+    timeout: float = 60.0,
+) -> ReplayResult:
     """Re-publish the entries that now validate; record each one in `dlq_replays`."""
     from confluent_kafka import Producer
 
@@ -366,8 +462,16 @@ def replay(settings: Settings, entries: list[DlqEntry], *, dry_run: bool = False
     todo = [d for d in decisions if d.action == "replay"]
     if dry_run or not todo:
         return result
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all",
-                         "enable.idempotence": True, "message.timeout.ms": int(timeout * 1000)})
+    producer = Producer(
+        kafka_config(
+            settings,
+            **{
+                "acks": "all",
+                "enable.idempotence": True,
+                "message.timeout.ms": int(timeout * 1000),
+            },
+        )
+    )
     delivered: dict[str, tuple[int, int]] = {}
     errors: dict[str, str] = {}
 
@@ -377,15 +481,24 @@ def replay(settings: Settings, entries: list[DlqEntry], *, dry_run: bool = False
                 delivered[entry_id] = (msg.partition(), msg.offset())
             else:
                 errors[entry_id] = str(err)
+
         return callback
 
     for d in todo:
         e = d.entry
-        producer.produce(e.source_topic, key=e.key, value=e.value, partition=e.source_partition,
-                         headers=[(REPLAY_HEADER,
-                                   f"{e.source_topic}:{e.source_partition}:{e.source_offset} "
-                                   f"dlq {e.id}".encode())],
-                         on_delivery=on_delivery(e.id))
+        producer.produce(
+            e.source_topic,
+            key=e.key,
+            value=e.value,
+            partition=e.source_partition,
+            headers=[
+                (
+                    REPLAY_HEADER,
+                    f"{e.source_topic}:{e.source_partition}:{e.source_offset} dlq {e.id}".encode(),
+                )
+            ],
+            on_delivery=on_delivery(e.id),
+        )
         producer.poll(0)
     producer.flush(timeout)
     who = f"{getpass.getuser()}@{socket.gethostname()}"
@@ -397,14 +510,42 @@ def replay(settings: Settings, entries: list[DlqEntry], *, dry_run: bool = False
             d.action, d.detail = "failed", errors.get(e.id, "not acknowledged by Kafka")
             continue
         part, off = delivered[e.id]
-        rows.append([e.source_topic, e.source_partition, e.source_offset, d.event_id, e.agency,
-                     e.reason, e.partition, e.offset, part, off, now, who])
+        rows.append(
+            [
+                e.source_topic,
+                e.source_partition,
+                e.source_offset,
+                d.event_id,
+                e.agency,
+                e.reason,
+                e.partition,
+                e.offset,
+                part,
+                off,
+                now,
+                who,
+            ]
+        )
         result.replayed.append({**d.as_dict(), "replayed_partition": part, "replayed_offset": off})
     if rows:
-        client.insert("dlq_replays", rows, column_names=[
-            "source_topic", "source_partition", "source_offset", "event_id", "agency_id",
-            "reason", "dlq_partition", "dlq_offset", "replayed_partition", "replayed_offset",
-            "replayed_at", "replayed_by"])
+        client.insert(
+            "dlq_replays",
+            rows,
+            column_names=[
+                "source_topic",
+                "source_partition",
+                "source_offset",
+                "event_id",
+                "agency_id",
+                "reason",
+                "dlq_partition",
+                "dlq_offset",
+                "replayed_partition",
+                "replayed_offset",
+                "replayed_at",
+                "replayed_by",
+            ],
+        )
     return result
 
 

@@ -47,43 +47,75 @@ class _SinkCollector:
         self.sink = sink
 
     def collect(self) -> Iterable[CounterMetricFamily]:
-        yield CounterMetricFamily("casestream_worker_clickhouse_rows_written",
-                                  "Rows ClickHouse accepted from the worker",
-                                  value=getattr(self.sink, "rows_written", 0))
-        yield CounterMetricFamily("casestream_worker_clickhouse_write_failures",
-                                  "Failed ClickHouse write attempts (each one is retried)",
-                                  value=getattr(self.sink, "failures", 0))
+        yield CounterMetricFamily(
+            "casestream_worker_clickhouse_rows_written",
+            "Rows ClickHouse accepted from the worker",
+            value=getattr(self.sink, "rows_written", 0),
+        )
+        yield CounterMetricFamily(
+            "casestream_worker_clickhouse_write_failures",
+            "Failed ClickHouse write attempts (each one is retried)",
+            value=getattr(self.sink, "failures", 0),
+        )
 
 
 class WorkerMetrics:
     def __init__(self, sink: Any = None, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.ingested = Counter("casestream_worker_events_ingested",
-                                "Events validated and re-keyed by the ingest agent",
-                                ["agency"], registry=r)
-        self.dead_lettered = Counter("casestream_worker_events_dead_lettered",
-                                     "Messages sent to the dead-letter topic",
-                                     ["agency", "reason"], registry=r)
-        self.batch_size = Histogram("casestream_worker_batch_size", "Messages per batch",
-                                    ["agent"], buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("casestream_worker_batch_duration_seconds",
-                                       "Batch processing time, flushes and writes included",
-                                       ["agent"], buckets=SECONDS_BUCKETS, registry=r)
-        self.write_seconds = Histogram("casestream_worker_clickhouse_write_seconds",
-                                       "One batch's ClickHouse write, retries included",
-                                       buckets=SECONDS_BUCKETS, registry=r)
-        self.last_event = Gauge("casestream_worker_last_event_time_seconds",
-                                "Newest event time (occurred_at) written, per agency",
-                                ["agency"], registry=r)
-        self.last_ingested = Gauge("casestream_worker_last_ingested_time_seconds",
-                                   "Wall clock of the agency's last write to ClickHouse",
-                                   ["agency"], registry=r)
-        self.probe_latency = Histogram("casestream_worker_probe_latency_seconds",
-                                       "Latency probe produced → its row written to ClickHouse",
-                                       buckets=SECONDS_BUCKETS, registry=r)
-        self.probes_sent = Counter("casestream_worker_probes_sent",
-                                   "Latency probes produced by this worker", registry=r)
+        self.ingested = Counter(
+            "casestream_worker_events_ingested",
+            "Events validated and re-keyed by the ingest agent",
+            ["agency"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            "casestream_worker_events_dead_lettered",
+            "Messages sent to the dead-letter topic",
+            ["agency", "reason"],
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "casestream_worker_batch_size",
+            "Messages per batch",
+            ["agent"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "casestream_worker_batch_duration_seconds",
+            "Batch processing time, flushes and writes included",
+            ["agent"],
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.write_seconds = Histogram(
+            "casestream_worker_clickhouse_write_seconds",
+            "One batch's ClickHouse write, retries included",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.last_event = Gauge(
+            "casestream_worker_last_event_time_seconds",
+            "Newest event time (occurred_at) written, per agency",
+            ["agency"],
+            registry=r,
+        )
+        self.last_ingested = Gauge(
+            "casestream_worker_last_ingested_time_seconds",
+            "Wall clock of the agency's last write to ClickHouse",
+            ["agency"],
+            registry=r,
+        )
+        self.probe_latency = Histogram(
+            "casestream_worker_probe_latency_seconds",
+            "Latency probe produced → its row written to ClickHouse",
+            buckets=SECONDS_BUCKETS,
+            registry=r,
+        )
+        self.probes_sent = Counter(
+            "casestream_worker_probes_sent", "Latency probes produced by this worker", registry=r
+        )
         self._newest_ms: dict[str, int] = {}
         if sink is not None:
             r.register(_SinkCollector(sink))
@@ -104,8 +136,13 @@ class WorkerMetrics:
         self.batch_size.labels(agent).observe(size)
         self.batch_seconds.labels(agent).observe(seconds)
 
-    def written(self, facts: Iterable[Any], probes: list[list[Any]], write_seconds: float,
-                now: float | None = None) -> None:
+    def written(
+        self,
+        facts: Iterable[Any],
+        probes: list[list[Any]],
+        write_seconds: float,
+        now: float | None = None,
+    ) -> None:
         """After a derive batch reached ClickHouse: freshness per agency and probe latency."""
         now = time.time() if now is None else now
         self.write_seconds.observe(write_seconds)

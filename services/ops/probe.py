@@ -32,6 +32,15 @@ PROBE_COLUMNS = ["probe_id", "source", "sent_at"]
 PROBE_RETENTION_MS = 3_600_000  # old probes are worthless, and a rebuild replays fewer of them
 
 
+def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
+    """librdkafka configuration of the ops tools: the platform's (with SASL/SSL when the
+    settings have them, issue 7) plus `extra`."""
+    build = getattr(settings, "kafka_client_config", None)
+    if build is not None:
+        return build(**extra)
+    return {"bootstrap.servers": settings.kafka_bootstrap, **extra}
+
+
 def new_probe(source: str, now_ms: int | None = None) -> tuple[bytes, bytes]:
     """(key, value) of a fresh probe message."""
     probe_id = uuid.uuid4().hex
@@ -78,11 +87,15 @@ def ensure_probe_topic(settings: Settings, timeout: float = 30.0) -> bool:
     """Create ``casestream.probe`` (1 partition, one-hour retention) if missing."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(kafka_config(settings))
     if PROBE_TOPIC in admin.list_topics(timeout=timeout).topics:
         return False
-    topic = NewTopic(PROBE_TOPIC, num_partitions=1, replication_factor=-1,
-                     config={"retention.ms": str(PROBE_RETENTION_MS), "segment.ms": "600000"})
+    topic = NewTopic(
+        PROBE_TOPIC,
+        num_partitions=1,
+        replication_factor=-1,
+        config={"retention.ms": str(PROBE_RETENTION_MS), "segment.ms": "600000"},
+    )
     try:
         admin.create_topics([topic], request_timeout=timeout)[PROBE_TOPIC].result()
     except Exception as exc:  # noqa: BLE001
@@ -98,18 +111,30 @@ def send_probe(settings: Settings, source: str = "cli", timeout: float = 10.0) -
 
     ensure_probe_topic(settings)
     key, value = new_probe(source)
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all",
-                         "message.timeout.ms": int(timeout * 1000)})
+    producer = Producer(
+        kafka_config(
+            settings,
+            **{
+                "acks": "all",
+                "message.timeout.ms": int(timeout * 1000),
+            },
+        )
+    )
     errors: list[Any] = []
-    producer.produce(PROBE_TOPIC, key=key, value=value,
-                     on_delivery=lambda err, _msg: errors.append(err) if err else None)
+    producer.produce(
+        PROBE_TOPIC,
+        key=key,
+        value=value,
+        on_delivery=lambda err, _msg: errors.append(err) if err else None,
+    )
     if producer.flush(timeout) or errors:
         raise RuntimeError(f"probe not acknowledged by Kafka: {errors or 'timeout'}")
     return key.decode(), json.loads(value)["sent_at_ms"]
 
 
-def wait_visible(settings: Settings, probe_id: str, timeout: float = 60.0,
-                 client: Any = None) -> float | None:
+def wait_visible(
+    settings: Settings, probe_id: str, timeout: float = 60.0, client: Any = None
+) -> float | None:
     """Wait until the probe's row is in ClickHouse; returns its latency in seconds or None."""
     client = client or settings.clickhouse_client()
     deadline = time.monotonic() + timeout

@@ -23,7 +23,7 @@ def ensure_topics(settings: Settings, extra: dict[str, int] | None = None,
                   timeout: float = 30.0) -> list[str]:
     """Create missing topics (name → partitions); returns the names created."""
     wanted = {FACTS_TOPIC: settings.topic_partitions, DLQ_TOPIC: 1, **(extra or {})}
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [
         NewTopic(name, num_partitions=partitions, replication_factor=-1)

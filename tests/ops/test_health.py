@@ -1,0 +1,233 @@
+"""`casestream health` against the real stack: lag grows and recovers, silent agencies, metrics.
+
+The tests run their own worker (own consumer group and ClickHouse database) so stopping it never
+disturbs the session's worker; `health` runs as the real CLI with that worker's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from services.agency.publisher import Publisher
+from services.settings import Settings
+from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
+
+pytestmark = pytest.mark.integration
+
+# Everything but the check under test is relaxed, so other tests' data cannot make it fail.
+RELAXED = {
+    "CASESTREAM_HEALTH_MAX_LAG": "10",
+    "CASESTREAM_HEALTH_MAX_SILENCE_SECONDS": "1e9",
+    "CASESTREAM_HEALTH_MAX_DLQ_PER_MINUTE": "1e9",
+    "CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS": "1000000000",
+    "CASESTREAM_HEALTH_MAX_P99_LATENCY_SECONDS": "1e9",
+    "CASESTREAM_HEALTH_MAX_PROBE_AGE_SECONDS": "1e9",
+    "CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS": "1e9",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Isolated:
+    """A worker of our own, restartable, and the environment `health` needs to watch it."""
+
+    def __init__(self, stack: Settings) -> None:
+        tag = new_tag()
+        self.stack = stack
+        self.app_id = f"health-{tag}"
+        self.database = f"health_{tag}"
+        self.metrics_port = free_port()
+        self.env = {
+            "CASESTREAM_WORKER_APP_ID": self.app_id,
+            "CASESTREAM_CLICKHOUSE_DATABASE": self.database,
+            "CASESTREAM_WORKER_METRICS_ADDR": f"127.0.0.1:{self.metrics_port}",
+            "CASESTREAM_PROBE_INTERVAL_SECONDS": "1",
+        }
+        self.worker: WorkerProcess | None = None
+
+    def start(self) -> None:
+        self.worker = WorkerProcess(self.stack, env=self.env).start()
+
+    def stop(self) -> None:
+        if self.worker:
+            self.worker.stop()
+            self.worker = None
+
+    def health(self, *args: str, **env: str) -> tuple[int, dict]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "services.cli", "health", "--json", *args],
+            cwd=REPO,
+            env={**os.environ, **self.env, **RELAXED, **env},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert proc.stdout.strip(), proc.stderr
+        return proc.returncode, json.loads(proc.stdout)
+
+    def client(self):
+        return self.stack.clickhouse_client(database=self.database)
+
+    def metrics(self) -> str:
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        return urllib.request.urlopen(url, timeout=10).read().decode()
+
+
+@pytest.fixture(scope="module")
+def iso(stack: Settings) -> Iterator[Isolated]:
+    iso = Isolated(stack)
+    iso.start()
+    yield iso
+    iso.stop()
+
+
+def check(report: dict, name: str) -> dict:
+    return next(c for c in report["checks"] if c["name"] == name)
+
+
+def opened(agency: str, case: str, sequence: int | None = None) -> dict:
+    return make_event(
+        "case_opened",
+        agency,
+        case,
+        "2024-05-02T08:00:00+07:00",
+        {"origin": "inspection", "field": "land", "subject_kind": "official", "prominent": False},
+        sequence=sequence,
+    )
+
+
+def publish(stack: Settings, events: list[dict]) -> None:
+    with Publisher(None, stack) as operator:
+        assert operator.publish_many(events)
+
+
+def ingested(iso: Isolated, tag: str) -> int:
+    client = iso.stack.clickhouse_client(database="default")  # the worker creates the database
+    if not client.command(f"EXISTS TABLE {iso.database}.events"):
+        return 0
+    return client.command(
+        f"SELECT uniqExact(event_id) FROM {iso.database}.events WHERE case_id LIKE {{p:String}}",
+        parameters={"p": f"{tag}:%"},
+    )
+
+
+def test_lag_is_reported_while_the_worker_is_down_and_recovers(stack, iso):
+    tag = new_tag()
+    publish(stack, [opened("20-INSP", f"{tag}:warmup/{i}") for i in range(5)])
+    wait_for(lambda: ingested(iso, tag) == 5, timeout=180, what="the worker to ingest")
+    wait_for(lambda: iso.health("--check", "lag")[0] == 0, timeout=120, what="lag ok")
+
+    iso.stop()
+    publish(stack, [opened("20-INSP", f"{tag}:backlog/{i}") for i in range(60)])
+    code, report = iso.health("--check", "lag", "--check", "broker")
+    assert code == 1, report
+    assert report["status"] == "fail" and check(report, "broker")["status"] == "ok"
+    lag = check(report, "lag")
+    assert lag["status"] == "fail" and "behind (max 10)" in lag["summary"]
+    group = next(g for g in report["figures"]["lag"]["groups"] if g["group"] == iso.app_id)
+    behind = [p for p in group["partitions"] if p["topic"] == "agency.20-INSP.events"]
+    assert sum(p["lag"] for p in behind) >= 60
+    assert all(p["high_watermark"] - max(p["committed"], 0) == p["lag"] for p in behind)
+
+    # Human form: the same verdict, and the exit status tells the on-call engineer.
+    text = subprocess.run(
+        [sys.executable, "-m", "services.cli", "health", "--check", "lag", "-v"],
+        cwd=REPO,
+        env={**os.environ, **iso.env, **RELAXED},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert text.returncode == 1 and "FAIL  lag" in text.stdout, text.stdout + text.stderr
+    assert "agency.20-INSP.events" in text.stdout
+
+    iso.start()
+    wait_for(lambda: ingested(iso, tag) == 65, timeout=240, what="the backlog after restart")
+    code, report = wait_for(
+        lambda: (r := iso.health("--check", "lag"))[0] == 0 and r,
+        timeout=180,
+        what="the lag check to recover",
+    )
+    assert check(report, "lag")["status"] == "ok"
+    # With nothing else out of bounds, the whole report is healthy again (exit 0).
+    code, report = wait_for(
+        lambda: (r := iso.health())[0] == 0 and r, timeout=120, what="a healthy report"
+    )
+    assert {c["name"]: c["status"] for c in report["checks"]}["latency"] == "ok"
+    figures = report["figures"]
+    assert figures["latency"]["probes"] > 0 and figures["latency"]["p99_seconds"] is not None
+    assert figures["throughput"]["processed"] >= 65
+    assert iso.worker and iso.worker.alive(), iso.worker.log_tail() if iso.worker else ""
+
+
+def test_a_silent_agency_is_flagged(stack, iso):
+    tag = new_tag()
+    publish(stack, [opened("20-INSP", f"{tag}:old/1")])
+    wait_for(lambda: ingested(iso, tag) == 1, timeout=180, what="20-INSP's event")
+    time.sleep(15)
+    publish(stack, [opened("22-INSP", f"{tag}:new/1")])
+    wait_for(lambda: ingested(iso, tag) == 2, timeout=180, what="22-INSP's event")
+    ages = dict(
+        iso.client()
+        .query(
+            "SELECT agency_id, dateDiff('millisecond', last_ingested_at, now64(3)) / 1000.0 "
+            "FROM agency_freshness WHERE agency_id IN ('20-INSP', '22-INSP')"
+        )
+        .result_rows
+    )
+    assert ages["20-INSP"] - ages["22-INSP"] >= 12, ages
+    threshold = (ages["20-INSP"] + ages["22-INSP"]) / 2
+
+    code, report = iso.health(
+        "--check",
+        "freshness",
+        CASESTREAM_HEALTH_MAX_SILENCE_SECONDS=str(threshold),
+        CASESTREAM_HEALTH_EXPECTED_AGENCIES="22-INSP,96-INSP",
+    )
+    freshness = check(report, "freshness")
+    assert code == 1 and freshness["status"] == "fail", report
+    assert "20-INSP silent for" in freshness["summary"]
+    assert "22-INSP" not in freshness["summary"].replace("96-INSP", "")
+    assert "96-INSP never seen" in freshness["summary"]
+    silence = {a["agency_id"]: a for a in report["figures"]["freshness"]["agencies"]}
+    assert silence["20-INSP"]["silence_seconds"] > threshold > silence["22-INSP"]["silence_seconds"]
+
+    code, report = iso.health("--check", "freshness", CASESTREAM_HEALTH_MAX_SILENCE_SECONDS="3600")
+    assert code == 0 and check(report, "freshness")["status"] == "ok"
+
+
+def test_the_worker_exposes_prometheus_metrics(stack, iso):
+    tag = new_tag()
+    publish(stack, [opened("20-INSP", f"{tag}:m/{i}") for i in range(3)])
+    wait_for(lambda: ingested(iso, tag) == 3, timeout=180, what="the events")
+
+    def scraped() -> str | None:
+        try:
+            text = iso.metrics()
+        except OSError:
+            return None
+        return text if "casestream_worker_probe_latency_seconds_count" in text else None
+
+    text = wait_for(scraped, timeout=60, what="the metrics endpoint")
+    assert 'casestream_worker_events_ingested_total{agency="20-INSP"}' in text
+    assert 'casestream_worker_batch_duration_seconds_count{agent="derive"}' in text
+    assert "casestream_worker_clickhouse_rows_written_total" in text
+    assert 'casestream_worker_last_event_time_seconds{agency="20-INSP"}' in text
+    # Probes reach only the probes table: no analyst table ever sees them.
+    client = iso.client()
+    assert client.command("SELECT count() FROM probes") > 0
+    assert client.command("SELECT count() FROM events WHERE startsWith(case_id, '\\0')") == 0
+    assert client.command("SELECT count() FROM cases WHERE startsWith(case_id, '\\0')") == 0
