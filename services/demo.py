@@ -18,6 +18,11 @@ import click
 
 from services.settings import Settings
 
+# Central agencies, the two largest cities, two border provinces and two provinces merged away
+# in 2025 (34 Thái Bình → Hưng Yên, 45 Quảng Trị → Quảng Trị 44): a national picture with ~100
+# agencies, small enough to register every agency's subject quickly on a laptop.
+DEMO_PROVINCES = ("00", "01", "79", "20", "22", "34", "45")
+
 NATIONAL_COLUMNS = [
     ("period", "period_start", "{:%Y}"),
     ("opened", "cases_opened", "{:,}"),
@@ -80,7 +85,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: da
     ensure_topics(settings)
     _done(t)
 
-    history = settings.home / "demo" / f"history-seed{seed}-{events}-{start}-{end}.jsonl"
+    history = settings.home / "demo" / f"history-seed{seed}-{events}-{start}-{end}-v2.jsonl"
     t = _step(3, total, f"generate a case history ({events:,} events, seed {seed}, {start}..{end})")
     if history.exists():
         click.echo(f"      reusing {history}", err=True)
@@ -88,6 +93,7 @@ def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: da
         history.parent.mkdir(parents=True, exist_ok=True)
         summary = write_jsonl(
             GeneratorOptions(seed=seed, start=start, end=end, events=events, duplicates=0.01,
+                             provinces=DEMO_PROVINCES,
                              out_of_order=0.02,
                              progress=lambda m: click.echo(f"      {m}", err=True)),
             history,

@@ -38,7 +38,6 @@ def render_config(settings: Settings) -> Path:
             port=port,
             controller_port=settings.kafka_controller_port,
             data_dir=data_dir,
-            partitions=settings.topic_partitions,
         )
     )
     return config
