@@ -212,11 +212,13 @@ def _register_area_commands() -> None:
     """Commands that live next to the code they drive (each module imports only click)."""
     from services.agency.gateway_command import gateway, tokens
     from services.agency.generate_command import generate
+    from services.contracts.schemas_command import schemas
     from services.demo import demo
     from services.ops.health_command import dlq, health, ops
     from services.serving.report_command import flows, report
 
-    for command in (gateway, tokens, generate, demo, report, flows, health, dlq, ops):
+    for command in (gateway, tokens, generate, demo, report, flows, health, dlq, ops,
+                    schemas):
         main.add_command(command)
 
 

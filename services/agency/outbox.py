@@ -72,18 +72,29 @@ class Outbox:
         if not event_ids:
             return
         now = time.time()
-        with self._lock:
-            self._db.executemany(
-                "UPDATE outbox SET delivered_at = ? WHERE event_id = ?",
-                [(now, e) for e in event_ids],
-            )
+        self._in_transaction(
+            "UPDATE outbox SET delivered_at = ? WHERE event_id = ?", [(now, e) for e in event_ids]
+        )
 
     def mark_attempt(self, event_ids: list[str]) -> None:
+        self._in_transaction(
+            "UPDATE outbox SET attempts = attempts + 1 WHERE event_id = ?",
+            [(e,) for e in event_ids],
+        )
+
+    def _in_transaction(self, sql: str, rows: list[tuple]) -> None:
+        """executemany in ONE transaction: the connection autocommits, so a bare executemany
+        would commit (and fsync) once per row."""
+        if not rows:
+            return
         with self._lock:
-            self._db.executemany(
-                "UPDATE outbox SET attempts = attempts + 1 WHERE event_id = ?",
-                [(e,) for e in event_ids],
-            )
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(sql, rows)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def counts(self) -> dict[str, int]:
         with self._lock:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from services.agency.outbox import Outbox
 from services.agency.publisher import Publisher
@@ -83,8 +83,9 @@ def read_topics(settings: Settings, topics: Iterable[str], timeout: float = 60.0
         consumer.close()
 
 
-def decoded_events(settings: Settings, messages: Iterable[Message], tag: str | None = None
-                   ) -> list[dict]:
+def decoded_events(
+    settings: Settings, messages: Iterable[Message], tag: str | None = None
+) -> list[dict]:
     """Decode (with the real registry) the messages whose key (case_id) carries ``tag``."""
     cache = SchemaCache(make_client(settings.registry_url))
     prefix = f"{tag}:".encode() if tag else b""
@@ -93,8 +94,13 @@ def decoded_events(settings: Settings, messages: Iterable[Message], tag: str | N
 
 def _events(tag: str, count: int, agency: str = "20-INSP") -> list[dict]:
     return [
-        example_event("stage_changed", event_id=str(uuid.uuid4()), agency_id=agency,
-                      case_id=f"{tag}:{agency}/2024/{n:04d}", sequence=None)
+        example_event(
+            "stage_changed",
+            event_id=str(uuid.uuid4()),
+            agency_id=agency,
+            case_id=f"{tag}:{agency}/2024/{n:04d}",
+            sequence=None,
+        )
         for n in range(count)
     ]
 
@@ -117,8 +123,13 @@ def offline(tmp_path) -> Settings:
 
 
 def _offline_publisher(settings: Settings, agency: str | None, registry=None, **kw) -> Publisher:
-    return Publisher(agency, settings, registry_client=registry or InMemorySchemaRegistry(),
-                     producer_config={"log_level": 0, "reconnect.backoff.max.ms": 1000}, **kw)
+    return Publisher(
+        agency,
+        settings,
+        registry_client=registry or InMemorySchemaRegistry(),
+        producer_config={"log_level": 0, "reconnect.backoff.max.ms": 1000},
+        **kw,
+    )
 
 
 @pytest.mark.unit
@@ -189,6 +200,66 @@ def test_events_wait_when_the_registry_is_down(offline):
     assert pub.close(timeout=0.3) == 3
 
 
+class FakeProducer:
+    """Stands in for confluent_kafka.Producer: serves delivery reports in poll/flush, failing
+    the first ``fail`` messages (as librdkafka does after message.timeout.ms)."""
+
+    fail = 0
+
+    def __init__(self, config: dict) -> None:
+        self.config = config
+        self.produced: list[tuple[str, bytes, bytes]] = []
+        self._waiting: list = []
+
+    def produce(self, topic, key=None, value=None, on_delivery=None) -> None:
+        self.produced.append((topic, key, value))
+        self._waiting.append(on_delivery)
+
+    def poll(self, timeout: float = 0) -> int:
+        waiting, self._waiting = self._waiting, []
+        for callback in waiting:
+            if FakeProducer.fail:
+                FakeProducer.fail -= 1
+                callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                callback(None, None)
+        return len(waiting)
+
+    def flush(self, timeout: float = 0) -> int:
+        self.poll()
+        return len(self._waiting)
+
+
+@pytest.mark.unit
+def test_each_event_is_produced_once_unless_its_delivery_failed(offline, monkeypatch):
+    monkeypatch.setattr("services.agency.publisher.Producer", FakeProducer)
+    monkeypatch.setattr(FakeProducer, "fail", 3)
+    pub = Publisher("20-INSP", offline, registry_client=InMemorySchemaRegistry())
+    statements: list[str] = []
+    pub.outbox._db.set_trace_callback(statements.append)
+    events = _events("u", 300)
+    pub.publish_many(events)
+    assert pub.flush(timeout=5) == 0
+    assert pub.delivery_errors == 3
+    assert pub.outbox.counts() == {"pending": 0, "delivered": 300}
+
+    produced = Counter(key for _topic, key, _value in pub._producer.produced)
+    assert sorted(produced.values()) == [1] * 297 + [2] * 3  # only the failed ones again
+    assert set(produced) == {e["case_id"].encode() for e in events}
+
+    # acknowledgements are written in a few transactions, not one commit per event
+    in_transaction, commits = False, 0
+    for statement in statements:
+        if statement == "BEGIN":
+            in_transaction = True
+        elif statement == "COMMIT":
+            in_transaction, commits = False, commits + 1
+        elif statement.startswith("UPDATE outbox SET delivered_at"):
+            assert in_transaction, "delivered events marked outside a transaction"
+    assert commits <= 5
+    pub.close(timeout=1)
+
+
 # =========================================================================== round trip
 
 
@@ -200,8 +271,11 @@ def test_every_event_type_round_trips_through_the_registry(stack):
         for t in EVENT_TYPES
     ]
     # optional fields absent (sequence, damage_vnd, count) round-trip too
-    events.append(example_event("case_opened", event_id=str(uuid.uuid4()),
-                                case_id=f"{tag}:{CASE_ID}-b", sequence=None))
+    events.append(
+        example_event(
+            "case_opened", event_id=str(uuid.uuid4()), case_id=f"{tag}:{CASE_ID}-b", sequence=None
+        )
+    )
     del events[-1]["payload"]["damage_vnd"]
     events = [_without_none(e) for e in events]
     by_agency: dict[str, list[dict]] = {}
@@ -216,7 +290,8 @@ def test_every_event_type_round_trips_through_the_registry(stack):
         assert pub.close(timeout=60) == 0
 
     messages = [
-        m for m in read_topics(stack, [topic_for_agency(a) for a in by_agency])
+        m
+        for m in read_topics(stack, [topic_for_agency(a) for a in by_agency])
         if m.key().startswith(f"{tag}:".encode())
     ]
     assert len(messages) == len(events)
@@ -271,8 +346,8 @@ def _start_broker(settings: Settings) -> None:
 
 def _delivered_once(settings: Settings, agency: str, events: list[dict]) -> None:
     counts = Counter(
-        e["event_id"] for e in decoded_events(settings, read_topics(
-            settings, [topic_for_agency(agency)]))
+        e["event_id"]
+        for e in decoded_events(settings, read_topics(settings, [topic_for_agency(agency)]))
     )
     wanted = {e["event_id"] for e in events}
     assert {eid: n for eid, n in counts.items() if eid in wanted} == dict.fromkeys(wanted, 1)

@@ -262,7 +262,8 @@ def real_client(stack):
 def _cli(stack, *args: str):
     return _flat(
         CliRunner().invoke(
-            cmd.schemas, [args[0], "--registry-url", stack.registry_url, *args[1:]],
+            cmd.schemas,
+            [args[0], "--registry-url", stack.registry_url, *args[1:]],
             catch_exceptions=False,
         )
     )
@@ -336,8 +337,9 @@ def test_old_events_stay_readable_after_an_evolution(stack, real_client):
     v2_id = register_agency_subject(client, EVOLVING_AGENCY, with_optional_field())
     assert client.get_version(subject, "latest").schema_id == v2_id
 
-    event_json = example_event("case_opened", agency_id=EVOLVING_AGENCY,
-                               case_id=f"{EVOLVING_AGENCY}/2024/0001")
+    event_json = example_event(
+        "case_opened", agency_id=EVOLVING_AGENCY, case_id=f"{EVOLVING_AGENCY}/2024/0001"
+    )
     event = parse_event(event_json)
     written_v1 = encode(event, v1_id)
 
@@ -347,8 +349,9 @@ def test_old_events_stay_readable_after_an_evolution(stack, real_client):
     assert decoded == {**event, "source_system": None}
 
     # producers upgraded to v2: consumers still on v1 read their events (the field is skipped)
-    written_v2 = upgraded.encode({**event, "source_system": "e-office 3.1"}, v2_id,
-                                 writer_schema=with_optional_field())
+    written_v2 = upgraded.encode(
+        {**event, "source_system": "e-office 3.1"}, v2_id, writer_schema=with_optional_field()
+    )
     fresh_cache = SchemaCache(make_client(stack.registry_url))
     assert decode(written_v2, fresh_cache) == event
     assert to_json_form(decode(written_v1, fresh_cache)) == event_json
