@@ -48,13 +48,78 @@ SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so n
 TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
 DELIVERY_TIMEOUT_SECONDS = 60.0
+INGEST_BATCH_TIMEOUT_SECONDS = 120.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 _ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
 BATCH_WITHIN_SECONDS = 0.5
 
 
+def _patch_faust_commit() -> None:
+    """Make faust's offset commit O(partitions) instead of O(partitions²).
+
+    faust-streaming 0.15's ``AIOKafkaConsumerThread._commit`` filters the offsets with
+    ``if tp in self.assignment()`` inside a comprehension, rebuilding the set of every assigned
+    partition once per committed partition. With the ~730 agency topics of a national
+    deployment (x4 partitions) one commit took 5+ s on the consumer thread (py-spy: 27 % of the
+    worker's samples, in ensure_TPset/TP()), which blocked heartbeats and caused rebalance
+    storms (benchmarks/, docs/benchmarks.md). Same method with the set computed once; the
+    body runs synchronously up to its first await, so the assignment cannot change meanwhile.
+    Applied only when the installed faust still has that exact code.
+    """
+    import inspect
+
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = cls._commit
+    if getattr(original, "_casestream_patched", False):
+        return
+    try:
+        source = inspect.getsource(original)
+    except (OSError, TypeError):
+        return
+    if "if tp in self.assignment()" not in source:
+        return
+
+    async def _commit(self, offsets):  # noqa: ANN001 - faust's signature
+        consumer = self._ensure_consumer()
+        now = driver.monotonic()
+        assigned = self.assignment()
+        commitable_offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
+        try:
+            aiokafka_offsets = {
+                driver.ensure_aiokafka_TP(tp): driver.OffsetAndMetadata(offset, "")
+                for tp, offset in commitable_offsets.items()
+            }
+            self.tp_last_committed_at.update({tp: now for tp in commitable_offsets})
+            await consumer.commit(aiokafka_offsets)
+        except driver.CommitFailedError as exc:
+            if "already rebalanced" in str(exc):
+                return False
+            self.log.exception("Committing raised exception: %r", exc)
+            await self.crash(exc)
+            return False
+        except driver.IllegalStateError as exc:
+            self.log.exception(
+                "Got exception: %r\nCurrent assignment: %r", exc, self.assignment()
+            )
+            await self.crash(exc)
+            return False
+        except Exception as exc:
+            self.log.exception(
+                "Got exception: %r\nCurrent assignment: %r", exc, self.assignment()
+            )
+            await self.crash(exc)
+            return False
+        return True
+
+    _commit._casestream_patched = True  # type: ignore[attr-defined]
+    cls._commit = _commit
+
+
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
+    _patch_faust_commit()  # perf: see the docstring (issue 8)
     app_id = app_id or settings.worker_app_id
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -75,6 +140,10 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         stream_wait_empty=True,
         web_enabled=False,
         producer_acks=-1,
+        # perf (issue 8): batch the re-keyed facts and changelog writes for up to 10 ms; with
+        # faust's default (0) every send became its own produce request (py-spy: 17 % of the
+        # worker in aiokafka's socket writes). Batches still wait for their acks (_delivered).
+        producer_linger=0.01,
     )
     # faust's pattern subscription does not work with its aiokafka driver ("XXX pattern does
     # not work"), so we subscribe by name and a timer adds agency topics as they appear.
@@ -151,7 +220,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     @app.agent(source)
     async def ingest(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
-            await _finish_or_die(ingest_batch(events))
+            # Bounded: we have seen faust's send() block forever with the partitions paused;
+            # a restart (crash semantics, replay) is the safe way out.
+            await _finish_or_die(_bounded(ingest_batch(events), INGEST_BATCH_TIMEOUT_SECONDS))
 
     @app.agent(facts_topic)
     async def derive(stream: faust.StreamT) -> None:
@@ -227,6 +298,14 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _leave_now()
     finally:
         _ACTIVITY["busy"] -= 1
+
+
+async def _bounded(batch: Awaitable[None], timeout: float) -> None:
+    try:
+        await asyncio.wait_for(batch, timeout)
+    except TimeoutError:
+        log.error("a batch did not finish in %.0fs: restarting", timeout)
+        _leave_now(restart=True)
 
 
 async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
