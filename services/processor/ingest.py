@@ -31,6 +31,19 @@ class Rejected(Exception):
         self.field = field
 
 
+class RegistryUnavailable(Exception):
+    """The schema registry could not be asked: retry later, the message is not at fault."""
+
+
+def _is_registry_outage(exc: Exception) -> bool:
+    """Connection failures and 5xx answers from the registry (not an unknown schema id)."""
+    status = getattr(exc, "http_status_code", None)
+    if isinstance(status, int):
+        return status >= 500 or status < 0
+    name = type(exc).__name__
+    return any(word in name for word in ("Connect", "Timeout", "Transport", "Network"))
+
+
 REASONS = (
     "empty_message",  # tombstone or zero bytes
     "bad_wire_format",  # not Confluent wire format / unknown schema id / undecodable Avro
@@ -61,7 +74,11 @@ class Ingestor:
             event = self._codec.decode(raw, self._lookup)
         except WireFormatError as exc:
             raise Rejected("bad_wire_format", exc.reason) from None
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise RegistryUnavailable(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - registry errors, corrupt bodies
+            if _is_registry_outage(exc):
+                raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from None
             raise Rejected("bad_wire_format", f"{type(exc).__name__}: {exc}") from None
         if event.get("agency_id") != topic_agency:
             raise Rejected(

@@ -37,7 +37,7 @@ from services.ops.topics import (
 )
 from services.processor.batch import apply_batch
 from services.processor.facts import Fact
-from services.processor.ingest import Ingestor, Rejected
+from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink
 from services.settings import Settings
@@ -184,7 +184,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
                 sent.append(await facts_topic.send(key=probe_key, value=message.value))
                 continue
             try:
-                fact = ingestor.accept(message.value, message.topic)
+                fact = await _accept_when_registry_answers(ingestor, message)
             except Rejected as rejected:
                 sent.append(await dlq.send(key=message.key, value=message.value,
                                            headers=_dlq_headers(rejected, message)))
@@ -232,7 +232,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     @app.timer(interval=TOPIC_DISCOVERY_SECONDS)
     async def discover_agency_topics() -> None:
         loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(None, _agency_topics, settings)
+        try:
+            found = await loop.run_in_executor(None, _agency_topics, settings)
+        except Exception as exc:  # noqa: BLE001 - broker unreachable: try on the next tick
+            log.warning("topic discovery failed (%s); retrying", exc)
+            return
         new = sorted(set(found) - set(source.topics))
         if new:
             # faust cannot add topics to a running subscription reliably (the group is
@@ -260,7 +264,12 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             _ACTIVITY["since"] = now  # recovering, or a batch waits for ClickHouse: progress
             return
         loop = asyncio.get_running_loop()
-        lags = await loop.run_in_executor(None, worker_lag, settings, app_id)
+        try:
+            lags = await loop.run_in_executor(None, worker_lag, settings, app_id)
+        except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict this tick
+            log.warning("watchdog cannot read offsets (%s)", exc)
+            _ACTIVITY["since"] = now
+            return
         behind = sum(p.lag for p in lags)
         committed = sum(max(p.committed, 0) for p in lags)
         if not behind or committed != _ACTIVITY["committed"]:
@@ -298,6 +307,18 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _leave_now()
     finally:
         _ACTIVITY["busy"] -= 1
+
+
+async def _accept_when_registry_answers(ingestor: Ingestor, message: Any) -> Fact:
+    """A registry outage is not the event's fault: wait for the registry, don't dead-letter."""
+    delay = 0.5
+    while True:
+        try:
+            return ingestor.accept(message.value, message.topic)
+        except RegistryUnavailable as exc:
+            log.warning("registry unavailable (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
 
 async def _bounded(batch: Awaitable[None], timeout: float) -> None:
