@@ -37,9 +37,9 @@ def test_transfer_lag_reaches_clickhouse_and_the_national_rollup(stack, worker, 
     row = wait_for(
         lambda: ch.query(
             "SELECT from_agency_id, to_agency_id, status, lag_hours FROM transfers "
-            "WHERE case_id = {c:String}", parameters={"c": case_id},
+            "WHERE case_id = {c:String} AND status = 'received'", parameters={"c": case_id},
         ).result_rows,
-        timeout=120, what="the transfer row",
+        timeout=120, what="the received transfer row",
     )
     assert row == [("20-INSP", "20-POLICE", "received", 54.0)]
 
