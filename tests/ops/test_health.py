@@ -201,7 +201,8 @@ def test_a_silent_agency_is_flagged(stack, iso):
     )
     freshness = check(report, "freshness")
     assert code == 1 and freshness["status"] == "fail", report
-    assert "12-FOREST silent for" in freshness["summary"]
+    # The summary names only the five longest-silent agencies; under a shared test stack many
+    # older agencies outrank 12-FOREST, so its silence is asserted on the figures below.
     assert "11-FOREST" not in freshness["summary"].replace("96-INSP", "")
     assert "96-INSP never seen" in freshness["summary"]
     silence = {a["agency_id"]: a for a in report["figures"]["freshness"]["agencies"]}
