@@ -214,11 +214,12 @@ def _register_area_commands() -> None:
     from services.agency.generate_command import generate
     from services.contracts.schemas_command import schemas
     from services.demo import demo
+    from services.ops.bench_command import bench
     from services.ops.health_command import dlq, health, ops
     from services.serving.report_command import flows, report
 
     for command in (gateway, tokens, generate, demo, report, flows, health, dlq, ops,
-                    schemas):
+                    schemas, bench):
         main.add_command(command)
 
 

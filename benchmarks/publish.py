@@ -1,0 +1,142 @@
+"""publish: the SDK's events/s vs a bare confluent-kafka producer sending the same bytes.
+
+SDK: the operator ``Publisher(None, settings)`` (what `casestream publish` and the gateway use)
+publishing the generated history with ``publish_many`` in the chunks `casestream publish` uses
+(``bulk_import.CHUNK``, 2,000): validation, the
+durable SQLite outbox, Avro encoding, the idempotent producer (acks=all) and the delivered
+marking from delivery reports. Timed until every event is acknowledged (outbox empty).
+
+Baseline: a bare ``confluent_kafka.Producer`` with the same configuration (idempotent, acks=all,
+linger 5 ms, lz4) sending the *pre-encoded* Avro bytes of the same events to a mirror set of
+topics (same names prefixed ``benchbare.``, same partitions), then ``flush()``. No per-message
+callback; the delivered count is checked on the topics' watermarks afterwards.
+
+Both go through a warm-up first; registering the ~700 agency subjects with the schema registry
+(once per agency and publisher process; 8 threads here) is timed separately and reported, not in
+the rate.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+from benchmarks.common import (
+    BenchContext,
+    Result,
+    Timer,
+    chunks,
+    delete_topics,
+    ensure_topics,
+    fmt_num,
+    peak_rss_mb,
+    producer_config,
+    reset_peak_rss,
+    topic_messages,
+)
+
+TARGET_RATIO = 0.5
+
+
+def _bare_produce(settings, messages: list[tuple[str, bytes, bytes]]) -> float:
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(settings))
+    with Timer() as t:
+        produce, poll = producer.produce, producer.poll
+        for i, (topic, key, value) in enumerate(messages):
+            while True:
+                try:
+                    produce(topic, value, key)
+                    break
+                except BufferError:
+                    poll(0.05)
+            if i % 1000 == 0:
+                poll(0)
+        left = producer.flush(120)
+    if left:
+        raise RuntimeError(f"bare producer: {left} messages not delivered")
+    return t.seconds
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    from services.agency.bulk_import import CHUNK as IMPORT_CHUNK
+    from services.agency.publisher import Publisher, _to_storable
+    from services.contracts.codec import AvroCodec
+    from services.contracts.events import kafka_key, parse_event, topic_for_agency
+
+    settings = ctx.settings
+    data = ctx.dataset
+    events = data.events
+    n = len(events)
+    agencies = data.agencies
+    ctx.ensure_agency_topics(agencies)
+    mirror = {a: "benchbare." + topic_for_agency(a) for a in agencies}
+    ensure_topics(settings, mirror.values(), ctx.agency_partitions)
+    topics_before = ctx.agency_messages()
+
+    # One-time per process and agency: the subject registration (lookup + compatibility).
+    pub = Publisher(None, settings, outbox_path=ctx.work / f"outbox-{ctx.stamp}.sqlite")
+    with Timer() as registration, ThreadPoolExecutor(8) as pool:
+        schema_ids = dict(zip(agencies, pool.map(pub.schema_id, agencies), strict=True))
+
+    # The same bytes the SDK will send, encoded before the clock starts (the baseline's input).
+    codec = AvroCodec()
+    encoded = []
+    for e in events:
+        normal = parse_event(e)
+        encoded.append(
+            (
+                mirror[e["agency_id"]],
+                kafka_key(normal),
+                codec.encode(_to_storable(normal), schema_ids[e["agency_id"]]),
+            )
+        )
+    warm = encoded[: min(5_000, n)]
+    _bare_produce(settings, warm)  # warm-up: broker, connections, page cache
+    ctx.log(f"publish: bare producer, {n:,} pre-encoded events")
+    bare_seconds = _bare_produce(settings, encoded)
+    bare_rate = n / bare_seconds
+    bare_count = topic_messages(settings, mirror.values()) - len(warm)
+
+    ctx.log(f"publish: SDK operator publisher, {n:,} events")
+    reset_peak_rss()
+    with Timer() as sdk:
+        accepted = 0
+        for chunk in chunks(events, IMPORT_CHUNK):
+            accepted += sum(1 for a in pub.publish_many(chunk) if a.new)
+        pending = pub.flush(timeout=600)
+    sdk_rss = peak_rss_mb()
+    pub.close(timeout=30)
+    sdk_rate = n / sdk.seconds
+    delivered = ctx.agency_messages() - topics_before
+    ctx.published = True
+    delete_topics(settings, mirror.values())
+
+    ratio = sdk_rate / bare_rate
+    ctx.baselines["bare_produce_rate"] = bare_rate
+    return [
+        Result(
+            scenario="publish (SDK)",
+            result=fmt_num(sdk_rate, "events/s"),
+            baseline=f"bare producer {fmt_num(bare_rate, 'events/s')}",
+            ratio=ratio,
+            ratio_label="of bare",
+            target=f">= {TARGET_RATIO:.0%} of bare",
+            met=ratio >= TARGET_RATIO and pending == 0,
+            numbers={
+                "events": n,
+                "sdk_seconds": round(sdk.seconds, 2),
+                "bare_seconds": round(bare_seconds, 2),
+                "sdk_delivered": delivered,
+                "bare_delivered": bare_count,
+                "still_pending": pending,
+                "agencies": len(agencies),
+                "registration_seconds": round(registration.seconds, 2),
+                "sdk_us_per_event": round(1e6 * sdk.seconds / n, 1),
+                "bare_us_per_event": round(1e6 * bare_seconds / n, 1),
+            },
+            memory={"publisher process": round(sdk_rss or 0)},
+            command=ctx.repro("publish"),
+            notes=("" if accepted == n else f"{n - accepted} events were already in the outbox"),
+        )
+    ]
