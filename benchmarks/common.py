@@ -895,6 +895,10 @@ class BenchContext:
         self.ensure_agency_topics(data.agencies)
         self.log(f"publishing {len(data.events):,} events (not timed)")
         with Publisher(None, self.settings, outbox_path=self.work / "outbox-setup.sqlite") as pub:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(8) as pool:  # ~830 subjects, one registry round trip each
+                list(pool.map(pub.schema_id, data.agencies))
             for chunk in chunks(data.events, 2000):
                 pub.publish_many(chunk)
         self.published = True

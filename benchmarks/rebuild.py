@@ -70,7 +70,7 @@ class _Watch(threading.Thread):
             except Exception:  # noqa: BLE001 - a sample less
                 continue
             if lag is not None:
-                if not self.samples:
+                if not self.base and rss:  # first RSS seen once the group committed
                     self.base = rss
                 self.samples.append((time.time(), lag))
 
