@@ -680,6 +680,12 @@ class PySpy:
         )
         return self
 
+    def stop(self) -> bool:
+        """End the recording now (py-spy writes what it sampled on SIGINT)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        return self.wait(60)
+
     def wait(self, timeout: float | None = None) -> bool:
         if self.proc is None:
             return False

@@ -11,6 +11,9 @@ linger 5 ms, lz4) sending the *pre-encoded* Avro bytes of the same events to a m
 topics (same names prefixed ``benchbare.``, same partitions), then ``flush()``. No per-message
 callback; the delivered count is checked on the topics' watermarks afterwards.
 
+py-spy samples this process (non-blocking, from outside) during the SDK run, as the process
+scenario does with the worker; `--no-profile` measures without it.
+
 Both go through a warm-up first; registering the ~700 agency subjects with the schema registry
 (once per agency and publisher process; 8 threads here) is timed separately and reported, not in
 the rate.
@@ -18,10 +21,13 @@ the rate.
 
 from __future__ import annotations
 
+import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from benchmarks.common import (
     BenchContext,
+    PySpy,
     Result,
     Timer,
     chunks,
@@ -31,6 +37,7 @@ from benchmarks.common import (
     peak_rss_mb,
     producer_config,
     reset_peak_rss,
+    summarize_profile,
     topic_messages,
 )
 
@@ -100,12 +107,20 @@ def run(ctx: BenchContext) -> list[Result]:
 
     ctx.log(f"publish: SDK operator publisher, {n:,} events")
     reset_peak_rss()
+    spy = None
+    if ctx.profile:  # this process is the publisher: sample it while the SDK runs
+        spy = PySpy(os.getpid(), 600, ctx.work / "profiles" / "publisher.raw").start()
+        time.sleep(1.0)  # py-spy attaches before the clock starts
     with Timer() as sdk:
         accepted = 0
         for chunk in chunks(events, IMPORT_CHUNK):
             accepted += sum(1 for a in pub.publish_many(chunk) if a.new)
         pending = pub.flush(timeout=600)
     sdk_rss = peak_rss_mb()
+    if spy is not None:
+        ctx.profiles["publish (SDK, this process)"] = (
+            summarize_profile(spy.output).render() if spy.stop() else f"py-spy failed: {spy.error}"
+        )
     pub.close(timeout=30)
     sdk_rate = n / sdk.seconds
     delivered = ctx.agency_messages() - topics_before

@@ -114,6 +114,51 @@ def rollup_parameters(client) -> dict:
     }
 
 
+# The national rollup's building blocks, each timed on its own: ClickHouse runs the statement
+# natively, so its "profile" is which parts of the SQL cost what (py-spy sees nothing there).
+ROLLUP_PARTS = {
+    "count() of events FINAL (the dedup every part pays)": (
+        "SELECT count() FROM events FINAL "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
+    "events FINAL by type (a scan of the contributions)": (
+        "SELECT event_type, count() FROM events FINAL GROUP BY event_type "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
+    "JSON payload figures (discipline counts, asset amounts)": (
+        "SELECT sum(JSONExtractUInt(payload, 'count')), sum(JSONExtractInt(payload, "
+        "'identified_vnd')), sum(JSONExtractInt(payload, 'recovered_vnd')) FROM events FINAL "
+        "WHERE event_type IN ('discipline_imposed', 'assets_recovered') "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
+    "monitoring per case (GROUP BY case_id)": (
+        "SELECT count() FROM (SELECT case_id, min(occurred_at) FROM events FINAL "
+        "WHERE event_type = 'monitoring_assigned' GROUP BY case_id) "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
+    "monitored resolutions (events JOIN monitoring)": (
+        "SELECT count() FROM events AS e FINAL INNER JOIN (SELECT case_id, min(occurred_at) AS t "
+        "FROM events FINAL WHERE event_type = 'monitoring_assigned' GROUP BY case_id) AS m "
+        "ON m.case_id = e.case_id WHERE e.event_type IN ('case_resolved', 'case_reopened') "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
+    "transfer lag quantiles (transfers view)": (
+        "SELECT count(), quantileExactInclusive(0.5)(lag_hours) FROM transfers"
+    ),
+}
+
+
+def rollup_parts(client, repeats: int) -> str:
+    lines = ["median seconds of each part on its own (the statement runs them together):", ""]
+    for name, sql in ROLLUP_PARTS.items():
+        try:
+            seconds, _ = timed_runs(lambda s=sql: client.query(s), repeats)
+            lines.append(f"  {median(seconds):7.3f} s  {name}")
+        except Exception as exc:  # noqa: BLE001 - a part that fails is reported, not fatal
+            lines.append(f"  failed   {name}: {exc}"[:300])
+    return "\n".join(lines)
+
+
 def run(ctx: BenchContext) -> list[Result]:
     from services.serving.rollups import REPORTING_TZ, rollup_sql
 
@@ -177,6 +222,9 @@ def run(ctx: BenchContext) -> list[Result]:
         results_equal[name] = http_result.result_rows == in_result.result_rows
     ep_rss = peak_rss_mb(ep_pid) if ep_pid else None
     inproc_rss = peak_rss_mb()
+    ctx.profiles["query (parts of the national rollup, through the endpoint)"] = rollup_parts(
+        http, ctx.sizes.query_repeats
+    )
 
     out = []
     for name in ("national yearly rollup", "transfer-lag percentiles"):
