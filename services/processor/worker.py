@@ -36,7 +36,6 @@ from services.ops.topics import (
     ensure_topics,
 )
 from services.processor.batch import apply_batch
-from services.processor.fact_producer import DeliveryFailed, FactProducer
 from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.serving.sink import TABLES as SINK_TABLES
@@ -53,7 +52,7 @@ INGEST_BATCH_TIMEOUT_SECONDS = 120.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 _ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
-BATCH_WITHIN_SECONDS = 0.2  # latency: a batch waits at most this long to fill
+BATCH_WITHIN_SECONDS = 0.5
 
 
 def _patch_faust_commit() -> None:
@@ -143,7 +142,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         producer_acks=-1,
         # perf (issue 8): batch the re-keyed facts and changelog writes for up to 10 ms; with
         # faust's default (0) every send became its own produce request (py-spy: 17 % of the
-        # worker in aiokafka's socket writes). Now only faust's own internal sends use it.
+        # worker in aiokafka's socket writes). Batches still wait for their acks (_delivered).
         producer_linger=0.01,
     )
     # faust's pattern subscription does not work with its aiokafka driver ("XXX pattern does
@@ -157,11 +156,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         FACTS_TOPIC, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
-    # The table's changelog is partitioned by murmur2 on faust's serialized key (the case_id as
-    # a JSON string; faust ignores the schema's key_serializer for changelogs), the facts topic
-    # by murmur2 on the raw case_id: the partitions of a case's facts and of its state differ.
-    # Harmless with one worker (it owns every partition); see docs/benchmarks.md before
-    # running several.
+    dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
+    # The table is partitioned by the producer's partitioner on the case_id bytes, exactly as
+    # facts_topic is, so a case's facts and its state live in the same partition.
     case_facts = app.Table(
         "case-facts",
         default=None,
@@ -177,33 +174,27 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     app.casestream_sink = sink  # exposed for metrics
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
 
-    facts_out = FactProducer(settings)  # perf (issue 8): librdkafka, see fact_producer.py
-    changelog_topic = case_facts.changelog_topic
-    changelog = changelog_topic.get_topic_name()
-
     async def ingest_batch(events: list) -> None:
         started = time.perf_counter()  # ops
+        sent = []
         for event in events:
             message = event.message
             if message.topic == PROBE_TOPIC:  # ops: forwarded as is, never validated or stored
-                facts_out.send(FACTS_TOPIC, ops_probe.facts_key(message.key), message.value)
+                probe_key = ops_probe.facts_key(message.key)
+                sent.append(await facts_topic.send(key=probe_key, value=message.value))
                 continue
             try:
                 fact = await _accept_when_registry_answers(ingestor, message)
             except Rejected as rejected:
-                facts_out.send(DLQ_TOPIC, message.key, message.value,
-                               headers=_dlq_headers(rejected, message))
+                sent.append(await dlq.send(key=message.key, value=message.value,
+                                           headers=_dlq_headers(rejected, message)))
                 metrics.rejected(message.topic, rejected.reason)  # ops
                 continue
-            facts_out.send(FACTS_TOPIC, fact.case_id.encode(), fact.to_json())
+            sent.append(await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json()))
             metrics.accepted(fact.agency_id)  # ops
-        # The batch is acknowledged when this returns: wait until Kafka has every re-keyed
-        # fact and dead letter, or a crash could lose them.
-        try:
-            await facts_out.delivered(DELIVERY_TIMEOUT_SECONDS)
-        except (TimeoutError, DeliveryFailed) as exc:
-            log.error("re-keyed facts not delivered (%s): restarting", exc)
-            _leave_now(restart=True)
+        # The batch is acknowledged when this returns, and faust's send() only queues: wait
+        # until Kafka has every re-keyed fact and dead letter, or a crash could lose them.
+        await _delivered(sent)
         metrics.batch("ingest", len(events), time.perf_counter() - started)  # ops
 
     async def derive_batch(events: list) -> None:
@@ -212,21 +203,14 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         facts = [Fact.from_json(event.message.value) for event in fact_events]
         result = apply_batch(facts, case_facts.get)
         result.rows.extend("probes", probes)  # ops: written with the batch's rows
+        changelog = []
         for case_id, stored in result.changed.items():
-            # What `case_facts[case_id] = stored` does (the bytes faust's codecs make, murmur2
-            # on the key bytes like its partitioner), through librdkafka (perf, issue 8). The changelog must hold the new state before
-            # the input is acknowledged, or a crash would restore a table lacking facts whose
-            # offsets were committed. (The memory store keeps no persisted changelog offsets,
-            # so faust's on-sent callback has nothing to record.)
+            # What `case_facts[case_id] = stored` does, keeping the changelog future: the
+            # changelog must hold the new state before the input is acknowledged, otherwise a
+            # crash would restore a table lacking facts whose offsets were committed.
             case_facts.data[case_id] = stored
-            key, _ = changelog_topic.prepare_key(case_id, None)
-            value, _ = changelog_topic.prepare_value(stored, None)
-            facts_out.send(changelog, key, value)
-        try:
-            await facts_out.delivered(DELIVERY_TIMEOUT_SECONDS)
-        except (TimeoutError, DeliveryFailed) as exc:
-            log.error("case-facts changelog not delivered (%s): restarting", exc)
-            _leave_now(restart=True)
+            changelog.append(case_facts.send_changelog(None, case_id, stored))
+        await _delivered(changelog)
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
@@ -342,6 +326,18 @@ async def _bounded(batch: Awaitable[None], timeout: float) -> None:
         await asyncio.wait_for(batch, timeout)
     except TimeoutError:
         log.error("a batch did not finish in %.0fs: restarting", timeout)
+        _leave_now(restart=True)
+
+
+async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
+    """Wait until Kafka acknowledged every message; a stuck producer means restart (replay)."""
+    if not futures:
+        return
+    try:
+        await asyncio.wait_for(asyncio.gather(*futures), timeout)
+    except TimeoutError:
+        log.error("Kafka did not acknowledge %d messages in %.0fs: restarting", len(futures),
+                  timeout)
         _leave_now(restart=True)
 
 

@@ -141,8 +141,7 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
         return WorkerProcess(stack, env={"CASESTREAM_WORKER_APP_ID": f"{name}-{tag}",
                                          "CASESTREAM_CLICKHOUSE_DATABASE": f"{name}_{tag}"})
 
-    crashy = isolated_worker("crashy").start()
-    _publish(stack, events)
+    workers: list[WorkerProcess] = []  # stopped even when a wait below fails
     admin = stack.clickhouse_client(database="default")
 
     def crashy_rows() -> int:
@@ -151,17 +150,24 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
         return admin.command(f"SELECT count() FROM crashy_{tag}.events "
                              "WHERE case_id LIKE {p:String}", parameters={"p": f"{tag}:%"})
 
-    wait_for(lambda: crashy_rows() > 0, timeout=180, what="the first rows")
-    assert crashy_rows() < len(events), "too late to crash mid-stream"
-    crashy.kill()  # SIGKILL mid-stream
-    crashy = isolated_worker("crashy").start()
-    wait_caught_up(stack, group=f"crashy-{tag}", timeout=300)
+    try:
+        crashy = isolated_worker("crashy").start()
+        workers.append(crashy)
+        _publish(stack, events)
+        wait_for(lambda: crashy_rows() > 0, timeout=180, what="the first rows")
+        assert crashy_rows() < len(events), "too late to crash mid-stream"
+        crashy.kill()  # SIGKILL mid-stream
+        crashy = isolated_worker("crashy").start()
+        workers.append(crashy)
+        wait_caught_up(stack, group=f"crashy-{tag}", timeout=300)
 
-    clean = isolated_worker("clean").start()
-    time.sleep(5)
-    wait_caught_up(stack, group=f"clean-{tag}", timeout=300)
-    crashy.stop()
-    clean.stop()
+        clean = isolated_worker("clean").start()
+        workers.append(clean)
+        time.sleep(5)
+        wait_caught_up(stack, group=f"clean-{tag}", timeout=300)
+    finally:
+        for worker in workers:
+            worker.stop()
 
     after_crash = table_snapshot(stack.clickhouse_client(database=f"crashy_{tag}"), tag)
     uninterrupted = table_snapshot(stack.clickhouse_client(database=f"clean_{tag}"), tag)
