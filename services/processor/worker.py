@@ -19,6 +19,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -51,6 +52,7 @@ DELIVERY_TIMEOUT_SECONDS = 60.0
 INGEST_BATCH_TIMEOUT_SECONDS = 120.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
+HARD_STALL_SECONDS = 180.0  # the thread watchdog: see _start_thread_watchdog
 _ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
 BATCH_WITHIN_SECONDS = 0.5
 
@@ -157,8 +159,10 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         partitions=settings.topic_partitions,
     )
     dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
-    # The table is partitioned by the producer's partitioner on the case_id bytes, exactly as
-    # facts_topic is, so a case's facts and its state live in the same partition.
+    # Caveat for running several workers: faust sends this table's changelog keyed by the
+    # JSON-encoded case_id (it ignores the schema's key_serializer for changelogs), so murmur2
+    # puts a case's state in another partition than its facts on facts_topic (raw case_id).
+    # Harmless with one worker, which owns every partition (docs/benchmarks.md).
     case_facts = app.Table(
         "case-facts",
         default=None,
@@ -369,6 +373,42 @@ def _dlq_headers(rejected: Rejected, message: Any) -> list[tuple[str, bytes]]:
     ]
 
 
+def _start_thread_watchdog(app: faust.App, settings: Settings, app_id: str) -> None:
+    """A second watchdog on a plain thread, for stalls the event loop cannot see itself.
+
+    Seen in full test-suite runs: after re-subscribing to new agency topics the worker sat idle
+    with messages waiting and committed offsets frozen, and none of its asyncio timers (topic
+    discovery, the watchdog timer, the batch timeout) ran again. This thread does not depend on
+    the loop: committed offsets frozen for HARD_STALL_SECONDS while messages wait means restart
+    (crash semantics: the uncommitted input is replayed). Longer than any legitimate pause it
+    must sit out (a ClickHouse outage makes batches wait, but those restart harmlessly too).
+    """
+
+    def watch() -> None:
+        last, since = -1, time.monotonic()
+        while True:
+            time.sleep(STALL_CHECK_SECONDS)
+            now = time.monotonic()
+            if app.in_recovery:  # restoring a large changelog is progress
+                since = now
+                continue
+            try:
+                lags = worker_lag(settings, app_id)
+            except Exception:  # noqa: BLE001 - broker unreachable: no verdict
+                since = now
+                continue
+            behind = sum(p.lag for p in lags)
+            committed = sum(max(p.committed, 0) for p in lags)
+            if not behind or committed != last:
+                last, since = committed, now
+            elif now - since > HARD_STALL_SECONDS:
+                log.error("offsets frozen for %.0fs with %d messages waiting (thread watchdog): "
+                          "restarting", now - since, behind)
+                _leave_now(restart=True)
+
+    threading.Thread(target=watch, name="casestream-watchdog", daemon=True).start()
+
+
 def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
     from services.serving.migrations import migrate
@@ -378,5 +418,6 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     ops_probe.ensure_probe_topic(settings)  # ops: before create_app subscribes to it
     app = create_app(settings)
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
+    _start_thread_watchdog(app, settings, settings.worker_app_id)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
