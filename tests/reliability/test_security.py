@@ -285,7 +285,7 @@ def test_worker_runs_against_the_secured_broker_by_configuration_only(
         client = stack.clickhouse_client(database="default")
 
         def rows() -> int:
-            if not client.command(f"EXISTS TABLE {database}.cases_state"):
+            if not client.command(f"EXISTS TABLE {database}.cases"):  # the view, created last
                 return 0
             return client.command(
                 f"SELECT count() FROM {database}.cases WHERE case_id LIKE {{p:String}}",
