@@ -389,9 +389,6 @@ def _start_thread_watchdog(app: faust.App, settings: Settings, app_id: str) -> N
         while True:
             time.sleep(STALL_CHECK_SECONDS)
             now = time.monotonic()
-            if app.in_recovery:  # restoring a large changelog is progress
-                since = now
-                continue
             try:
                 lags = worker_lag(settings, app_id)
             except Exception:  # noqa: BLE001 - broker unreachable: no verdict
@@ -401,7 +398,9 @@ def _start_thread_watchdog(app: faust.App, settings: Settings, app_id: str) -> N
             committed = sum(max(p.committed, 0) for p in lags)
             if not behind or committed != last:
                 last, since = committed, now
-            elif now - since > HARD_STALL_SECONDS:
+            # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
+            # was seen too: give recovery longer, not forever.
+            elif now - since > HARD_STALL_SECONDS * (4 if app.in_recovery else 1):
                 log.error("offsets frozen for %.0fs with %d messages waiting (thread watchdog): "
                           "restarting", now - since, behind)
                 _leave_now(restart=True)

@@ -57,9 +57,6 @@ class ClickHouseSink:
     ) -> None:
         self._client_factory = client_factory
         self._client: Any = None
-        # perf (issue 8): one insert context per table and client, so the column types are
-        # fetched once instead of by a DESCRIBE round trip before every insert.
-        self._contexts: dict[str, Any] = {}
         self._columns = columns or TABLES
         self._max_backoff = max_backoff
         self._stop = stop or threading.Event()
@@ -68,17 +65,8 @@ class ClickHouseSink:
 
     def _get_client(self) -> Any:
         if self._client is None:
-            self._contexts = {}
             self._client = self._client_factory()
         return self._client
-
-    def _insert(self, client: Any, table: str, rows: list[list[Any]]) -> None:
-        context = self._contexts.get(table)
-        if context is None:
-            context = client.create_insert_context(table, column_names=self._columns[table])
-            self._contexts[table] = context
-        context.data = rows
-        client.insert(context=context)
 
     def write(self, batch: RowBatch) -> None:
         delay = 0.5
@@ -87,13 +75,12 @@ class ClickHouseSink:
                 client = self._get_client()
                 for table, rows in batch.rows.items():
                     if rows:
-                        self._insert(client, table, rows)
+                        client.insert(table, rows, column_names=self._columns[table])
                 self.rows_written += len(batch)
                 return
             except Exception as exc:  # noqa: BLE001 - any failure: keep offsets, retry
                 self.failures += 1
                 self._client = None
-                self._contexts = {}
                 if self._stop.is_set():
                     raise
                 log.warning("ClickHouse write failed (%s); retrying in %.1fs", exc, delay)
