@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from services.settings import Settings
+from services.stack.kafka_cluster import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_PARTS = ["kafka", "registry", "clickhouse"]  # Prefect is not needed by any scenario
@@ -246,19 +246,6 @@ def endpoint_pid(settings: Settings) -> int | None:
 
 
 # --------------------------------------------------------------------------- the stack
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 def private_stack_env(home: Path, partitions: int = 4) -> dict[str, str]:
