@@ -60,12 +60,15 @@ def matching_topics(settings: Settings, pattern) -> list[str]:
 
 
 def worker_lag(settings: Settings, group: str | None = None) -> list[PartitionLag]:
-    """Lag of the stream worker over every agency topic and its re-keyed facts topic."""
+    """Lag of one stream worker (by app id): its intake over every agency topic, and its faust
+    group over the re-keyed facts topic (two groups: services/processor/intake.py)."""
     group = group or settings.worker_app_id
     from services.ops.topics import AGENCY_TOPIC_PATTERN, FACTS_TOPIC
+    from services.processor.intake import intake_group
 
-    topics = [*matching_topics(settings, AGENCY_TOPIC_PATTERN), FACTS_TOPIC]
-    return group_lag(settings, group, topics)
+    agency = group_lag(settings, intake_group(group),
+                       matching_topics(settings, AGENCY_TOPIC_PATTERN))
+    return agency + group_lag(settings, group, [FACTS_TOPIC])
 
 
 def wait_caught_up(settings: Settings, *, timeout: float = 600.0, progress=None,

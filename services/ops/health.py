@@ -351,9 +351,10 @@ def collect_lag(settings: Settings, groups: Iterable[str] | None = None) -> dict
 
     from services.ops.consumer_lag import group_lag
     from services.ops.topics import FACTS_TOPIC, PROBE_TOPIC
+    from services.processor.intake import intake_group
 
     groups = list(groups or [settings.worker_app_id])
-    topics = [*_agency_topics(settings), FACTS_TOPIC, PROBE_TOPIC]
+    agency = _agency_topics(settings)
     admin = AdminClient(kafka_config(settings))
     states: dict[str, tuple[str, int]] = {}
     try:
@@ -366,7 +367,11 @@ def collect_lag(settings: Settings, groups: Iterable[str] | None = None) -> dict
     out = []
     for group in groups:
         try:
-            lags = group_lag(settings, group, topics)
+            # A worker app id: its intake group reads the agency and probe topics, its faust
+            # group the facts topic (services/processor/intake.py); reported as one worker.
+            lags = group_lag(settings, intake_group(group), [*agency, PROBE_TOPIC]) + group_lag(
+                settings, group, [FACTS_TOPIC]
+            )
         except Exception as exc:  # noqa: BLE001
             out.append({"group": group, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue

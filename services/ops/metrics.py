@@ -65,7 +65,7 @@ class WorkerMetrics:
         r = self.registry
         self.ingested = Counter(
             "casestream_worker_events_ingested",
-            "Events validated and re-keyed by the ingest agent",
+            "Events validated and re-keyed by the intake",
             ["agency"],
             registry=r,
         )

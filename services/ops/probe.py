@@ -1,6 +1,6 @@
 """End-to-end latency probes: produced to Kafka → visible as a row in ClickHouse.
 
-A probe is a tiny JSON message on its own topic, ``casestream.probe``. The worker's ingest agent
+A probe is a tiny JSON message on its own topic, ``casestream.probe``. The worker's intake
 consumes that topic together with the agency topics and forwards probes, unvalidated, onto the
 re-keyed facts topic under a key no case can have (``PROBE_KEY_PREFIX``); the derive agent
 takes them out of the batch before any fact is derived and writes them to the ``probes`` table
@@ -62,7 +62,7 @@ def probe_row(raw: bytes | None) -> list[Any] | None:
 
 
 def facts_key(key: bytes | None) -> bytes:
-    """Key under which the ingest agent forwards a probe to the facts topic."""
+    """Key under which the intake forwards a probe to the facts topic."""
     return PROBE_KEY_PREFIX + (key or b"")
 
 

@@ -1,15 +1,17 @@
-"""The faust-streaming worker: agency topics → validated facts → per-case state → ClickHouse.
+"""The stream worker: agency topics → validated facts → per-case state → ClickHouse.
 
-Two agents:
+Two halves in one process:
 
-* ``ingest`` subscribes to every agency topic by pattern (new agencies are picked up on the next
-  metadata refresh, without restart), decodes with the registry and validates. Valid events are
-  re-keyed by case_id onto ``casestream.facts-by-case``; anything else goes to the dead-letter
-  topic with its raw bytes, source topic/partition/offset and a reason. It never raises on input.
-* ``derive`` consumes the re-keyed facts in batches, keeps every fact of a case in the
-  changelog-backed table ``case-facts``, derives the case's rows from that set (case_state.py)
-  and writes them to ClickHouse. The batch is acknowledged only after ClickHouse took the rows,
-  so a crash at any point replays into the same rows (all sinks are idempotent).
+* the intake (intake.py, a librdkafka thread) reads every agency topic by regular expression
+  (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
+  validates. Valid events are re-keyed by case_id onto ``casestream.facts-by-case``; anything
+  else goes to the dead-letter topic with its raw bytes, source topic/partition/offset and a
+  reason. It never raises on input, and commits only what the broker acknowledged.
+* the faust agent ``derive`` consumes the re-keyed facts in batches, keeps every fact of a case
+  in the changelog-backed table ``case-facts``, derives the case's rows from that set
+  (case_state.py) and writes them to ClickHouse. The batch is acknowledged only after
+  ClickHouse took the rows, so a crash at any point replays into the same rows (all sinks are
+  idempotent).
 """
 
 from __future__ import annotations
@@ -28,100 +30,27 @@ import faust
 
 from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issue 6)
 from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
-from services.ops.consumer_lag import worker_lag
-from services.ops.topics import (
-    AGENCY_TOPIC_PATTERN,
-    DLQ_TOPIC,
-    FACTS_TOPIC,
-    PROBE_TOPIC,
-    ensure_topics,
-)
+from services.ops.consumer_lag import group_lag, worker_lag
+from services.ops.topics import FACTS_TOPIC, PROBE_TOPIC, ensure_topics
 from services.processor.batch import apply_batch
 from services.processor.facts import Fact
-from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
+from services.processor.intake import Intake
 from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink
 from services.settings import Settings
 
 log = logging.getLogger("casestream.worker")
 
-SEED_AGENCY_TOPIC = "agency.00-SC.events"  # always exists (ensure_topics), so never zero topics
-TOPIC_DISCOVERY_SECONDS = 5.0
 BATCH_SIZE = 5000
+BATCH_WITHIN_SECONDS = 0.5
 DELIVERY_TIMEOUT_SECONDS = 60.0
-INGEST_BATCH_TIMEOUT_SECONDS = 120.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 HARD_STALL_SECONDS = 180.0  # the thread watchdog: see _start_thread_watchdog
 _ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
-BATCH_WITHIN_SECONDS = 0.5
-
-
-def _patch_faust_commit() -> None:
-    """Make faust's offset commit O(partitions) instead of O(partitions²).
-
-    faust-streaming 0.15's ``AIOKafkaConsumerThread._commit`` filters the offsets with
-    ``if tp in self.assignment()`` inside a comprehension, rebuilding the set of every assigned
-    partition once per committed partition. With the ~730 agency topics of a national
-    deployment (x4 partitions) one commit took 5+ s on the consumer thread (py-spy: 27 % of the
-    worker's samples, in ensure_TPset/TP()), which blocked heartbeats and caused rebalance
-    storms (benchmarks/, docs/benchmarks.md). Same method with the set computed once; the
-    body runs synchronously up to its first await, so the assignment cannot change meanwhile.
-    Applied only when the installed faust still has that exact code.
-    """
-    import inspect
-
-    from faust.transport.drivers import aiokafka as driver
-
-    cls = driver.AIOKafkaConsumerThread
-    original = cls._commit
-    if getattr(original, "_casestream_patched", False):
-        return
-    try:
-        source = inspect.getsource(original)
-    except (OSError, TypeError):
-        return
-    if "if tp in self.assignment()" not in source:
-        return
-
-    async def _commit(self, offsets):  # noqa: ANN001 - faust's signature
-        consumer = self._ensure_consumer()
-        now = driver.monotonic()
-        assigned = self.assignment()
-        commitable_offsets = {tp: offset for tp, offset in offsets.items() if tp in assigned}
-        try:
-            aiokafka_offsets = {
-                driver.ensure_aiokafka_TP(tp): driver.OffsetAndMetadata(offset, "")
-                for tp, offset in commitable_offsets.items()
-            }
-            self.tp_last_committed_at.update({tp: now for tp in commitable_offsets})
-            await consumer.commit(aiokafka_offsets)
-        except driver.CommitFailedError as exc:
-            if "already rebalanced" in str(exc):
-                return False
-            self.log.exception("Committing raised exception: %r", exc)
-            await self.crash(exc)
-            return False
-        except driver.IllegalStateError as exc:
-            self.log.exception(
-                "Got exception: %r\nCurrent assignment: %r", exc, self.assignment()
-            )
-            await self.crash(exc)
-            return False
-        except Exception as exc:
-            self.log.exception(
-                "Got exception: %r\nCurrent assignment: %r", exc, self.assignment()
-            )
-            await self.crash(exc)
-            return False
-        return True
-
-    _commit._casestream_patched = True  # type: ignore[attr-defined]
-    cls._commit = _commit
 
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
-    _patch_faust_commit()  # perf: see the docstring (issue 8)
     app_id = app_id or settings.worker_app_id
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -142,23 +71,15 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         stream_wait_empty=True,
         web_enabled=False,
         producer_acks=-1,
-        # perf (issue 8): batch the re-keyed facts and changelog writes for up to 10 ms; with
-        # faust's default (0) every send became its own produce request (py-spy: 17 % of the
-        # worker in aiokafka's socket writes). Batches still wait for their acks (_delivered).
+        # perf (issue 8): batch the changelog writes for up to 10 ms; with faust's default (0)
+        # every send became its own produce request (py-spy: 17 % of the worker in aiokafka's
+        # socket writes). Batches still wait for their acks (_delivered).
         producer_linger=0.01,
-    )
-    # faust's pattern subscription does not work with its aiokafka driver ("XXX pattern does
-    # not work"), so we subscribe by name and a timer adds agency topics as they appear.
-    # ops: the latency probe topic is read by the same agent, so probes share its batches.
-    source = app.topic(
-        *(_agency_topics(settings) or [SEED_AGENCY_TOPIC]), PROBE_TOPIC,
-        key_serializer="raw", value_serializer="raw",
     )
     facts_topic = app.topic(
         FACTS_TOPIC, key_serializer="raw", value_serializer="raw",
         partitions=settings.topic_partitions,
     )
-    dlq = app.topic(DLQ_TOPIC, key_serializer="raw", value_serializer="raw", partitions=1)
     # Caveat for running several workers: faust sends this table's changelog keyed by the
     # JSON-encoded case_id (it ignores the schema's key_serializer for changelogs), so murmur2
     # puts a case's state in another partition than its facts on facts_topic (raw case_id).
@@ -170,36 +91,12 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         schema=faust.Schema(key_serializer="raw", value_serializer="json"),
         use_partitioner=True,
     )
-    ingestor = Ingestor.from_settings(settings)
     sink = ClickHouseSink(
         lambda: settings.clickhouse_client(),
         columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS},  # ops: + probes table
     )
     app.casestream_sink = sink  # exposed for metrics
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
-
-    async def ingest_batch(events: list) -> None:
-        started = time.perf_counter()  # ops
-        sent = []
-        for event in events:
-            message = event.message
-            if message.topic == PROBE_TOPIC:  # ops: forwarded as is, never validated or stored
-                probe_key = ops_probe.facts_key(message.key)
-                sent.append(await facts_topic.send(key=probe_key, value=message.value))
-                continue
-            try:
-                fact = await _accept_when_registry_answers(ingestor, message)
-            except Rejected as rejected:
-                sent.append(await dlq.send(key=message.key, value=message.value,
-                                           headers=_dlq_headers(rejected, message)))
-                metrics.rejected(message.topic, rejected.reason)  # ops
-                continue
-            sent.append(await facts_topic.send(key=fact.case_id.encode(), value=fact.to_json()))
-            metrics.accepted(fact.agency_id)  # ops
-        # The batch is acknowledged when this returns, and faust's send() only queues: wait
-        # until Kafka has every re-keyed fact and dead letter, or a crash could lose them.
-        await _delivered(sent)
-        metrics.batch("ingest", len(events), time.perf_counter() - started)  # ops
 
     async def derive_batch(events: list) -> None:
         batch_started = time.perf_counter()  # ops
@@ -221,32 +118,10 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         metrics.written(facts, probes, time.perf_counter() - started)  # ops
         metrics.batch("derive", len(events), time.perf_counter() - batch_started)  # ops
 
-    @app.agent(source)
-    async def ingest(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
-            # Bounded: we have seen faust's send() block forever with the partitions paused;
-            # a restart (crash semantics, replay) is the safe way out.
-            await _finish_or_die(_bounded(ingest_batch(events), INGEST_BATCH_TIMEOUT_SECONDS))
-
     @app.agent(facts_topic)
     async def derive(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
             await _finish_or_die(derive_batch(events))
-
-    @app.timer(interval=TOPIC_DISCOVERY_SECONDS)
-    async def discover_agency_topics() -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            found = await loop.run_in_executor(None, _agency_topics, settings)
-        except Exception as exc:  # noqa: BLE001 - broker unreachable: try on the next tick
-            log.warning("topic discovery failed (%s); retrying", exc)
-            return
-        new = sorted(set(found) - set(source.topics))
-        if new:
-            # faust cannot add topics to a running subscription reliably (the group is
-            # rebalanced but the new partitions are never fetched): re-exec with the new list.
-            log.warning("new agency topics %s: restarting to subscribe", ", ".join(new))
-            _leave_now(restart=True)
 
     if settings.probe_interval_seconds > 0:  # ops: continuous end-to-end latency probes
         probe_topic = app.topic(PROBE_TOPIC, key_serializer="raw", value_serializer="raw")
@@ -259,17 +134,17 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
 
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def watchdog() -> None:
-        # Liveness: we have seen faust stop fetching a partition after a rebalance, with input
-        # waiting and no batch in progress. Progress = committed offsets moving (probe batches
-        # keep finishing, so "a batch finished" is not enough). A restart resumes from the
-        # committed offsets.
+        # Liveness of derive: we have seen faust stop fetching a partition after a rebalance,
+        # with input waiting and no batch in progress. Progress = committed offsets of the facts
+        # topic moving (probe batches keep finishing, so "a batch finished" is not enough). A
+        # restart resumes from the committed offsets.
         now = time.monotonic()
         if app.rebalancing or app.in_recovery or _ACTIVITY["busy"]:
             _ACTIVITY["since"] = now  # recovering, or a batch waits for ClickHouse: progress
             return
         loop = asyncio.get_running_loop()
         try:
-            lags = await loop.run_in_executor(None, worker_lag, settings, app_id)
+            lags = await loop.run_in_executor(None, group_lag, settings, app_id, [FACTS_TOPIC])
         except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict this tick
             log.warning("watchdog cannot read offsets (%s)", exc)
             _ACTIVITY["since"] = now
@@ -299,7 +174,7 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
     """Process one batch; if the worker is stopped in the middle of it, die instead.
 
     faust's take_events() acknowledges a yielded batch in a `finally`, even when the agent is
-    cancelled halfway through it (a graceful stop or the restart for new topics), and those
+    cancelled halfway through it (a graceful stop, for instance), and those
     offsets would then be committed unprocessed. Leaving the process at once, like a crash,
     prevents that commit: the batch is replayed on restart, and every sink is idempotent.
     """
@@ -311,26 +186,6 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _leave_now()
     finally:
         _ACTIVITY["busy"] -= 1
-
-
-async def _accept_when_registry_answers(ingestor: Ingestor, message: Any) -> Fact:
-    """A registry outage is not the event's fault: wait for the registry, don't dead-letter."""
-    delay = 0.5
-    while True:
-        try:
-            return ingestor.accept(message.value, message.topic)
-        except RegistryUnavailable as exc:
-            log.warning("registry unavailable (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-
-
-async def _bounded(batch: Awaitable[None], timeout: float) -> None:
-    try:
-        await asyncio.wait_for(batch, timeout)
-    except TimeoutError:
-        log.error("a batch did not finish in %.0fs: restarting", timeout)
-        _leave_now(restart=True)
 
 
 async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
@@ -353,35 +208,32 @@ def _leave_now(restart: bool = False) -> None:
     os._exit(0)
 
 
-def _agency_topics(settings: Settings) -> list[str]:
-    from confluent_kafka.admin import AdminClient
+def _start_intake(settings: Settings, app_id: str, metrics: Any) -> Intake:
+    """The intake thread; if it ever fails (a bug, a fatal client error), restart the worker:
+    nothing it did not commit is lost, and a half-alive worker is the worst kind."""
+    intake = Intake.from_settings(settings, app_id, metrics)
 
-    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
-    names = admin.list_topics(timeout=10).topics
-    return sorted(n for n in names if AGENCY_TOPIC_PATTERN.match(n))
+    def run() -> None:
+        try:
+            intake.run()
+        except BaseException:
+            log.exception("the intake failed: restarting the worker")
+            _leave_now(restart=True)
 
-
-def _dlq_headers(rejected: Rejected, message: Any) -> list[tuple[str, bytes]]:
-    return [
-        ("reason", rejected.reason.encode()),
-        ("detail", rejected.detail.encode()[:2000]),
-        ("field", (rejected.field or "").encode()),
-        ("source_topic", message.topic.encode()),
-        ("source_partition", str(message.partition).encode()),
-        ("source_offset", str(message.offset).encode()),
-        ("rejected_at_ms", str(int(time.time() * 1000)).encode()),
-    ]
+    threading.Thread(target=run, name="casestream-intake", daemon=True).start()
+    return intake
 
 
-def _start_thread_watchdog(app: faust.App, settings: Settings, app_id: str) -> None:
+def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, app_id: str
+                           ) -> None:
     """A second watchdog on a plain thread, for stalls the event loop cannot see itself.
 
-    Seen in full test-suite runs: after re-subscribing to new agency topics the worker sat idle
-    with messages waiting and committed offsets frozen, and none of its asyncio timers (topic
-    discovery, the watchdog timer, the batch timeout) ran again. This thread does not depend on
-    the loop: committed offsets frozen for HARD_STALL_SECONDS while messages wait means restart
-    (crash semantics: the uncommitted input is replayed). Longer than any legitimate pause it
-    must sit out (a ClickHouse outage makes batches wait, but those restart harmlessly too).
+    Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
+    with messages waiting and committed offsets frozen, and none of its asyncio timers ran again.
+    This thread does not depend on the loop: committed offsets (intake and derive) frozen for
+    HARD_STALL_SECONDS while messages wait means restart (crash semantics: the uncommitted input
+    is replayed), unless the intake waits for the registry or for broker acks, which is not a
+    stall.
     """
 
     def watch() -> None:
@@ -396,7 +248,7 @@ def _start_thread_watchdog(app: faust.App, settings: Settings, app_id: str) -> N
                 continue
             behind = sum(p.lag for p in lags)
             committed = sum(max(p.committed, 0) for p in lags)
-            if not behind or committed != last:
+            if not behind or committed != last or intake.waiting:
                 last, since = committed, now
             # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
             # was seen too: give recovery longer, not forever.
@@ -413,10 +265,11 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     from services.serving.migrations import migrate
 
     migrate(settings, log=log.info)
-    ensure_topics(settings, {SEED_AGENCY_TOPIC: settings.topic_partitions})
-    ops_probe.ensure_probe_topic(settings)  # ops: before create_app subscribes to it
+    ensure_topics(settings)
+    ops_probe.ensure_probe_topic(settings)  # ops: before the intake subscribes to it
     app = create_app(settings)
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
-    _start_thread_watchdog(app, settings, settings.worker_app_id)
+    intake = _start_intake(settings, settings.worker_app_id, app.casestream_metrics)
+    _start_thread_watchdog(app, intake, settings, settings.worker_app_id)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

@@ -146,8 +146,8 @@ def worker_acls(
 ) -> list[AclBinding]:
     """The stream worker reads every agency topic and owns its internal topics and groups.
 
-    It gets no WRITE on agency topics; agency topics (including the worker's seed topic
-    ``agency.00-SC.events``) are created by the admin.
+    It gets no WRITE on agency topics, which the admin creates. Its groups are ``<app_id>``
+    (faust, the facts topic) and ``<app_id>-intake`` (the agency topics), both under the prefix.
     """
     prefixed = ResourcePatternType.PREFIXED
     return [

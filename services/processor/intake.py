@@ -1,0 +1,226 @@
+"""The worker's intake: agency topics → facts re-keyed by case (or dead letters), on a thread.
+
+It runs on librdkafka (confluent-kafka), not as a faust agent, for two reasons measured on
+this stack:
+
+* librdkafka subscribes by regular expression, so a new agency's topic is read within one
+  metadata refresh (``METADATA_REFRESH_MS``) with nothing restarted. faust's aiokafka driver
+  cannot subscribe by pattern; the worker used to re-exec itself to subscribe to new topics,
+  and after such a rejoin it was seen sitting idle with messages waiting (full test-suite runs,
+  about one in two) and once committed an offset it had never processed.
+* The commit is ours: offsets are committed only after the broker acknowledged every fact and
+  dead letter of the batch, and only up to the last message handled. A crash anywhere replays
+  the batch; a batch whose delivery or commit failed is read again (everything downstream is
+  idempotent, keyed by event_id).
+
+The derive half (per-case state, ClickHouse) stays in faust: it reads ``FACTS_TOPIC`` only,
+whose partitions never change, so its group never has to grow.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from services.ops.probe import facts_key
+from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, FACTS_TOPIC, PROBE_TOPIC
+from services.processor.facts import Fact
+from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
+from services.settings import Settings
+
+log = logging.getLogger("casestream.intake")
+
+BATCH_SIZE = 5000
+BATCH_WITHIN_SECONDS = 0.5
+METADATA_REFRESH_MS = 5000  # how soon a new agency topic is subscribed
+REGISTRY_RETRY_MAX_SECONDS = 10.0
+# Probes ride with the agency events, so they measure the same path (services/ops/probe.py).
+SUBSCRIPTION = [AGENCY_TOPIC_PATTERN.pattern, PROBE_TOPIC]
+
+
+def intake_group(app_id: str) -> str:
+    """The intake's consumer group: its own, since faust's group speaks another assignor."""
+    return f"{app_id}-intake"
+
+
+class Message(Protocol):
+    """The part of confluent_kafka.Message the intake uses (fakes implement it in tests)."""
+
+    def error(self) -> Any: ...
+    def topic(self) -> str: ...
+    def partition(self) -> int: ...
+    def offset(self) -> int: ...
+    def key(self) -> bytes | None: ...
+    def value(self) -> bytes | None: ...
+
+
+class Metrics(Protocol):
+    def accepted(self, agency_id: str) -> None: ...
+    def rejected(self, topic: str, reason: str) -> None: ...
+    def batch(self, agent: str, size: int, seconds: float) -> None: ...
+
+
+class Intake:
+    """Validates and re-keys one batch at a time; commits what the broker acknowledged."""
+
+    def __init__(self, consumer: Any, producer: Any, ingestor: Ingestor,
+                 metrics: Metrics | None = None, *, sleep: Callable[[float], None] = time.sleep,
+                 topic_partition: Callable[[str, int, int], Any] | None = None) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._ingestor = ingestor
+        self._metrics = metrics
+        self._sleep = sleep
+        self._tp = topic_partition or _topic_partition
+        self.stop = threading.Event()
+        # Set while a legitimate wait holds offsets still (registry down, broker not acking):
+        # the worker's stall watchdogs must not restart for those.
+        self.waiting = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, app_id: str, metrics: Metrics | None = None
+                      ) -> Intake:
+        from confluent_kafka import Consumer, Producer
+
+        consumer = Consumer(settings.kafka_client_config(**{
+            "group.id": intake_group(app_id),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",  # a new agency's first events are read too
+            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+            "session.timeout.ms": 10_000,
+            "heartbeat.interval.ms": 1_000,
+        }))
+        producer = Producer(settings.kafka_client_config(**{
+            "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
+            "linger.ms": 10,
+            # Java's and aiokafka's partitioner: a case lands in the partition faust expects.
+            "partitioner": "murmur2_random",
+        }))
+        return cls(consumer, producer, Ingestor.from_settings(settings), metrics)
+
+    def run(self) -> None:
+        """Consume until `stop` is set. Raises only on a bug or a fatal client error."""
+        self._consumer.subscribe(SUBSCRIPTION)
+        try:
+            while not self.stop.is_set():
+                messages = self._consumer.consume(BATCH_SIZE, timeout=BATCH_WITHIN_SECONDS)
+                if messages:
+                    self.handle(messages)
+        finally:
+            self._consumer.close()
+
+    def handle(self, messages: Sequence[Message]) -> bool:
+        """Re-key one batch, wait for the acks, commit. False = not committed, read again."""
+        started = time.perf_counter()
+        failures: list[Any] = []
+        first: dict[tuple[str, int], int] = {}
+        after: dict[tuple[str, int], int] = {}
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(err)
+
+        for message in messages:
+            if message.error() is not None:
+                # Transport trouble and unknown-topic notices: librdkafka recovers by itself.
+                log.warning("consumer: %s", message.error())
+                continue
+            where = (message.topic(), message.partition())
+            first.setdefault(where, message.offset())
+            after[where] = message.offset() + 1
+            self._produce(*self._route(message), on_delivery)
+        self.waiting = True
+        try:
+            while self._producer.flush(1.0) > 0:  # librdkafka gives up after message.timeout.ms
+                if self.stop.is_set():
+                    return False
+        finally:
+            self.waiting = False
+        if failures:
+            log.error("%d of the batch's messages were not acknowledged (%s): reading the "
+                      "batch again", len(failures), failures[0])
+            self._rewind(first)
+            return False
+        if after:
+            try:
+                self._consumer.commit(
+                    offsets=[self._tp(t, p, o) for (t, p), o in after.items()], asynchronous=False
+                )
+            except Exception as exc:  # noqa: BLE001 - KafkaException: rebalance, coordinator
+                log.warning("commit failed (%s): reading the batch again", exc)
+                self._rewind(first)
+                return False
+        if self._metrics:
+            self._metrics.batch("ingest", len(messages), time.perf_counter() - started)
+        return True
+
+    def _route(self, message: Message) -> tuple[str, bytes | None, bytes | None, list | None]:
+        """(topic, key, value, headers) of what the message becomes."""
+        if message.topic() == PROBE_TOPIC:  # forwarded as is, never validated or stored
+            return FACTS_TOPIC, facts_key(message.key()), message.value(), None
+        try:
+            fact = self._accept(message)
+        except Rejected as rejected:
+            if self._metrics:
+                self._metrics.rejected(message.topic(), rejected.reason)
+            return DLQ_TOPIC, message.key(), message.value(), dlq_headers(rejected, message)
+        if self._metrics:
+            self._metrics.accepted(fact.agency_id)
+        return FACTS_TOPIC, fact.case_id.encode(), fact.to_json(), None
+
+    def _accept(self, message: Message) -> Fact:
+        """A registry outage is not the event's fault: wait for the registry, don't dead-letter."""
+        delay = 0.5
+        while True:
+            try:
+                return self._ingestor.accept(message.value(), message.topic())
+            except RegistryUnavailable as exc:
+                log.warning("registry unavailable (%s); retrying in %.1fs", exc, delay)
+                self.waiting = True
+                try:
+                    self._sleep(delay)
+                finally:
+                    self.waiting = False
+                delay = min(delay * 2, REGISTRY_RETRY_MAX_SECONDS)
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 headers: list | None, on_delivery: Callable) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, key=key, value=value, headers=headers,
+                                       on_delivery=on_delivery)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def _rewind(self, first: dict[tuple[str, int], int]) -> None:
+        """Seek back to the batch's first offsets; partitions lost to a rebalance are skipped
+        (their new owner starts from the last commit anyway)."""
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(self._tp(topic, partition, offset))
+            except Exception as exc:  # noqa: BLE001 - not assigned any more
+                log.info("not rewinding %s[%d]: %s", topic, partition, exc)
+
+
+def dlq_headers(rejected: Rejected, message: Message) -> list[tuple[str, bytes]]:
+    """Why and where from: `casestream dlq` lists, groups and replays by these headers."""
+    return [
+        ("reason", rejected.reason.encode()),
+        ("detail", rejected.detail.encode()[:2000]),
+        ("field", (rejected.field or "").encode()),
+        ("source_topic", message.topic().encode()),
+        ("source_partition", str(message.partition()).encode()),
+        ("source_offset", str(message.offset()).encode()),
+        ("rejected_at_ms", str(int(time.time() * 1000)).encode()),
+    ]
+
+
+def _topic_partition(topic: str, partition: int, offset: int) -> Any:
+    from confluent_kafka import TopicPartition
+
+    return TopicPartition(topic, partition, offset)
