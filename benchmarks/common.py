@@ -365,6 +365,17 @@ def group_lag_total(settings: Settings, group: str, topics: Sequence[str]) -> in
     )
 
 
+def worker_lag_total(settings: Settings, app_id: str) -> int | None:
+    """A worker's uncommitted messages: its intake group on the agency topics plus its faust
+    group on the facts topic (None until both committed once)."""
+    from services.ops.topics import FACTS_TOPIC
+    from services.processor.intake import intake_group
+
+    intake = group_lag_total(settings, intake_group(app_id), agency_topics(settings))
+    derive = group_lag_total(settings, app_id, [FACTS_TOPIC])
+    return None if intake is None or derive is None else intake + derive
+
+
 def agency_topics(settings: Settings) -> list[str]:
     from services.ops.consumer_lag import matching_topics
     from services.ops.topics import AGENCY_TOPIC_PATTERN
@@ -573,11 +584,7 @@ class WorkerRun:
 
     def lag(self) -> int | None:
         """Uncommitted messages on the agency topics and the facts topic (None: no commit yet)."""
-        from services.ops.topics import FACTS_TOPIC
-
-        return group_lag_total(
-            self.settings, self.app_id, [*agency_topics(self.settings), FACTS_TOPIC]
-        )
+        return worker_lag_total(self.settings, self.app_id)
 
     def wait_caught_up(self, timeout: float = 3600.0, progress=None) -> float:
         """Until the group committed everything on the agency and facts topics (twice)."""

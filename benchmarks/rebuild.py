@@ -28,10 +28,10 @@ from benchmarks.common import (
     Result,
     agency_topics,
     fmt_num,
-    group_lag_total,
     peak_rss_mb,
     rss_mb,
     topic_messages,
+    worker_lag_total,
 )
 
 TARGET_EVENTS = 10_000_000
@@ -45,11 +45,10 @@ class _Watch(threading.Thread):
     the replay's progress without reading the rebuilt tables.
     """
 
-    def __init__(self, settings, app_id: str, topics: list[str]) -> None:
+    def __init__(self, settings, app_id: str) -> None:
         super().__init__(daemon=True)
         self.settings = settings
         self.app_id = app_id
-        self.topics = topics
         self.peak = 0.0
         self.base = 0.0  # RSS at the group's first commit: the worker before it holds much state
         self.samples: list[tuple[float, int]] = []  # (wall clock, lag) once the group committed
@@ -66,7 +65,7 @@ class _Watch(threading.Thread):
             except (OSError, ValueError, IndexError):
                 pass
             try:
-                lag = group_lag_total(self.settings, self.app_id, self.topics)
+                lag = worker_lag_total(self.settings, self.app_id)
             except Exception:  # noqa: BLE001 - a sample less
                 continue
             if lag is not None:
@@ -99,7 +98,7 @@ def run(ctx: BenchContext) -> list[Result]:
 
     stamp = time.strftime("%Y%m%d%H%M%S")
     app_id = f"{settings.worker_app_id}-rebuild-{stamp}"
-    watch = _Watch(settings, app_id, [*agency_topics(settings), FACTS_TOPIC])
+    watch = _Watch(settings, app_id)
     watch.start()
     ctx.log(
         f"rebuild: replaying {messages:,} agency messages ({facts:,} re-keyed facts on the "

@@ -91,6 +91,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         schema=faust.Schema(key_serializer="raw", value_serializer="json"),
         use_partitioner=True,
     )
+    changelog_topic = case_facts.changelog_topic
     sink = ClickHouseSink(
         lambda: settings.clickhouse_client(),
         columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS},  # ops: + probes table
@@ -108,9 +109,16 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         for case_id, stored in result.changed.items():
             # What `case_facts[case_id] = stored` does, keeping the changelog future: the
             # changelog must hold the new state before the input is acknowledged, otherwise a
-            # crash would restore a table lacking facts whose offsets were committed.
+            # crash would restore a table lacking facts whose offsets were committed. Sent
+            # straight to the producer, not through faust's send_soon buffer: that buffer
+            # drains one message per loop turn and throttles the stream while it is "full"
+            # (thousands of warnings per large batch), and its log lines were the last ones
+            # before every stall we saw.
             case_facts.data[case_id] = stored
-            changelog.append(case_facts.send_changelog(None, case_id, stored))
+            changelog.append(await changelog_topic.send(
+                key=case_id, value=stored, key_serializer=case_facts.key_serializer,
+                value_serializer=case_facts.value_serializer, force=True,
+            ))
         await _delivered(changelog)
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)

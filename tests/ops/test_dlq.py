@@ -24,6 +24,7 @@ from services.contracts.registry import make_client, register_agency_subject
 from services.ops import dlq
 from services.ops.consumer_lag import group_lag
 from services.ops.topics import ensure_agency_topic
+from services.processor.intake import intake_group
 from services.settings import Settings
 from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
 
@@ -82,8 +83,9 @@ def copies_in_topic(settings: Settings, topic: str, partition: int, raw: bytes) 
         consumer.close()
 
 
-def caught_up(settings: Settings, group: str, topic: str) -> bool:
-    lags = group_lag(settings, group, [topic])
+def caught_up(settings: Settings, app_id: str, topic: str) -> bool:
+    """The worker's intake (which reads agency topics) committed everything on `topic`."""
+    lags = group_lag(settings, intake_group(app_id), [topic])
     return bool(lags) and all(p.lag == 0 for p in lags)
 
 
