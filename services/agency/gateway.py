@@ -511,6 +511,7 @@ class Gateway:
             self._closed = True
             channels = list(self._channels.values())
         self._stop.set()
+        self._admin = None  # its librdkafka client would keep reconnecting to a lost broker
         if self._pump_thread is not None:
             self._pump_thread.join(timeout=30)
         with self._channels_lock:
@@ -830,7 +831,7 @@ class Gateway:
             if self._admin is None:
                 from confluent_kafka.admin import AdminClient
 
-                self._admin = AdminClient({"bootstrap.servers": self.settings.kafka_bootstrap})
+                self._admin = AdminClient(self.settings.kafka_client_config())  # + SASL/SSL
             metadata = self._admin.list_topics(timeout=self.config.probe_timeout)
             if not metadata.brokers:
                 return {"reachable": False, "error": "no broker in the cluster metadata"}

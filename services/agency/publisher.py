@@ -132,6 +132,11 @@ class Publisher:
 
     def close(self, timeout: float = 30.0) -> int:
         pending = self.flush(timeout)
+        if pending:
+            # Unacknowledged events stay in the outbox for the next start; without the purge
+            # librdkafka keeps the client (and its reconnect attempts) alive to deliver them.
+            self._producer.purge()
+            self._producer.flush(0)
         self.outbox.close()
         self._producer = None  # stop librdkafka's reconnect loop now, not at garbage collection
         return pending
