@@ -33,6 +33,7 @@ from services.ops import probe as ops_probe  # ops: end-to-end latency probes (i
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import FACTS_TOPIC, PROBE_TOPIC, ensure_topics
 from services.processor.batch import apply_batch
+from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
 from services.processor.intake import Intake
 from services.serving.sink import TABLES as SINK_TABLES
@@ -71,10 +72,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         stream_wait_empty=True,
         web_enabled=False,
         producer_acks=-1,
-        # perf (issue 8): batch the changelog writes for up to 10 ms; with faust's default (0)
-        # every send became its own produce request (py-spy: 17 % of the worker in aiokafka's
-        # socket writes). Batches still wait for their acks (_delivered).
-        producer_linger=0.01,
+        # faust's own producer only sends the latency probes now (changelog_producer.py).
     )
     facts_topic = app.topic(
         FACTS_TOPIC, key_serializer="raw", value_serializer="raw",
@@ -92,6 +90,8 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         use_partitioner=True,
     )
     changelog_topic = case_facts.changelog_topic
+    changelog_name = changelog_topic.get_topic_name()
+    changelog_out = ChangelogProducer(settings)
     sink = ClickHouseSink(
         lambda: settings.clickhouse_client(),
         columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS},  # ops: + probes table
@@ -105,21 +105,21 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         facts = [Fact.from_json(event.message.value) for event in fact_events]
         result = apply_batch(facts, case_facts.get)
         result.rows.extend("probes", probes)  # ops: written with the batch's rows
-        changelog = []
         for case_id, stored in result.changed.items():
-            # What `case_facts[case_id] = stored` does, keeping the changelog future: the
-            # changelog must hold the new state before the input is acknowledged, otherwise a
-            # crash would restore a table lacking facts whose offsets were committed. Sent
-            # straight to the producer, not through faust's send_soon buffer: that buffer
-            # drains one message per loop turn and throttles the stream while it is "full"
-            # (thousands of warnings per large batch), and its log lines were the last ones
-            # before every stall we saw.
+            # What `case_facts[case_id] = stored` does (faust's bytes and partitioner), through
+            # librdkafka (changelog_producer.py says why). The changelog must hold the new
+            # state before the input is acknowledged, or a crash would restore a table lacking
+            # facts whose offsets were committed. (The memory store keeps no persisted
+            # changelog offsets, so faust's on-sent callback has nothing to record.)
             case_facts.data[case_id] = stored
-            changelog.append(await changelog_topic.send(
-                key=case_id, value=stored, key_serializer=case_facts.key_serializer,
-                value_serializer=case_facts.value_serializer, force=True,
-            ))
-        await _delivered(changelog)
+            key, _ = changelog_topic.prepare_key(case_id, None)
+            value, _ = changelog_topic.prepare_value(stored, None)
+            changelog_out.send(changelog_name, key, value)
+        try:
+            await changelog_out.delivered(DELIVERY_TIMEOUT_SECONDS)
+        except (TimeoutError, DeliveryFailed) as exc:
+            log.error("case-facts changelog not delivered (%s): restarting", exc)
+            _leave_now(restart=True)
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
@@ -196,18 +196,6 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _ACTIVITY["busy"] -= 1
 
 
-async def _delivered(futures: list, timeout: float = DELIVERY_TIMEOUT_SECONDS) -> None:
-    """Wait until Kafka acknowledged every message; a stuck producer means restart (replay)."""
-    if not futures:
-        return
-    try:
-        await asyncio.wait_for(asyncio.gather(*futures), timeout)
-    except TimeoutError:
-        log.error("Kafka did not acknowledge %d messages in %.0fs: restarting", len(futures),
-                  timeout)
-        _leave_now(restart=True)
-
-
 def _leave_now(restart: bool = False) -> None:
     """Leave without committing anything more: the uncommitted input is replayed next time."""
     logging.shutdown()
@@ -238,32 +226,37 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
 
     Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
     with messages waiting and committed offsets frozen, and none of its asyncio timers ran again.
-    This thread does not depend on the loop: committed offsets (intake and derive) frozen for
-    HARD_STALL_SECONDS while messages wait means restart (crash semantics: the uncommitted input
-    is replayed), unless the intake waits for the registry or for broker acks, which is not a
-    stall.
+    This thread does not depend on the loop: the committed offsets of the intake or of derive
+    frozen for HARD_STALL_SECONDS while messages wait means restart (crash semantics: the
+    uncommitted input is replayed), unless the intake waits for the registry or for broker
+    acks, which is not a stall.
     """
 
     def watch() -> None:
-        last, since = -1, time.monotonic()
+        # Per half: the intake moving (probes, other agencies) must not hide a stuck derive.
+        last = {"intake": -1, "derive": -1}
+        since = dict.fromkeys(last, time.monotonic())
         while True:
             time.sleep(STALL_CHECK_SECONDS)
             now = time.monotonic()
             try:
                 lags = worker_lag(settings, app_id)
             except Exception:  # noqa: BLE001 - broker unreachable: no verdict
-                since = now
+                since = dict.fromkeys(last, now)
                 continue
-            behind = sum(p.lag for p in lags)
-            committed = sum(max(p.committed, 0) for p in lags)
-            if not behind or committed != last or intake.waiting:
-                last, since = committed, now
-            # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
-            # was seen too: give recovery longer, not forever.
-            elif now - since > HARD_STALL_SECONDS * (4 if app.in_recovery else 1):
-                log.error("offsets frozen for %.0fs with %d messages waiting (thread watchdog): "
-                          "restarting", now - since, behind)
-                _leave_now(restart=True)
+            for half in last:
+                mine = [p for p in lags if (p.topic == FACTS_TOPIC) == (half == "derive")]
+                behind = sum(p.lag for p in mine)
+                committed = sum(max(p.committed, 0) for p in mine)
+                excused = intake.waiting if half == "intake" else False
+                if not behind or committed != last[half] or excused:
+                    last[half], since[half] = committed, now
+                # Restoring a large changelog is slow progress, yet a worker stuck "in
+                # recovery" was seen too: give recovery longer, not forever.
+                elif now - since[half] > HARD_STALL_SECONDS * (4 if app.in_recovery else 1):
+                    log.error("%s offsets frozen for %.0fs with %d messages waiting (thread "
+                              "watchdog): restarting", half, now - since[half], behind)
+                    _leave_now(restart=True)
 
     threading.Thread(target=watch, name="casestream-watchdog", daemon=True).start()
 
