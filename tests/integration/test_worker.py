@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import date
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -10,9 +11,10 @@ from confluent_kafka import Consumer, Producer
 from services.agency.publisher import Publisher
 from services.contracts.codec import encode
 from services.contracts.events import parse_event, topic_for_agency
+from services.contracts.reference import agencies_at
 from services.contracts.registry import make_client, register_agency_subject
-from services.ops.consumer_lag import wait_caught_up
-from services.ops.topics import DLQ_TOPIC
+from services.ops.consumer_lag import matching_topics, wait_caught_up
+from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC
 from tests.helpers import WorkerProcess, make_event, new_tag, table_snapshot, wait_for
 
 pytestmark = pytest.mark.integration
@@ -130,6 +132,24 @@ def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(
     assert raw == garbage and headers["source_topic"] == topic
     assert int(headers["source_offset"]) >= 0 and headers["source_partition"].isdigit()
     assert "20-POLICE" in mine["spoofed_agency"][1]["detail"]
+
+
+def test_a_new_agency_topic_is_read_without_restarting_the_worker(stack, worker, ch):
+    existing = set(matching_topics(stack, AGENCY_TOPIC_PATTERN))
+    agency = next(a for a in agencies_at(date(2016, 4, 1))
+                  if a.endswith("-INSP") and topic_for_agency(a) not in existing)
+    case = f"{new_tag()}:{agency}/2016/N1"
+    log_before = worker.log.stat().st_size
+    _publish(stack, [make_event("case_opened", agency, case, "2016-04-01T08:00:00+07:00",
+                                {"origin": "inspection", "field": "land",
+                                 "subject_kind": "official", "prominent": False})])
+    wait_for(lambda: ch.command("SELECT count() FROM cases WHERE case_id = {c:String}",
+                                parameters={"c": case}) == 1,
+             timeout=90, what=f"the first case of the new agency {agency}")
+    with worker.log.open("rb") as f:
+        f.seek(log_before)
+        since = f.read().decode(errors="replace")
+    assert worker.alive() and "restarting" not in since, since[-3000:]
 
 
 @pytest.mark.slow
