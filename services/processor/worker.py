@@ -43,7 +43,7 @@ from services.settings import Settings
 log = logging.getLogger("casestream.worker")
 
 BATCH_SIZE = 5000
-BATCH_WITHIN_SECONDS = 0.5
+BATCH_WITHIN_SECONDS = 0.2  # at low traffic a batch waits this long to fill (latency)
 DELIVERY_TIMEOUT_SECONDS = 60.0
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
