@@ -23,7 +23,8 @@ setting these variables.
 | CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
-| CASESTREAM_WORKER_APP_ID | casestream-worker | worker consumer group / faust app id (a rebuild uses another) |
+| CASESTREAM_TOPIC_REPLICATION_FACTOR | 1 | replicas of the worker's changelog topic (3 on a real cluster) |
+| CASESTREAM_WORKER_APP_ID | casestream-worker | faust app id and derive group; the intake's group is `<id>-intake` (a rebuild uses another id) |
 | CASESTREAM_WORKER_METRICS_ADDR | 127.0.0.1:9464 | worker Prometheus `/metrics` (host:port; `off` disables) |
 | CASESTREAM_PROBE_INTERVAL_SECONDS | 10 | the worker sends a latency probe this often (0 disables) |
 | CASESTREAM_HEALTH_MAX_LAG | 5000 | `health`: max messages behind, per consumer group |
@@ -95,6 +96,7 @@ class Settings:
     prefect_api_url: str
     topic_partitions: int
     worker_app_id: str
+    topic_replication_factor: int = 1
     # Operations (services/ops/health.py): worker metrics, latency probes, health thresholds.
     worker_metrics_addr: str = "127.0.0.1:9464"
     probe_interval_seconds: float = 10.0
@@ -136,6 +138,7 @@ class Settings:
             prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
             topic_partitions=int(_env("CASESTREAM_TOPIC_PARTITIONS", "4")),
             worker_app_id=_env("CASESTREAM_WORKER_APP_ID", "casestream-worker"),
+            topic_replication_factor=int(_env("CASESTREAM_TOPIC_REPLICATION_FACTOR", "1")),
             worker_metrics_addr=_env("CASESTREAM_WORKER_METRICS_ADDR", "127.0.0.1:9464"),
             probe_interval_seconds=float(_env("CASESTREAM_PROBE_INTERVAL_SECONDS", "10")),
             health_max_lag=int(_env("CASESTREAM_HEALTH_MAX_LAG", "5000")),

@@ -61,7 +61,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         store="memory://",
         datadir=str(settings.home / "worker" / app_id),
         topic_partitions=settings.topic_partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
         # Short group timeouts: the defaults make every join take ~30 s on a single node.
         broker_session_timeout=10.0,
