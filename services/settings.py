@@ -18,7 +18,7 @@ setting these variables.
 | CASESTREAM_APICURIO_VERSION | 3.3.3 | Apicurio release fetched from Maven Central |
 | CASESTREAM_REGISTRY_JAVA | (a JDK >= 21 found on the machine) | java binary for Apicurio 3.3 |
 | CASESTREAM_CLICKHOUSE_URL | http://127.0.0.1:8123 | ClickHouse HTTP endpoint |
-| CASESTREAM_CLICKHOUSE_USER / _PASSWORD | casestream / casestream | read-write user of the platform |
+| CASESTREAM_CLICKHOUSE_USER / _PASSWORD (_PASSWORD_FILE) | casestream / casestream | read-write user of the platform; the password may come from a file |
 | CASESTREAM_CLICKHOUSE_DATABASE | casestream | database holding every table |
 | CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
@@ -131,7 +131,7 @@ class Settings:
             registry_java=os.environ.get("CASESTREAM_REGISTRY_JAVA") or None,
             clickhouse_url=_env("CASESTREAM_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
             clickhouse_user=_env("CASESTREAM_CLICKHOUSE_USER", "casestream"),
-            clickhouse_password=_env("CASESTREAM_CLICKHOUSE_PASSWORD", "casestream"),
+            clickhouse_password=_secret("CASESTREAM_CLICKHOUSE_PASSWORD") or "casestream",
             clickhouse_database=_env("CASESTREAM_CLICKHOUSE_DATABASE", "casestream"),
             analyst_user=_env("CASESTREAM_ANALYST_USER", "analyst"),
             analyst_password=_env("CASESTREAM_ANALYST_PASSWORD", "analyst"),
