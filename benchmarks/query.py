@@ -118,8 +118,7 @@ def rollup_parameters(client) -> dict:
 # natively, so its "profile" is which parts of the SQL cost what (py-spy sees nothing there).
 ROLLUP_PARTS = {
     "count() of events FINAL (the dedup every part pays)": (
-        "SELECT count() FROM events FINAL "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+        "SELECT count() FROM events FINAL SETTINGS do_not_merge_across_partitions_select_final = 1"
     ),
     "events FINAL by type (a scan of the contributions)": (
         "SELECT event_type, count() FROM events FINAL GROUP BY event_type "

@@ -44,8 +44,9 @@ def _history_start(client) -> date | None:
 
 
 @task(retries=2, retry_delay_seconds=5)
-def compute_and_store(period_kind: str, first: date, last: date, national: bool,
-                      geography: str) -> int:
+def compute_and_store(
+    period_kind: str, first: date, last: date, national: bool, geography: str
+) -> int:
     """Compute one rollup table's rows for [first, last] and insert them as the newest build."""
     settings = Settings.from_env()
     client = settings.clickhouse_client()
@@ -57,9 +58,13 @@ def compute_and_store(period_kind: str, first: date, last: date, national: bool,
     result = client.query(
         rollup_sql(period_kind, national=national, geography=geography),
         parameters={
-            "tz": REPORTING_TZ, "grid": grid, "period_kind": period_kind,
-            "first": period_start_of(first, period_kind), "last": period_start_of(last, period_kind),
-            "map_from": map_from, "map_to": map_to,
+            "tz": REPORTING_TZ,
+            "grid": grid,
+            "period_kind": period_kind,
+            "first": period_start_of(first, period_kind),
+            "last": period_start_of(last, period_kind),
+            "map_from": map_from,
+            "map_to": map_to,
         },
     )
     built_at = datetime.now(UTC)
@@ -79,10 +84,24 @@ def compute_and_store(period_kind: str, first: date, last: date, national: bool,
         client.insert(table, rows, column_names=[*head_columns, *METRIC_COLUMNS, "built_at"])
     client.insert(
         "rollup_runs",
-        [[f"{'national' if national else 'province:' + geography}", period_kind, first, last,
-          len(rows), built_at]],
-        column_names=["flow", "period_kind", "first_period", "last_period", "rows_written",
-                      "finished_at"],
+        [
+            [
+                f"{'national' if national else 'province:' + geography}",
+                period_kind,
+                first,
+                last,
+                len(rows),
+                built_at,
+            ]
+        ],
+        column_names=[
+            "flow",
+            "period_kind",
+            "first_period",
+            "last_period",
+            "rows_written",
+            "finished_at",
+        ],
     )
     return len(rows)
 
@@ -137,7 +156,16 @@ def refresh_recent() -> dict[str, int]:
         first = date.fromisoformat(str(earliest))
         logger.info("events ingested since %s touch periods from %s on", since, first)
         written = build_rollups(first, date.today())
-    client.insert("rollup_runs", [[WATERMARK_FLOW, "", date.today(), date.today(), 0, started]],
-                  column_names=["flow", "period_kind", "first_period", "last_period",
-                                "rows_written", "finished_at"])
+    client.insert(
+        "rollup_runs",
+        [[WATERMARK_FLOW, "", date.today(), date.today(), 0, started]],
+        column_names=[
+            "flow",
+            "period_kind",
+            "first_period",
+            "last_period",
+            "rows_written",
+            "finished_at",
+        ],
+    )
     return written

@@ -138,12 +138,18 @@ def worker_stop() -> None:
     """Stop the background worker (it finishes its batch and commits first)."""
     from services.stack import worker as worker_proc
 
-    click.echo("worker stopped" if worker_proc.process(_settings()).stop() else "worker was not running")
+    click.echo(
+        "worker stopped" if worker_proc.process(_settings()).stop() else "worker was not running"
+    )
 
 
 @main.command("rebuild")
-@click.option("--switch/--no-switch", default=True, show_default=True,
-              help="exchange the rebuilt tables with the live ones when they are complete")
+@click.option(
+    "--switch/--no-switch",
+    default=True,
+    show_default=True,
+    help="exchange the rebuilt tables with the live ones when they are complete",
+)
 @click.option("--timeout", default=3600, show_default=True, help="seconds to wait for catch-up")
 def rebuild_cmd(switch: bool, timeout: int) -> None:
     """Replay every topic from the beginning into fresh tables, compare, and switch.
@@ -165,12 +171,27 @@ def rollups() -> None:
 
 
 @rollups.command("build")
-@click.option("--from", "first", required=True, type=click.DateTime(["%Y-%m-%d"]),
-              help="first day of the range (its period is included)")
-@click.option("--to", "last", required=True, type=click.DateTime(["%Y-%m-%d"]),
-              help="last day of the range (its period is included)")
-@click.option("--period", "periods", multiple=True,
-              type=click.Choice(["month", "quarter", "year"]), help="default: all three")
+@click.option(
+    "--from",
+    "first",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="first day of the range (its period is included)",
+)
+@click.option(
+    "--to",
+    "last",
+    required=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="last day of the range (its period is included)",
+)
+@click.option(
+    "--period",
+    "periods",
+    multiple=True,
+    type=click.Choice(["month", "quarter", "year"]),
+    help="default: all three",
+)
 def rollups_build(first, last, periods) -> None:
     """Rebuild rollups for every period in a range (idempotent)."""
     from flows.rollups import build_rollups
@@ -187,12 +208,17 @@ def _apply_env(env: dict[str, str]) -> None:
     for key, value in env.items():
         if key in ("PREFECT_API_URL", "PREFECT_HOME") or key not in os.environ:
             os.environ[key] = value
+
+
 # --------------------------------------------------------------------------- agencies
 @main.command("publish")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option("--agency", default=None,
-              help="publish as this agency only (rows of other agencies are rejected); "
-                   "default: operator import, each row to its own agency's topic")
+@click.option(
+    "--agency",
+    default=None,
+    help="publish as this agency only (rows of other agencies are rejected); "
+    "default: operator import, each row to its own agency's topic",
+)
 @click.option("--max-errors", default=50, show_default=True, help="rejected lines to print")
 def publish_cmd(file: str, agency: str | None, max_errors: int) -> None:
     """Bulk-import digitised records from a JSONL or CSV FILE.
@@ -218,8 +244,19 @@ def _register_area_commands() -> None:
     from services.ops.health_command import dlq, health, ops
     from services.serving.report_command import flows, report
 
-    for command in (gateway, tokens, generate, demo, report, flows, health, dlq, ops,
-                    schemas, bench):
+    for command in (
+        gateway,
+        tokens,
+        generate,
+        demo,
+        report,
+        flows,
+        health,
+        dlq,
+        ops,
+        schemas,
+        bench,
+    ):
         main.add_command(command)
 
 

@@ -58,15 +58,17 @@ def format_national_table(rows: list[dict]) -> str:
             value = row.get(column)
             cells.append("–" if value is None else fmt.format(value))
         body.append(cells)
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-              for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)
+    ]
     lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in body]
     return "\n".join(lines)
 
 
-def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: date,
-             report_dir: Path) -> Path:
+def run_demo(
+    settings: Settings, *, events: int, seed: int, start: date, end: date, report_dir: Path
+) -> Path:
     from services.agency.bulk_import import format_summary, import_file, print_progress
     from services.agency.generator import GeneratorOptions, write_jsonl
     from services.ops.consumer_lag import wait_caught_up
@@ -92,32 +94,44 @@ def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: da
     else:
         history.parent.mkdir(parents=True, exist_ok=True)
         summary = write_jsonl(
-            GeneratorOptions(seed=seed, start=start, end=end, events=events, duplicates=0.01,
-                             provinces=DEMO_PROVINCES,
-                             out_of_order=0.02,
-                             progress=lambda m: click.echo(f"      {m}", err=True)),
+            GeneratorOptions(
+                seed=seed,
+                start=start,
+                end=end,
+                events=events,
+                duplicates=0.01,
+                provinces=DEMO_PROVINCES,
+                out_of_order=0.02,
+                progress=lambda m: click.echo(f"      {m}", err=True),
+            ),
             history,
         )
-        click.echo(f"      {summary.events:,} events of {summary.cases:,} cases from "
-                   f"{summary.agencies} agencies (+{summary.duplicates:,} duplicate deliveries)",
-                   err=True)
+        click.echo(
+            f"      {summary.events:,} events of {summary.cases:,} cases from "
+            f"{summary.agencies} agencies (+{summary.duplicates:,} duplicate deliveries)",
+            err=True,
+        )
     _done(t)
 
     t = _step(4, total, "publish through the agency SDK (validation, outbox, Avro, Kafka)")
     imported = import_file(history, settings, progress=print_progress)
-    click.echo("      " + format_summary(imported, 10).strip().replace("\n", "\n      "),
-               err=True)
+    click.echo("      " + format_summary(imported, 10).strip().replace("\n", "\n      "), err=True)
     _done(t)
 
     t = _step(5, total, "stream worker: derive cases, transfers, lags into ClickHouse")
     if worker_proc.process(settings).pid() is None:
         worker_proc.start(settings)
         time.sleep(3)
-    wait_caught_up(settings, timeout=1800,
-                   progress=lambda lag: click.echo(f"      {lag:,} messages behind", err=True))
+    wait_caught_up(
+        settings,
+        timeout=1800,
+        progress=lambda lag: click.echo(f"      {lag:,} messages behind", err=True),
+    )
     ch = settings.clickhouse_client()
-    counts = {name: ch.command(f"SELECT count() FROM {name}")
-              for name in ("cases", "transfers", "appraisals")}
+    counts = {
+        name: ch.command(f"SELECT count() FROM {name}")
+        for name in ("cases", "transfers", "appraisals")
+    }
     counts["events"] = ch.command("SELECT count() FROM events FINAL")
     click.echo("      " + ", ".join(f"{v:,} {k}" for k, v in counts.items()), err=True)
     _done(t)
@@ -127,8 +141,9 @@ def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: da
     from flows.rollups import build_rollups
 
     build_rollups(start, end)
-    report = build_report(scope="national", period_kind="year", first=start, last=end,
-                          out_dir=report_dir)
+    report = build_report(
+        scope="national", period_kind="year", first=start, last=end, out_dir=report_dir
+    )
     _done(t)
 
     rows = ch.query(
@@ -137,26 +152,58 @@ def run_demo(settings: Settings, *, events: int, seed: int, start: date, end: da
     click.echo("\nNational figures by year (event time; pending = open at year end):\n")
     click.echo(format_national_table(list(rows)))
     click.echo(f"\nReport: {report}")
-    click.echo("Prefect UI: " + settings.prefect_api_url.removesuffix("/api")
-               + "   ClickHouse: " + settings.clickhouse_url + " (user analyst)")
+    click.echo(
+        "Prefect UI: "
+        + settings.prefect_api_url.removesuffix("/api")
+        + "   ClickHouse: "
+        + settings.clickhouse_url
+        + " (user analyst)"
+    )
     return report
 
 
 @click.command("demo")
-@click.option("--events", default=60_000, show_default=True,
-              help="approximate number of events in the generated history")
+@click.option(
+    "--events",
+    default=60_000,
+    show_default=True,
+    help="approximate number of events in the generated history",
+)
 @click.option("--seed", default=7, show_default=True, help="generator seed (reproducible)")
-@click.option("--from", "start", default="2021-01-01", show_default=True,
-              type=click.DateTime(["%Y-%m-%d"]), help="first day of the history")
-@click.option("--to", "end", default="2025-12-31", show_default=True,
-              type=click.DateTime(["%Y-%m-%d"]), help="last day of the history")
-@click.option("--report-dir", default="reports", show_default=True,
-              type=click.Path(file_okay=False), help="where the report is written")
+@click.option(
+    "--from",
+    "start",
+    default="2021-01-01",
+    show_default=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="first day of the history",
+)
+@click.option(
+    "--to",
+    "end",
+    default="2025-12-31",
+    show_default=True,
+    type=click.DateTime(["%Y-%m-%d"]),
+    help="last day of the history",
+)
+@click.option(
+    "--report-dir",
+    default="reports",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="where the report is written",
+)
 def demo(events: int, seed: int, start, end, report_dir: str) -> None:
     """Run the platform end to end on the local stack and print the national figures."""
     try:
-        run_demo(Settings.from_env(), events=events, seed=seed, start=start.date(),
-                 end=end.date(), report_dir=Path(report_dir))
+        run_demo(
+            Settings.from_env(),
+            events=events,
+            seed=seed,
+            start=start.date(),
+            end=end.date(),
+            report_dir=Path(report_dir),
+        )
     except (RuntimeError, TimeoutError, ValueError) as exc:
         click.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)

@@ -22,6 +22,7 @@ from tests.helpers import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
+
 def free_ports(count: int) -> list[int]:
     """Ports free right now on 127.0.0.1, so parallel test sessions never collide."""
     sockets = []

@@ -30,7 +30,10 @@ class WorkerProcess:
         self._log_handle = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "info"],
-            cwd=REPO, env=self.env, stdout=self._log_handle, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=self.env,
+            stdout=self._log_handle,
+            stderr=subprocess.STDOUT,
         )
         return self
 
@@ -69,12 +72,24 @@ def wait_for(check, *, timeout: float = 60, interval: float = 0.5, what: str = "
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def make_event(event_type: str, agency: str, case_id: str, at: str, payload: dict,
-               *, event_id: str | None = None, sequence: int | None = None) -> dict:
+def make_event(
+    event_type: str,
+    agency: str,
+    case_id: str,
+    at: str,
+    payload: dict,
+    *,
+    event_id: str | None = None,
+    sequence: int | None = None,
+) -> dict:
     """A JSON-form event (BRIEF's contract)."""
     event = {
-        "event_id": event_id or str(uuid.uuid4()), "event_type": event_type, "case_id": case_id,
-        "agency_id": agency, "occurred_at": at, "payload": payload,
+        "event_id": event_id or str(uuid.uuid4()),
+        "event_type": event_type,
+        "case_id": case_id,
+        "agency_id": agency,
+        "occurred_at": at,
+        "payload": payload,
     }
     if sequence is not None:
         event["sequence"] = sequence
@@ -105,10 +120,10 @@ def table_snapshot(client, tag: str) -> dict[str, list[tuple]]:
     like = {"p": f"{tag}:%"}
     queries = {
         "events": "SELECT * EXCEPT ingested_at FROM events FINAL WHERE case_id LIKE {p:String} "
-                  "ORDER BY event_id",
+        "ORDER BY event_id",
         "cases": "SELECT * FROM cases WHERE case_id LIKE {p:String} ORDER BY case_id",
         "transfers": "SELECT * FROM transfers WHERE case_id LIKE {p:String} ORDER BY transfer_id",
         "appraisals": "SELECT * FROM appraisals WHERE case_id LIKE {p:String} "
-                      "ORDER BY appraisal_id",
+        "ORDER BY appraisal_id",
     }
     return {name: client.query(sql, parameters=like).result_rows for name, sql in queries.items()}

@@ -81,8 +81,15 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
-                yield number, LineError(number, "<line>", line.strip(), f"invalid JSON: {exc.msg} "
-                                        f"at column {exc.colno}")
+                yield (
+                    number,
+                    LineError(
+                        number,
+                        "<line>",
+                        line.strip(),
+                        f"invalid JSON: {exc.msg} at column {exc.colno}",
+                    ),
+                )
 
 
 def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
@@ -91,7 +98,10 @@ def read_csv(path: Path) -> Iterator[tuple[int, Any]]:
         for row in reader:
             number = reader.line_num
             if None in row:  # more cells than header columns
-                yield number, LineError(number, "<row>", row[None], "more cells than header columns")
+                yield (
+                    number,
+                    LineError(number, "<row>", row[None], "more cells than header columns"),
+                )
                 continue
             event: dict[str, Any] = {}
             payload: dict[str, Any] = {}
@@ -178,8 +188,12 @@ def import_file(
 
 def print_progress(summary: ImportSummary, stream=sys.stderr) -> None:
     rate = summary.lines / summary.seconds if summary.seconds else 0
-    print(f"  {summary.lines:>10,} lines  {summary.accepted:>10,} accepted  "
-          f"{summary.rejected:>6,} rejected  {rate:>8,.0f} lines/s", file=stream, flush=True)
+    print(
+        f"  {summary.lines:>10,} lines  {summary.accepted:>10,} accepted  "
+        f"{summary.rejected:>6,} rejected  {rate:>8,.0f} lines/s",
+        file=stream,
+        flush=True,
+    )
 
 
 def format_summary(summary: ImportSummary, max_errors: int = 50) -> str:

@@ -683,8 +683,9 @@ class Gateway:
         except RecursionError:
             raise GatewayError(400, "malformed_json", "request body is nested too deeply") from None
         except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
-            raise GatewayError(400, "malformed_json", f"request body is not usable JSON: {exc}"
-                               ) from None
+            raise GatewayError(
+                400, "malformed_json", f"request body is not usable JSON: {exc}"
+            ) from None
         if not isinstance(obj, dict):
             raise GatewayError(
                 422,

@@ -192,7 +192,9 @@ class Publisher:
             while True:
                 try:
                     self._producer.produce(
-                        topic_for_agency(agency), key=kafka_key(event), value=value,
+                        topic_for_agency(agency),
+                        key=kafka_key(event),
+                        value=value,
                         on_delivery=self._delivered(event_id),
                     )
                     break

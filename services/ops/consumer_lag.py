@@ -25,8 +25,9 @@ class PartitionLag:
         return self.high_watermark - max(self.committed, 0)
 
 
-def group_lag(settings: Settings, group: str, topics: list[str], timeout: float = 10.0
-              ) -> list[PartitionLag]:
+def group_lag(
+    settings: Settings, group: str, topics: list[str], timeout: float = 10.0
+) -> list[PartitionLag]:
     admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     metadata = admin.list_topics(timeout=timeout)
     partitions = [
@@ -43,11 +44,13 @@ def group_lag(settings: Settings, group: str, topics: list[str], timeout: float 
     committed = {(tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions}
     # One ListOffsets request for every partition: a watermark request per partition took
     # seconds with ~830 agency topics, and the worker's watchdogs ask every 15 s.
-    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions},
-                              request_timeout=timeout)
+    ends = admin.list_offsets(
+        {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout
+    )
     return [
-        PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1),
-                     f.result().offset)
+        PartitionLag(
+            tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1), f.result().offset
+        )
         for tp, f in ends.items()
     ]
 
@@ -64,13 +67,15 @@ def worker_lag(settings: Settings, group: str | None = None) -> list[PartitionLa
     from services.ops.topics import AGENCY_TOPIC_PATTERN, FACTS_TOPIC
     from services.processor.intake import intake_group
 
-    agency = group_lag(settings, intake_group(group),
-                       matching_topics(settings, AGENCY_TOPIC_PATTERN))
+    agency = group_lag(
+        settings, intake_group(group), matching_topics(settings, AGENCY_TOPIC_PATTERN)
+    )
     return agency + group_lag(settings, group, [FACTS_TOPIC])
 
 
-def wait_caught_up(settings: Settings, *, timeout: float = 600.0, progress=None,
-                   group: str | None = None) -> int:
+def wait_caught_up(
+    settings: Settings, *, timeout: float = 600.0, progress=None, group: str | None = None
+) -> int:
     """Block until the worker has committed everything published so far; returns seconds.
 
     Lag must be zero twice in a row: faust commits every few seconds, and the re-keyed topic

@@ -96,8 +96,14 @@ def _rebuild_worker(settings: Settings, database: str, app_id: str) -> ManagedPr
     return proc
 
 
-def rebuild(settings: Settings, *, switch: bool = True, timeout: float = 3600.0,
-            stamp: str | None = None, log=print) -> RebuildResult:
+def rebuild(
+    settings: Settings,
+    *,
+    switch: bool = True,
+    timeout: float = 3600.0,
+    stamp: str | None = None,
+    log=print,
+) -> RebuildResult:
     stamp = stamp or time.strftime("%Y%m%d%H%M%S")
     database = f"{settings.clickhouse_database}_rebuild_{stamp}"
     app_id = f"{settings.worker_app_id}-rebuild-{stamp}"
@@ -109,8 +115,12 @@ def rebuild(settings: Settings, *, switch: bool = True, timeout: float = 3600.0,
     worker = _rebuild_worker(settings, database, app_id)
     try:
         time.sleep(3)  # let the group form before measuring its lag
-        wait_caught_up(settings, group=app_id, timeout=timeout,
-                       progress=lambda lag: log(f"  rebuild: {lag:,} messages behind"))
+        wait_caught_up(
+            settings,
+            group=app_id,
+            timeout=timeout,
+            progress=lambda lag: log(f"  rebuild: {lag:,} messages behind"),
+        )
         client = settings.clickhouse_client(database="default")
         result = RebuildResult(database, app_id, 0.0)
         for _attempt in range(5):  # live traffic: compare once both groups are caught up
@@ -124,15 +134,20 @@ def rebuild(settings: Settings, *, switch: bool = True, timeout: float = 3600.0,
         result.seconds = time.monotonic() - started
         for name in CHECKSUM_QUERIES:
             same = "equal" if result.live[name] == result.rebuilt[name] else "DIFFERENT"
-            log(f"  {name:<11} live {result.live[name][0]:>10,} rows   rebuilt "
-                f"{result.rebuilt[name][0]:>10,} rows   {same}")
+            log(
+                f"  {name:<11} live {result.live[name][0]:>10,} rows   rebuilt "
+                f"{result.rebuilt[name][0]:>10,} rows   {same}"
+            )
         if switch and result.equal:
             for table in FACT_TABLES:
-                client.command(f"EXCHANGE TABLES {settings.clickhouse_database}.{table} "
-                               f"AND {database}.{table}")
+                client.command(
+                    f"EXCHANGE TABLES {settings.clickhouse_database}.{table} AND {database}.{table}"
+                )
             result.switched = True
-            log(f"switched: analysts now read the rebuilt tables; the previous ones are in "
-                f"{database}")
+            log(
+                f"switched: analysts now read the rebuilt tables; the previous ones are in "
+                f"{database}"
+            )
             # Events that arrived during the switch went to both workers; let the rebuild
             # worker finish what it has read before it goes.
             wait_caught_up(settings, group=app_id, timeout=timeout)

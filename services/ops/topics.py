@@ -19,8 +19,9 @@ DLQ_TOPIC = "casestream.dlq"
 PROBE_TOPIC = "casestream.probe"
 
 
-def ensure_topics(settings: Settings, extra: dict[str, int] | None = None,
-                  timeout: float = 30.0) -> list[str]:
+def ensure_topics(
+    settings: Settings, extra: dict[str, int] | None = None, timeout: float = 30.0
+) -> list[str]:
     """Create missing topics (name → partitions); returns the names created."""
     wanted = {FACTS_TOPIC: settings.topic_partitions, DLQ_TOPIC: 1, **(extra or {})}
     admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings

@@ -19,8 +19,16 @@ StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (the table va
 
 
 def fact_to_stored(fact: Fact) -> list[Any]:
-    return [fact.event_id, fact.event_type, fact.case_id, fact.agency_id, fact.occurred_ms,
-            fact.utc_offset_minutes, fact.sequence, fact.payload]
+    return [
+        fact.event_id,
+        fact.event_type,
+        fact.case_id,
+        fact.agency_id,
+        fact.occurred_ms,
+        fact.utc_offset_minutes,
+        fact.sequence,
+        fact.payload,
+    ]
 
 
 @dataclass

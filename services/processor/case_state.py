@@ -23,11 +23,33 @@ from services.processor.transfer_lag import (
 )
 
 CASE_COLUMNS = [
-    "case_id", "opened_agency_id", "province_code", "opened_at", "origin", "field",
-    "subject_kind", "prominent", "damage_vnd", "current_agency_id", "current_stage", "status",
-    "outcome", "resolved_at", "reopened_count", "monitored", "monitoring_level", "monitored_at",
-    "transfers_sent", "transfers_in_flight", "discipline_party_members", "discipline_party_orgs",
-    "assets_identified_vnd", "assets_recovered_vnd", "last_event_at", "event_count", "version",
+    "case_id",
+    "opened_agency_id",
+    "province_code",
+    "opened_at",
+    "origin",
+    "field",
+    "subject_kind",
+    "prominent",
+    "damage_vnd",
+    "current_agency_id",
+    "current_stage",
+    "status",
+    "outcome",
+    "resolved_at",
+    "reopened_count",
+    "monitored",
+    "monitoring_level",
+    "monitored_at",
+    "transfers_sent",
+    "transfers_in_flight",
+    "discipline_party_members",
+    "discipline_party_orgs",
+    "assets_identified_vnd",
+    "assets_recovered_vnd",
+    "last_event_at",
+    "event_count",
+    "version",
 ]
 
 
@@ -126,14 +148,33 @@ def _apply(state: CaseState, fact: Fact) -> None:
 
 def case_row(state: CaseState, version: int) -> list[Any]:
     return [
-        state.case_id, state.opened_agency_id, province_of(state.opened_agency_id),
-        ms_to_datetime(state.opened_ms), state.origin, state.field, state.subject_kind,
-        int(state.prominent), state.damage_vnd, state.current_agency_id, state.current_stage,
-        state.status, state.outcome, ms_to_datetime(state.resolved_ms), state.reopened_count,
-        int(state.monitored), state.monitoring_level, ms_to_datetime(state.monitored_ms),
-        state.transfers_sent, state.transfers_in_flight, state.discipline_party_members,
-        state.discipline_party_orgs, state.assets_identified_vnd, state.assets_recovered_vnd,
-        ms_to_datetime(state.last_event_ms), state.event_count, version,
+        state.case_id,
+        state.opened_agency_id,
+        province_of(state.opened_agency_id),
+        ms_to_datetime(state.opened_ms),
+        state.origin,
+        state.field,
+        state.subject_kind,
+        int(state.prominent),
+        state.damage_vnd,
+        state.current_agency_id,
+        state.current_stage,
+        state.status,
+        state.outcome,
+        ms_to_datetime(state.resolved_ms),
+        state.reopened_count,
+        int(state.monitored),
+        state.monitoring_level,
+        ms_to_datetime(state.monitored_ms),
+        state.transfers_sent,
+        state.transfers_in_flight,
+        state.discipline_party_members,
+        state.discipline_party_orgs,
+        state.assets_identified_vnd,
+        state.assets_recovered_vnd,
+        ms_to_datetime(state.last_event_ms),
+        state.event_count,
+        version,
     ]
 
 
@@ -150,7 +191,8 @@ def derive_rows(facts: Iterable[Fact]) -> CaseRows:
     version = len(unique)
     state = fold(unique)
     transfers = [
-        row for t in pair_transfers(unique).values()
+        row
+        for t in pair_transfers(unique).values()
         if (row := transfer_row(t, version)) is not None
     ]
     appraisals = [appraisal_row(a, version) for a in pair_appraisals(unique).values()]

@@ -32,17 +32,21 @@ class ChangelogProducer:
 
         self._failed: list[str] = []
         self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
-        self._producer = Producer(settings.kafka_client_config(**{
-            "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
-            "linger.ms": 5,
-            "partitioner": "murmur2_random",
-            # Only failures come back to Python: a callback per message cost more than the
-            # produce call itself.
-            "delivery.report.only.error": True,
-            "on_delivery": self._on_delivery,
-            "message.timeout.ms": 60_000,
-            **overrides,
-        }))
+        self._producer = Producer(
+            settings.kafka_client_config(
+                **{
+                    "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
+                    "linger.ms": 5,
+                    "partitioner": "murmur2_random",
+                    # Only failures come back to Python: a callback per message cost more than the
+                    # produce call itself.
+                    "delivery.report.only.error": True,
+                    "on_delivery": self._on_delivery,
+                    "message.timeout.ms": 60_000,
+                    **overrides,
+                }
+            )
+        )
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
         """Queue one record; waits only while librdkafka's local queue is full."""

@@ -50,9 +50,18 @@ class Fact:
 
     def to_json(self) -> bytes:
         return json.dumps(
-            [self.event_id, self.event_type, self.case_id, self.agency_id, self.occurred_ms,
-             self.utc_offset_minutes, self.sequence, self.payload],
-            separators=(",", ":"), ensure_ascii=False,
+            [
+                self.event_id,
+                self.event_type,
+                self.case_id,
+                self.agency_id,
+                self.occurred_ms,
+                self.utc_offset_minutes,
+                self.sequence,
+                self.payload,
+            ],
+            separators=(",", ":"),
+            ensure_ascii=False,
         ).encode()
 
     @classmethod
@@ -73,9 +82,20 @@ def agency_type_of(agency_id: str) -> str:
 
 
 EVENT_COLUMNS = [
-    "event_id", "event_type", "case_id", "agency_id", "province_code", "agency_type",
-    "occurred_at", "utc_offset_minutes", "sequence", "transfer_id", "to_agency_id", "stage",
-    "outcome", "payload",
+    "event_id",
+    "event_type",
+    "case_id",
+    "agency_id",
+    "province_code",
+    "agency_type",
+    "occurred_at",
+    "utc_offset_minutes",
+    "sequence",
+    "transfer_id",
+    "to_agency_id",
+    "stage",
+    "outcome",
+    "payload",
 ]
 
 
@@ -83,9 +103,18 @@ def event_row(fact: Fact) -> list[Any]:
     """The fact as a row of the `events` table (column order = EVENT_COLUMNS)."""
     p = fact.payload
     return [
-        fact.event_id, fact.event_type, fact.case_id, fact.agency_id,
-        province_of(fact.agency_id), agency_type_of(fact.agency_id),
-        ms_to_datetime(fact.occurred_ms), fact.utc_offset_minutes, fact.sequence,
-        p.get("transfer_id") or "", p.get("to_agency_id") or "", p.get("stage") or "",
-        p.get("outcome") or "", json.dumps(p, sort_keys=True, ensure_ascii=False),
+        fact.event_id,
+        fact.event_type,
+        fact.case_id,
+        fact.agency_id,
+        province_of(fact.agency_id),
+        agency_type_of(fact.agency_id),
+        ms_to_datetime(fact.occurred_ms),
+        fact.utc_offset_minutes,
+        fact.sequence,
+        p.get("transfer_id") or "",
+        p.get("to_agency_id") or "",
+        p.get("stage") or "",
+        p.get("outcome") or "",
+        json.dumps(p, sort_keys=True, ensure_ascii=False),
     ]

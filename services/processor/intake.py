@@ -66,9 +66,16 @@ class Metrics(Protocol):
 class Intake:
     """Validates and re-keys one batch at a time; commits what the broker acknowledged."""
 
-    def __init__(self, consumer: Any, producer: Any, ingestor: Ingestor,
-                 metrics: Metrics | None = None, *, sleep: Callable[[float], None] = time.sleep,
-                 topic_partition: Callable[[str, int, int], Any] | None = None) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        producer: Any,
+        ingestor: Ingestor,
+        metrics: Metrics | None = None,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        topic_partition: Callable[[str, int, int], Any] | None = None,
+    ) -> None:
         self._consumer = consumer
         self._producer = producer
         self._ingestor = ingestor
@@ -81,27 +88,36 @@ class Intake:
         self.waiting = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, app_id: str, metrics: Metrics | None = None
-                      ) -> Intake:
+    def from_settings(
+        cls, settings: Settings, app_id: str, metrics: Metrics | None = None
+    ) -> Intake:
         from confluent_kafka import Consumer, Producer
 
-        consumer = Consumer(settings.kafka_client_config(**{
-            "group.id": intake_group(app_id),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",  # a new agency's first events are read too
-            "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 1_000,
-        }))
-        producer = Producer(settings.kafka_client_config(**{
-            "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
-            "linger.ms": 10,
-            # Only failures come back to Python (py-spy: a report per message cost 18 % of the
-            # worker); flush() still waits for every acknowledgement.
-            "delivery.report.only.error": True,
-            # Java's and aiokafka's partitioner: a case lands in the partition faust expects.
-            "partitioner": "murmur2_random",
-        }))
+        consumer = Consumer(
+            settings.kafka_client_config(
+                **{
+                    "group.id": intake_group(app_id),
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "earliest",  # a new agency's first events are read too
+                    "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
+                    "session.timeout.ms": 10_000,
+                    "heartbeat.interval.ms": 1_000,
+                }
+            )
+        )
+        producer = Producer(
+            settings.kafka_client_config(
+                **{
+                    "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
+                    "linger.ms": 10,
+                    # Only failures come back to Python (py-spy: a report per message cost 18 % of the
+                    # worker); flush() still waits for every acknowledgement.
+                    "delivery.report.only.error": True,
+                    # Java's and aiokafka's partitioner: a case lands in the partition faust expects.
+                    "partitioner": "murmur2_random",
+                }
+            )
+        )
         return cls(consumer, producer, Ingestor.from_settings(settings), metrics)
 
     def run(self) -> None:
@@ -143,8 +159,11 @@ class Intake:
         finally:
             self.waiting = False
         if failures:
-            log.error("%d of the batch's messages were not acknowledged (%s): reading the "
-                      "batch again", len(failures), failures[0])
+            log.error(
+                "%d of the batch's messages were not acknowledged (%s): reading the batch again",
+                len(failures),
+                failures[0],
+            )
             self._rewind(first)
             return False
         if after:
@@ -189,12 +208,19 @@ class Intake:
                     self.waiting = False
                 delay = min(delay * 2, REGISTRY_RETRY_MAX_SECONDS)
 
-    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 headers: list | None, on_delivery: Callable) -> None:
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list | None,
+        on_delivery: Callable,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(topic, key=key, value=value, headers=headers,
-                                       on_delivery=on_delivery)
+                self._producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=on_delivery
+                )
                 break
             except BufferError:  # the local queue is full: let deliveries drain it
                 self._producer.poll(0.1)

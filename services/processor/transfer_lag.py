@@ -107,14 +107,33 @@ def pair_appraisals(facts: Iterable[Fact]) -> dict[str, Appraisal]:
 
 
 TRANSFER_COLUMNS = [
-    "transfer_id", "case_id", "from_agency_id", "from_province_code", "to_agency_id",
-    "to_province_code", "to_agency_type", "reason", "sent_at", "received_at", "returned_at",
-    "return_reason", "status", "lag_hours", "version",
+    "transfer_id",
+    "case_id",
+    "from_agency_id",
+    "from_province_code",
+    "to_agency_id",
+    "to_province_code",
+    "to_agency_type",
+    "reason",
+    "sent_at",
+    "received_at",
+    "returned_at",
+    "return_reason",
+    "status",
+    "lag_hours",
+    "version",
 ]
 
 APPRAISAL_COLUMNS = [
-    "appraisal_id", "case_id", "agency_id", "kind", "requested_at", "completed_at", "status",
-    "lag_hours", "version",
+    "appraisal_id",
+    "case_id",
+    "agency_id",
+    "kind",
+    "requested_at",
+    "completed_at",
+    "status",
+    "lag_hours",
+    "version",
 ]
 
 
@@ -123,15 +142,33 @@ def transfer_row(t: Transfer, version: int) -> list | None:
     if t.sent_ms is None:
         return None
     return [
-        t.transfer_id, t.case_id, t.from_agency_id, province_of(t.from_agency_id),
-        t.to_agency_id, province_of(t.to_agency_id), agency_type_of(t.to_agency_id), t.reason,
-        ms_to_datetime(t.sent_ms), ms_to_datetime(t.received_ms), ms_to_datetime(t.returned_ms),
-        t.return_reason, t.status, t.lag_hours, version,
+        t.transfer_id,
+        t.case_id,
+        t.from_agency_id,
+        province_of(t.from_agency_id),
+        t.to_agency_id,
+        province_of(t.to_agency_id),
+        agency_type_of(t.to_agency_id),
+        t.reason,
+        ms_to_datetime(t.sent_ms),
+        ms_to_datetime(t.received_ms),
+        ms_to_datetime(t.returned_ms),
+        t.return_reason,
+        t.status,
+        t.lag_hours,
+        version,
     ]
 
 
 def appraisal_row(a: Appraisal, version: int) -> list:
     return [
-        a.appraisal_id, a.case_id, a.agency_id, a.kind, ms_to_datetime(a.requested_ms),
-        ms_to_datetime(a.completed_ms), a.status, a.lag_hours, version,
+        a.appraisal_id,
+        a.case_id,
+        a.agency_id,
+        a.kind,
+        ms_to_datetime(a.requested_ms),
+        ms_to_datetime(a.completed_ms),
+        a.status,
+        a.lag_hours,
+        version,
     ]

@@ -45,13 +45,40 @@ log = logging.getLogger("casestream.worker")
 BATCH_SIZE = 5000
 BATCH_WITHIN_SECONDS = 0.2  # at low traffic a batch waits this long to fill (latency)
 DELIVERY_TIMEOUT_SECONDS = 60.0
+FETCH_MAX_WAIT_MS = 100
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 HARD_STALL_SECONDS = 180.0  # the thread watchdog: see _start_thread_watchdog
 _ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
 
 
+def _shorten_faust_fetch_wait(wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
+    """faust-streaming 0.15 builds its aiokafka consumer with ``fetch_max_wait_ms=1500``, fixed.
+
+    aiokafka leaves a partition whose fetched records are still buffered out of the next fetch
+    request, and that request then waits up to fetch_max_wait on the other (empty) partitions:
+    a fact arriving meanwhile on the left-out partition waits for it. At 1,000 events/s this
+    was the largest part of the re-keyed → visible latency (docs/benchmarks.md). A broker
+    answers an empty fetch after this shorter wait; the cost is a few more fetch requests.
+    """
+    from faust.transport.drivers import aiokafka as driver
+
+    cls = driver.AIOKafkaConsumerThread
+    original = cls._create_worker_consumer
+    if getattr(original, "_casestream_patched", False):
+        return
+
+    def _create_worker_consumer(self, transport):  # noqa: ANN001, ANN202 - faust's signature
+        consumer = original(self, transport)
+        consumer._fetch_max_wait_ms = wait_ms  # read when the consumer starts its fetcher
+        return consumer
+
+    _create_worker_consumer._casestream_patched = True  # type: ignore[attr-defined]
+    cls._create_worker_consumer = _create_worker_consumer
+
+
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
+    _shorten_faust_fetch_wait()  # latency (issue 8)
     app_id = app_id or settings.worker_app_id
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -75,7 +102,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         # faust's own producer only sends the latency probes now (changelog_producer.py).
     )
     facts_topic = app.topic(
-        FACTS_TOPIC, key_serializer="raw", value_serializer="raw",
+        FACTS_TOPIC,
+        key_serializer="raw",
+        value_serializer="raw",
         partitions=settings.topic_partitions,
     )
     # Caveat for running several workers: faust sends this table's changelog keyed by the
@@ -162,8 +191,11 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         if not behind or committed != _ACTIVITY["committed"]:
             _ACTIVITY.update(committed=committed, since=now)
         elif now - _ACTIVITY["since"] > STALL_SECONDS:
-            log.error("offsets stuck for %.0fs with %d messages waiting: restarting",
-                      now - _ACTIVITY["since"], behind)
+            log.error(
+                "offsets stuck for %.0fs with %d messages waiting: restarting",
+                now - _ACTIVITY["since"],
+                behind,
+            )
             _leave_now(restart=True)
 
     @app.task
@@ -220,8 +252,7 @@ def _start_intake(settings: Settings, app_id: str, metrics: Any) -> Intake:
     return intake
 
 
-def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, app_id: str
-                           ) -> None:
+def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, app_id: str) -> None:
     """A second watchdog on a plain thread, for stalls the event loop cannot see itself.
 
     Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
@@ -254,8 +285,13 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
                 # Restoring a large changelog is slow progress, yet a worker stuck "in
                 # recovery" was seen too: give recovery longer, not forever.
                 elif now - since[half] > HARD_STALL_SECONDS * (4 if app.in_recovery else 1):
-                    log.error("%s offsets frozen for %.0fs with %d messages waiting (thread "
-                              "watchdog): restarting", half, now - since[half], behind)
+                    log.error(
+                        "%s offsets frozen for %.0fs with %d messages waiting (thread "
+                        "watchdog): restarting",
+                        half,
+                        now - since[half],
+                        behind,
+                    )
                     _leave_now(restart=True)
 
     threading.Thread(target=watch, name="casestream-watchdog", daemon=True).start()

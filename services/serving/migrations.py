@@ -25,7 +25,9 @@ class Migration:
 
     def statements(self) -> list[str]:
         text = "\n".join(
-            line for line in self.path.read_text().splitlines() if not line.lstrip().startswith("--")
+            line
+            for line in self.path.read_text().splitlines()
+            if not line.lstrip().startswith("--")
         )
         return [s.strip() for s in re.split(r";[ \t]*(?:\n|$)", text) if s.strip()]
 
@@ -62,8 +64,11 @@ def migrate(settings: Settings, database: str | None = None, log=print) -> list[
             continue
         for statement in migration.statements():
             client.command(statement)
-        client.insert("schema_migrations", [[migration.version, migration.name]],
-                      column_names=["version", "name"])
+        client.insert(
+            "schema_migrations",
+            [[migration.version, migration.name]],
+            column_names=["version", "name"],
+        )
         log(f"  applied {migration.path.name} to {database}")
         applied.append(migration)
     if not applied:

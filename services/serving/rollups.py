@@ -34,19 +34,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 
-PERIOD_KINDS = {"month": ("toStartOfMonth", 1), "quarter": ("toStartOfQuarter", 3),
-                "year": ("toStartOfYear", 12)}
+PERIOD_KINDS = {
+    "month": ("toStartOfMonth", 1),
+    "quarter": ("toStartOfQuarter", 3),
+    "year": ("toStartOfYear", 12),
+}
 GEOGRAPHIES = ("historical", "current")
 REPORTING_TZ = "Asia/Ho_Chi_Minh"
 
 METRIC_COLUMNS = [
-    "cases_opened", "cases_resolved", "pending_end", "clearance_rate", "disposition_time_days",
-    "transfers_sent", "transfers_received", "transfers_returned", "transfers_to_investigation",
-    "transfer_lag_p50_hours", "transfer_lag_p90_hours", "transfer_lag_max_hours",
-    "transfers_pending_end", "monitored_cases", "monitored_resolved",
-    "monitored_resolution_rate", "discipline_party_members", "discipline_party_orgs",
-    "assets_identified_vnd", "assets_recovered_vnd", "asset_recovery_rate",
-    "appraisal_lag_p50_hours", "appraisal_lag_p90_hours",
+    "cases_opened",
+    "cases_resolved",
+    "pending_end",
+    "clearance_rate",
+    "disposition_time_days",
+    "transfers_sent",
+    "transfers_received",
+    "transfers_returned",
+    "transfers_to_investigation",
+    "transfer_lag_p50_hours",
+    "transfer_lag_p90_hours",
+    "transfer_lag_max_hours",
+    "transfers_pending_end",
+    "monitored_cases",
+    "monitored_resolved",
+    "monitored_resolution_rate",
+    "discipline_party_members",
+    "discipline_party_orgs",
+    "assets_identified_vnd",
+    "assets_recovered_vnd",
+    "asset_recovery_rate",
+    "appraisal_lag_p50_hours",
+    "appraisal_lag_p90_hours",
 ]
 
 # One row per contribution of an event (or a paired transfer/appraisal) to a metric, with the
@@ -209,10 +228,14 @@ def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical
         }
     # perf (issue 8): the nation needs no case's home province, so no join with `cases`
     # (8.8 s → 5.3 s of the national yearly rollup at 10 M events, docs/benchmarks.md).
-    joins = {"case_home_e": "", "case_home_m": ""} if national else {
-        "case_home_e": "LEFT JOIN case_home AS c ON c.case_id = e.case_id",
-        "case_home_m": "LEFT JOIN case_home AS c ON c.case_id = m.case_id",
-    }
+    joins = (
+        {"case_home_e": "", "case_home_m": ""}
+        if national
+        else {
+            "case_home_e": "LEFT JOIN case_home AS c ON c.case_id = e.case_id",
+            "case_home_m": "LEFT JOIN case_home AS c ON c.case_id = m.case_id",
+        }
+    )
     contributions = _CONTRIBUTIONS.format(**scopes, **joins)
     return _ROLLUP.format(contributions=contributions, period_fn=period_fn, months=months)
 

@@ -43,10 +43,17 @@ def start(settings: Settings, log=print) -> None:
     data_dir.mkdir(parents=True, exist_ok=True)
     process(settings).start(
         [
-            sys.executable, "-m", "services.clickhouse_endpoint",
-            "--host", host, "--port", str(port),
-            "--data-dir", str(data_dir),
-            "--users-file", str(write_users_file(settings)),
+            sys.executable,
+            "-m",
+            "services.clickhouse_endpoint",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--users-file",
+            str(write_users_file(settings)),
         ],
         marker=str(data_dir),
     )

@@ -37,7 +37,8 @@ def kafka_classpath(settings: Settings, log=print) -> Path:
     target.mkdir(parents=True)
     _run_maven(
         [
-            "-f", str(INFRA / "kafka" / "pom.xml"),
+            "-f",
+            str(INFRA / "kafka" / "pom.xml"),
             f"-Dkafka.version={settings.kafka_version}",
             "dependency:copy-dependencies",
             "-DincludeScope=runtime",

@@ -53,8 +53,18 @@ def _format_storage(settings: Settings, classpath: Path, config: Path) -> None:
         id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
     cluster_id = id_file.read_text().strip()
     proc = subprocess.run(
-        [_java(), "-cp", f"{classpath}/*", "kafka.tools.StorageTool", "format",
-         "-t", cluster_id, "-c", str(config), "-g"],
+        [
+            _java(),
+            "-cp",
+            f"{classpath}/*",
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            "-g",
+        ],
         capture_output=True,
         text=True,
     )
@@ -70,11 +80,15 @@ def start(settings: Settings, log=print) -> None:
     logs_dir.mkdir(parents=True, exist_ok=True)
     process(settings).start(
         [
-            _java(), "-Xmx512m", "-Xms256m",
+            _java(),
+            "-Xmx512m",
+            "-Xms256m",
             f"-Dkafka.logs.dir={logs_dir}",
             f"-Dlog4j2.configurationFile={INFRA / 'kafka' / 'log4j2.properties'}",
-            "-cp", f"{classpath}/*",
-            "kafka.Kafka", str(config),
+            "-cp",
+            f"{classpath}/*",
+            "kafka.Kafka",
+            str(config),
         ],
         marker=str(config),
     )

@@ -75,9 +75,12 @@ def up(settings: Settings, log=print, parts: list[str] | None = None) -> None:
         log(f"starting {module.NAME} …")
         module.start(settings, log)
     for module, timeout in others:
-        wait_until(lambda m=module: _ready(settings, m), timeout=timeout,
-                   what=f"{module.NAME} at {_address(settings, module)}",
-                   proc=module.process(settings))
+        wait_until(
+            lambda m=module: _ready(settings, m),
+            timeout=timeout,
+            what=f"{module.NAME} at {_address(settings, module)}",
+            proc=module.process(settings),
+        )
         log(f"  {module.NAME:<10} ready  {_address(settings, module)}")
     log(f"stack up in {time.monotonic() - started:.1f}s (data under {settings.home})")
 
@@ -86,9 +89,12 @@ def _start_and_wait(settings: Settings, module: ModuleType, timeout: float, log)
     if not _ready(settings, module):
         log(f"starting {module.NAME} …")
         module.start(settings, log)
-        wait_until(lambda: _ready(settings, module), timeout=timeout,
-                   what=f"{module.NAME} at {_address(settings, module)}",
-                   proc=module.process(settings))
+        wait_until(
+            lambda: _ready(settings, module),
+            timeout=timeout,
+            what=f"{module.NAME} at {_address(settings, module)}",
+            proc=module.process(settings),
+        )
     log(f"  {module.NAME:<10} ready  {_address(settings, module)}")
 
 

@@ -48,8 +48,14 @@ class ManagedProcess:
             return None
         return pid
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
-              marker: str) -> int:
+    def start(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        marker: str,
+    ) -> int:
         """Start the server unless it already runs; returns its pid."""
         existing = self.pid()
         if existing:
@@ -57,7 +63,9 @@ class ManagedProcess:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as log:
-            log.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode())
+            log.write(
+                f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode()
+            )
             log.flush()
             proc = subprocess.Popen(
                 argv,
@@ -144,8 +152,14 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def wait_until(check: Callable[[], bool], *, timeout: float, what: str,
-               proc: ManagedProcess | None = None, interval: float = 0.5) -> None:
+def wait_until(
+    check: Callable[[], bool],
+    *,
+    timeout: float,
+    what: str,
+    proc: ManagedProcess | None = None,
+    interval: float = 0.5,
+) -> None:
     """Poll `check` until true; on timeout raise with the server's log tail to show why."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -57,7 +57,8 @@ def start(settings: Settings, log=print) -> None:
     work.mkdir(parents=True, exist_ok=True)
     process(settings).start(
         [
-            find_java(settings), "-Xmx512m",
+            find_java(settings),
+            "-Xmx512m",
             f"-Dquarkus.http.host={host}",
             f"-Dquarkus.http.port={port}",
             f"-Dquarkus.management.host={host}",
@@ -65,7 +66,8 @@ def start(settings: Settings, log=print) -> None:
             "-Dapicurio.storage.kind=kafkasql",
             f"-Dapicurio.kafkasql.bootstrap.servers={settings.kafka_bootstrap}",
             "-Dquarkus.log.console.format=%d{HH:mm:ss} %-5p [%c{2.}] %s%e%n",
-            "-jar", str(app / "quarkus-run.jar"),
+            "-jar",
+            str(app / "quarkus-run.jar"),
         ],
         cwd=work,
         marker=f"quarkus.http.port={port}",

@@ -28,9 +28,15 @@ def _ms(iso: str) -> int:
 def history(stack, worker, tmp_path_factory):
     path = tmp_path_factory.mktemp("history") / "history.jsonl"
     summary = write_jsonl(
-        GeneratorOptions(seed=11, start=date(2021, 1, 1), end=date(2023, 12, 31), events=4000,
-                         provinces=("01", "20", "34", "79"), duplicates=0.02,
-                         out_of_order=0.05),
+        GeneratorOptions(
+            seed=11,
+            start=date(2021, 1, 1),
+            end=date(2023, 12, 31),
+            events=4000,
+            provinces=("01", "20", "34", "79"),
+            duplicates=0.02,
+            out_of_order=0.05,
+        ),
         path,
     )
     assert summary.duplicates > 0 and summary.out_of_order > 0
@@ -38,13 +44,21 @@ def history(stack, worker, tmp_path_factory):
     lines = [retag(json.loads(line), tag) for line in path.read_text().splitlines()]
     with Publisher(None, stack) as operator:
         for start in range(0, len(lines), 1000):
-            operator.publish_many(lines[start:start + 1000])
+            operator.publish_many(lines[start : start + 1000])
     unique = {e["event_id"]: e for e in lines}
     ch = stack.clickhouse_client()
     wait_caught_up(stack, timeout=300)
-    wait_for(lambda: ch.command("SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
-                                parameters={"p": f"{tag}:%"}) == len(unique),
-             timeout=120, what="every unique event in ClickHouse")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
+                parameters={"p": f"{tag}:%"},
+            )
+            == len(unique)
+        ),
+        timeout=120,
+        what="every unique event in ClickHouse",
+    )
     return tag, list(unique.values())
 
 
@@ -75,8 +89,10 @@ def _expected_transfers(events: list[dict]) -> dict[str, tuple[str, float | None
 def test_transfer_lags_match_the_file(history, ch):
     tag, events = history
     expected = _expected_transfers(events)
-    rows = ch.query("SELECT transfer_id, status, lag_hours FROM transfers "
-                    "WHERE case_id LIKE {p:String}", parameters={"p": f"{tag}:%"}).result_rows
+    rows = ch.query(
+        "SELECT transfer_id, status, lag_hours FROM transfers WHERE case_id LIKE {p:String}",
+        parameters={"p": f"{tag}:%"},
+    ).result_rows
     got = {tid: (status, lag) for tid, status, lag in rows}
     assert set(got) == set(expected)
     for tid, (status, lag) in expected.items():
@@ -88,8 +104,11 @@ def test_transfer_lags_match_the_file(history, ch):
 def test_event_and_case_counts_match_the_file(history, ch):
     tag, events = history
     by_type = Counter(e["event_type"] for e in events)
-    rows = ch.query("SELECT event_type, count() FROM events FINAL WHERE case_id LIKE {p:String} "
-                    "GROUP BY event_type", parameters={"p": f"{tag}:%"}).result_rows
+    rows = ch.query(
+        "SELECT event_type, count() FROM events FINAL WHERE case_id LIKE {p:String} "
+        "GROUP BY event_type",
+        parameters={"p": f"{tag}:%"},
+    ).result_rows
     assert dict(rows) == dict(by_type)
 
     last_status: dict[str, tuple[int, str, str]] = {}
@@ -99,8 +118,10 @@ def test_event_and_case_counts_match_the_file(history, ch):
             last_status[e["case_id"]] = max(last_status.get(e["case_id"], key), key)
     resolved = sum(1 for *_, kind in last_status.values() if kind == "case_resolved")
     cases = {e["case_id"] for e in events}
-    got = ch.query("SELECT count(), countIf(status = 'resolved') FROM cases "
-                   "WHERE case_id LIKE {p:String}", parameters={"p": f"{tag}:%"}).result_rows
+    got = ch.query(
+        "SELECT count(), countIf(status = 'resolved') FROM cases WHERE case_id LIKE {p:String}",
+        parameters={"p": f"{tag}:%"},
+    ).result_rows
     assert got == [(len(cases), resolved)]
 
 
@@ -112,8 +133,11 @@ def test_appraisal_lags_match_the_file(history, ch):
             requested[e["payload"]["appraisal_id"]] = _ms(e["occurred_at"])
         elif e["event_type"] == "appraisal_completed":
             completed[e["payload"]["appraisal_id"]] = _ms(e["occurred_at"])
-    rows = ch.query("SELECT appraisal_id, lag_hours FROM appraisals WHERE case_id LIKE "
-                    "{p:String} AND status = 'completed'", parameters={"p": f"{tag}:%"})
+    rows = ch.query(
+        "SELECT appraisal_id, lag_hours FROM appraisals WHERE case_id LIKE "
+        "{p:String} AND status = 'completed'",
+        parameters={"p": f"{tag}:%"},
+    )
     got = dict(rows.result_rows)
     expected = {a: (completed[a] - requested[a]) / 3.6e6 for a in completed if a in requested}
     assert got == pytest.approx(expected)

@@ -19,16 +19,36 @@ def _cases(tag: str, n: int, month: int) -> list[dict]:
     for i in range(n):
         case = f"{tag}:20-INSP/2017/{i:04d}"
         events += [
-            make_event("case_opened", "20-INSP", case, f"2017-{month:02d}-03T08:00:00+07:00",
-                       {"origin": "inspection", "field": "land", "subject_kind": "official",
-                        "prominent": False}),
-            make_event("case_transferred", "20-INSP", case,
-                       f"2017-{month:02d}-05T08:00:00+07:00",
-                       {"transfer_id": f"{case}/T", "to_agency_id": "20-POLICE",
-                        "reason": "signs_of_crime"}),
-            make_event("transfer_received", "20-POLICE", case,
-                       f"2017-{month:02d}-{6 + i % 20:02d}T08:00:00+07:00",
-                       {"transfer_id": f"{case}/T"}),
+            make_event(
+                "case_opened",
+                "20-INSP",
+                case,
+                f"2017-{month:02d}-03T08:00:00+07:00",
+                {
+                    "origin": "inspection",
+                    "field": "land",
+                    "subject_kind": "official",
+                    "prominent": False,
+                },
+            ),
+            make_event(
+                "case_transferred",
+                "20-INSP",
+                case,
+                f"2017-{month:02d}-05T08:00:00+07:00",
+                {
+                    "transfer_id": f"{case}/T",
+                    "to_agency_id": "20-POLICE",
+                    "reason": "signs_of_crime",
+                },
+            ),
+            make_event(
+                "transfer_received",
+                "20-POLICE",
+                case,
+                f"2017-{month:02d}-{6 + i % 20:02d}T08:00:00+07:00",
+                {"transfer_id": f"{case}/T"},
+            ),
         ]
     return events
 
@@ -43,14 +63,23 @@ def test_rebuild_reproduces_the_live_tables_without_disturbing_them(stack, worke
     # While the rebuild runs, the live side keeps serving and processing.
     outcome: dict = {}
     thread = threading.Thread(
-        target=lambda: outcome.update(result=rebuild(stack, switch=False, log=lambda m: None)))
+        target=lambda: outcome.update(result=rebuild(stack, switch=False, log=lambda m: None))
+    )
     thread.start()
     late = _cases(f"{tag}-live", 20, month=2)
     with Publisher(None, stack) as operator:
         operator.publish_many(late)
-    wait_for(lambda: ch.command("SELECT count() FROM cases WHERE case_id LIKE {p:String}",
-                                parameters={"p": f"{tag}-live:%"}) == 20,
-             timeout=180, what="live processing during the rebuild")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM cases WHERE case_id LIKE {p:String}",
+                parameters={"p": f"{tag}-live:%"},
+            )
+            == 20
+        ),
+        timeout=180,
+        what="live processing during the rebuild",
+    )
     thread.join(timeout=900)
     assert not thread.is_alive()
 
@@ -73,6 +102,14 @@ def test_rebuild_switch_exchanges_the_tables(stack, worker, ch):
     tag = new_tag()
     with Publisher(None, stack) as operator:
         operator.publish_many(_cases(tag, 5, month=3))
-    wait_for(lambda: ch.command("SELECT count() FROM transfers WHERE case_id LIKE {p:String}",
-                                parameters={"p": f"{tag}:%"}) == 5,
-             timeout=120, what="new events in the switched tables")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM transfers WHERE case_id LIKE {p:String}",
+                parameters={"p": f"{tag}:%"},
+            )
+            == 5
+        ),
+        timeout=120,
+        what="new events in the switched tables",
+    )

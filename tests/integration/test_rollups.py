@@ -36,12 +36,17 @@ def _events(tag: str) -> list[dict]:
 
     def transfer(n, agency, to, sent, received=None):
         tid = f"{tag}:T{n}"
-        out = [make_event("case_transferred", agency, c(n), sent,
-                          {"transfer_id": tid, "to_agency_id": to,
-                           "reason": "signs_of_crime"})]
+        out = [
+            make_event(
+                "case_transferred",
+                agency,
+                c(n),
+                sent,
+                {"transfer_id": tid, "to_agency_id": to, "reason": "signs_of_crime"},
+            )
+        ]
         if received:
-            out.append(make_event("transfer_received", to, c(n), received,
-                                  {"transfer_id": tid}))
+            out.append(make_event("transfer_received", to, c(n), received, {"transfer_id": tid}))
         return out
 
     return [
@@ -49,25 +54,37 @@ def _events(tag: str) -> list[dict]:
         *transfer(1, "20-INSP", "20-POLICE", at("2011-01-20"), at("2011-01-21")),
         make_event("case_resolved", "20-COURT", c(1), at("2011-03-05"), {"outcome": "convicted"}),
         make_event("case_opened", "20-AUDIT", c(2), at("2011-02-01"), OPENED),
-        *transfer(2, "20-AUDIT", "20-POLICE", at("2011-02-02", "08:00"),
-                  at("2011-02-04", "08:00")),
-        make_event("monitoring_assigned", "20-SC", c(2), at("2011-02-10"),
-                   {"level": "provincial"}),
+        *transfer(2, "20-AUDIT", "20-POLICE", at("2011-02-02", "08:00"), at("2011-02-04", "08:00")),
+        make_event("monitoring_assigned", "20-SC", c(2), at("2011-02-10"), {"level": "provincial"}),
         make_event("case_resolved", "20-COURT", c(2), at("2011-06-01"), {"outcome": "convicted"}),
         make_event("case_opened", "34-INSP", c(3), at("2011-02-15"), OPENED),
-        *transfer(3, "34-INSP", "34-POLICE", at("2011-03-01", "10:00"),
-                  at("2011-03-11", "10:00")),
+        *transfer(3, "34-INSP", "34-POLICE", at("2011-03-01", "10:00"), at("2011-03-11", "10:00")),
         make_event("monitoring_assigned", "00-SC", c(3), at("2011-03-20"), {"level": "central"}),
         make_event("case_opened", "34-PIC", c(4), at("2011-04-01"), OPENED),
-        make_event("discipline_imposed", "34-PIC", c(4), at("2011-04-20"),
-                   {"target": "party_member", "count": 3, "form": "warning"}),
-        make_event("discipline_imposed", "34-PIC", c(4), at("2011-04-21"),
-                   {"target": "party_organization", "count": 1, "form": "reprimand"}),
+        make_event(
+            "discipline_imposed",
+            "34-PIC",
+            c(4),
+            at("2011-04-20"),
+            {"target": "party_member", "count": 3, "form": "warning"},
+        ),
+        make_event(
+            "discipline_imposed",
+            "34-PIC",
+            c(4),
+            at("2011-04-21"),
+            {"target": "party_organization", "count": 1, "form": "reprimand"},
+        ),
         make_event("case_resolved", "34-PIC", c(4), at("2011-05-01"), {"outcome": "disciplined"}),
         make_event("case_opened", "20-INSP", c(5), at("2011-05-10"), OPENED),
         *transfer(5, "20-INSP", "20-PROC", at("2011-05-12")),
-        make_event("assets_recovered", "20-CJE", c(5), at("2011-05-20"),
-                   {"identified_vnd": 1000, "recovered_vnd": 400}),
+        make_event(
+            "assets_recovered",
+            "20-CJE",
+            c(5),
+            at("2011-05-20"),
+            {"identified_vnd": 1000, "recovered_vnd": 400},
+        ),
         make_event("case_opened", "34-INSP", c(6), "2012-01-01T03:00:00+07:00", OPENED),
     ]
 
@@ -90,36 +107,60 @@ def built(stack, worker):
     with Publisher(None, stack) as operator:
         operator.publish_many(events)
     ch = stack.clickhouse_client()
-    wait_for(lambda: ch.command("SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
-                                parameters={"p": f"{tag}:%"}) == len(events)
-             and ch.command("SELECT count() FROM transfers WHERE case_id LIKE {p:String}",
-                            parameters={"p": f"{tag}:%"}) == 4,
-             timeout=180, what="the hand-written events in ClickHouse")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
+                parameters={"p": f"{tag}:%"},
+            )
+            == len(events)
+            and ch.command(
+                "SELECT count() FROM transfers WHERE case_id LIKE {p:String}",
+                parameters={"p": f"{tag}:%"},
+            )
+            == 4
+        ),
+        timeout=180,
+        what="the hand-written events in ClickHouse",
+    )
     build_rollups(date(2011, 1, 1), date(2012, 12, 31))
     return tag
 
 
 def _national(ch, kind: str, start: str) -> dict:
-    rows = ch.query(f"SELECT {FIGURES} FROM rollup_national WHERE period_kind = {{k:String}} "
-                    "AND period_start = {s:Date}", parameters={"k": kind, "s": start})
+    rows = ch.query(
+        f"SELECT {FIGURES} FROM rollup_national WHERE period_kind = {{k:String}} "
+        "AND period_start = {s:Date}",
+        parameters={"k": kind, "s": start},
+    )
     assert rows.row_count == 1, rows.result_rows
     return dict(zip(rows.column_names, rows.result_rows[0], strict=True))
 
 
 def test_national_year_matches_hand_computed_figures(built, ch):
     got = _national(ch, "year", "2011-01-01")
-    assert got == pytest.approx({
-        "cases_opened": 5, "cases_resolved": 3, "pending_end": 2,
-        "clearance_rate": 0.6,
-        "disposition_time_days": 365 * 2 / 3,
-        "transfers_sent": 4, "transfers_received": 3, "transfers_to_investigation": 3,
-        "transfer_lag_p50_hours": 48.0,
-        "transfer_lag_p90_hours": 48 + 0.8 * (240 - 48),  # R-7 linear interpolation
-        "transfers_pending_end": 1,
-        "monitored_cases": 2, "monitored_resolved": 1, "monitored_resolution_rate": 0.5,
-        "discipline_party_members": 3, "discipline_party_orgs": 1,
-        "assets_identified_vnd": 1000, "assets_recovered_vnd": 400,
-    })
+    assert got == pytest.approx(
+        {
+            "cases_opened": 5,
+            "cases_resolved": 3,
+            "pending_end": 2,
+            "clearance_rate": 0.6,
+            "disposition_time_days": 365 * 2 / 3,
+            "transfers_sent": 4,
+            "transfers_received": 3,
+            "transfers_to_investigation": 3,
+            "transfer_lag_p50_hours": 48.0,
+            "transfer_lag_p90_hours": 48 + 0.8 * (240 - 48),  # R-7 linear interpolation
+            "transfers_pending_end": 1,
+            "monitored_cases": 2,
+            "monitored_resolved": 1,
+            "monitored_resolution_rate": 0.5,
+            "discipline_party_members": 3,
+            "discipline_party_orgs": 1,
+            "assets_identified_vnd": 1000,
+            "assets_recovered_vnd": 400,
+        }
+    )
     assert _national(ch, "year", "2012-01-01")["cases_opened"] == 1  # C6: Vietnam time decides
 
 
@@ -136,30 +177,55 @@ def test_national_quarters_carry_stocks_forward(built, ch):
 
 
 def _province(ch, geography: str, code: str) -> dict:
-    rows = ch.query(f"SELECT {FIGURES} FROM rollup_province WHERE geography = {{g:String}} "
-                    "AND period_kind = 'year' AND period_start = '2011-01-01' "
-                    "AND province_code = {p:String}", parameters={"g": geography, "p": code})
+    rows = ch.query(
+        f"SELECT {FIGURES} FROM rollup_province WHERE geography = {{g:String}} "
+        "AND period_kind = 'year' AND period_start = '2011-01-01' "
+        "AND province_code = {p:String}",
+        parameters={"g": geography, "p": code},
+    )
     assert rows.row_count == 1, (geography, code, rows.result_rows)
     return dict(zip(rows.column_names, rows.result_rows[0], strict=True))
 
 
 EXPECTED_20 = {
-    "cases_opened": 3, "cases_resolved": 2, "pending_end": 1, "clearance_rate": 2 / 3,
-    "disposition_time_days": 365 * 1 / 2, "transfers_sent": 3, "transfers_received": 2,
-    "transfers_to_investigation": 2, "transfer_lag_p50_hours": 36.0,
-    "transfer_lag_p90_hours": 24 + 0.9 * 24, "transfers_pending_end": 1,
-    "monitored_cases": 1, "monitored_resolved": 1, "monitored_resolution_rate": 1.0,
-    "discipline_party_members": 0, "discipline_party_orgs": 0,
-    "assets_identified_vnd": 1000, "assets_recovered_vnd": 400,
+    "cases_opened": 3,
+    "cases_resolved": 2,
+    "pending_end": 1,
+    "clearance_rate": 2 / 3,
+    "disposition_time_days": 365 * 1 / 2,
+    "transfers_sent": 3,
+    "transfers_received": 2,
+    "transfers_to_investigation": 2,
+    "transfer_lag_p50_hours": 36.0,
+    "transfer_lag_p90_hours": 24 + 0.9 * 24,
+    "transfers_pending_end": 1,
+    "monitored_cases": 1,
+    "monitored_resolved": 1,
+    "monitored_resolution_rate": 1.0,
+    "discipline_party_members": 0,
+    "discipline_party_orgs": 0,
+    "assets_identified_vnd": 1000,
+    "assets_recovered_vnd": 400,
 }
 EXPECTED_34 = {
-    "cases_opened": 2, "cases_resolved": 1, "pending_end": 1, "clearance_rate": 0.5,
-    "disposition_time_days": 365.0, "transfers_sent": 1, "transfers_received": 1,
-    "transfers_to_investigation": 1, "transfer_lag_p50_hours": 240.0,
-    "transfer_lag_p90_hours": 240.0, "transfers_pending_end": 0,
-    "monitored_cases": 1, "monitored_resolved": 0, "monitored_resolution_rate": 0.0,
-    "discipline_party_members": 3, "discipline_party_orgs": 1,
-    "assets_identified_vnd": 0, "assets_recovered_vnd": 0,
+    "cases_opened": 2,
+    "cases_resolved": 1,
+    "pending_end": 1,
+    "clearance_rate": 0.5,
+    "disposition_time_days": 365.0,
+    "transfers_sent": 1,
+    "transfers_received": 1,
+    "transfers_to_investigation": 1,
+    "transfer_lag_p50_hours": 240.0,
+    "transfer_lag_p90_hours": 240.0,
+    "transfers_pending_end": 0,
+    "monitored_cases": 1,
+    "monitored_resolved": 0,
+    "monitored_resolution_rate": 0.0,
+    "discipline_party_members": 3,
+    "discipline_party_orgs": 1,
+    "assets_identified_vnd": 0,
+    "assets_recovered_vnd": 0,
 }
 
 
@@ -173,15 +239,22 @@ def test_provinces_in_current_geography_follow_the_2025_merger(built, ch):
     assert successor != "34"  # Thái Bình merged into Hưng Yên on 2025-07-01
     assert _province(ch, "current", "20") == pytest.approx(EXPECTED_20)
     assert _province(ch, "current", successor) == pytest.approx(EXPECTED_34)
-    assert ch.command("SELECT count() FROM rollup_province WHERE geography = 'current' "
-                      "AND province_code = '34' AND period_start = '2011-01-01'") == 0
+    assert (
+        ch.command(
+            "SELECT count() FROM rollup_province WHERE geography = 'current' "
+            "AND province_code = '34' AND period_start = '2011-01-01'"
+        )
+        == 0
+    )
 
 
 def test_rerunning_the_flow_changes_nothing(built, ch):
     from flows.rollups import build_rollups
 
-    query = ("SELECT * FROM rollup_national WHERE period_start < '2013-01-01' "
-             "ORDER BY period_kind, period_start")
+    query = (
+        "SELECT * FROM rollup_national WHERE period_start < '2013-01-01' "
+        "ORDER BY period_kind, period_start"
+    )
     before = ch.query(query).result_rows
     build_rollups(date(2011, 1, 1), date(2012, 12, 31))
     assert ch.query(query).result_rows == before
@@ -191,23 +264,43 @@ def test_a_late_event_changes_exactly_the_periods_it_belongs_to(built, stack, ch
     from flows.rollups import refresh_recent
 
     refresh_recent()  # sets the watermark: everything so far is accounted for
-    query = ("SELECT period_start, " + FIGURES + " FROM rollup_national WHERE period_kind = "
-             "'month' AND period_start < '2013-01-01' ORDER BY period_start")
+    query = (
+        "SELECT period_start, " + FIGURES + " FROM rollup_national WHERE period_kind = "
+        "'month' AND period_start < '2013-01-01' ORDER BY period_start"
+    )
     names = ["period_start", *[f.strip() for f in FIGURES.split(",")]]
     before = {r[0]: dict(zip(names, r, strict=True)) for r in ch.query(query).result_rows}
 
-    late = make_event("case_resolved", "34-COURT", f"{built}:C3", "2011-08-15T09:00:00+07:00",
-                      {"outcome": "convicted"})
+    late = make_event(
+        "case_resolved",
+        "34-COURT",
+        f"{built}:C3",
+        "2011-08-15T09:00:00+07:00",
+        {"outcome": "convicted"},
+    )
     with Publisher(None, stack) as operator:
         operator.publish(late)
-    wait_for(lambda: ch.command("SELECT status FROM cases WHERE case_id = {c:String}",
-                                parameters={"c": f"{built}:C3"}) == "resolved",
-             timeout=120, what="the late resolution")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT status FROM cases WHERE case_id = {c:String}",
+                parameters={"c": f"{built}:C3"},
+            )
+            == "resolved"
+        ),
+        timeout=120,
+        what="the late resolution",
+    )
     refresh_recent()
     after = {r[0]: dict(zip(names, r, strict=True)) for r in ch.query(query).result_rows}
 
-    stocks = {"pending_end", "disposition_time_days", "monitored_resolved",
-              "monitored_resolution_rate", "clearance_rate"}
+    stocks = {
+        "pending_end",
+        "disposition_time_days",
+        "monitored_resolved",
+        "monitored_resolution_rate",
+        "clearance_rate",
+    }
     for month, row in before.items():
         if month < date(2011, 8, 1):
             assert after[month] == row, month  # periods before the event: untouched

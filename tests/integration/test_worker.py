@@ -27,15 +27,36 @@ def _case_events(tag: str, n: int, start_day: int = 1) -> list[dict]:
         case = f"{tag}:20-INSP/2016/{i:05d}"
         day = start_day + i % 25
         events += [
-            make_event("case_opened", "20-INSP", case, f"2016-04-{day:02d}T08:00:00+07:00",
-                       {"origin": "inspection", "field": "land", "subject_kind": "official",
-                        "prominent": False}),
-            make_event("case_transferred", "20-INSP", case, f"2016-04-{day:02d}T10:00:00+07:00",
-                       {"transfer_id": f"{case}/T1", "to_agency_id": "20-POLICE",
-                        "reason": "signs_of_crime"}),
-            make_event("transfer_received", "20-POLICE", case,
-                       f"2016-05-{day:02d}T{i % 20:02d}:30:00+07:00",
-                       {"transfer_id": f"{case}/T1"}),
+            make_event(
+                "case_opened",
+                "20-INSP",
+                case,
+                f"2016-04-{day:02d}T08:00:00+07:00",
+                {
+                    "origin": "inspection",
+                    "field": "land",
+                    "subject_kind": "official",
+                    "prominent": False,
+                },
+            ),
+            make_event(
+                "case_transferred",
+                "20-INSP",
+                case,
+                f"2016-04-{day:02d}T10:00:00+07:00",
+                {
+                    "transfer_id": f"{case}/T1",
+                    "to_agency_id": "20-POLICE",
+                    "reason": "signs_of_crime",
+                },
+            ),
+            make_event(
+                "transfer_received",
+                "20-POLICE",
+                case,
+                f"2016-05-{day:02d}T{i % 20:02d}:30:00+07:00",
+                {"transfer_id": f"{case}/T1"},
+            ),
         ]
     return events
 
@@ -48,19 +69,42 @@ def _publish(settings, events: list[dict]) -> None:
 def test_receipt_before_its_transfer_yields_one_correct_row(stack, worker, ch):
     tag = new_tag()
     case = f"{tag}:20-INSP/2016/R1"
-    receipt = make_event("transfer_received", "20-POLICE", case, "2016-02-03T09:00:00+07:00",
-                         {"transfer_id": f"{case}/T"})
-    transfer = make_event("case_transferred", "20-INSP", case, "2016-02-01T09:00:00+07:00",
-                          {"transfer_id": f"{case}/T", "to_agency_id": "20-POLICE",
-                           "reason": "signs_of_crime"})
+    receipt = make_event(
+        "transfer_received",
+        "20-POLICE",
+        case,
+        "2016-02-03T09:00:00+07:00",
+        {"transfer_id": f"{case}/T"},
+    )
+    transfer = make_event(
+        "case_transferred",
+        "20-INSP",
+        case,
+        "2016-02-01T09:00:00+07:00",
+        {"transfer_id": f"{case}/T", "to_agency_id": "20-POLICE", "reason": "signs_of_crime"},
+    )
     _publish(stack, [receipt])
-    wait_for(lambda: ch.command("SELECT count() FROM events WHERE case_id = {c:String}",
-                                parameters={"c": case}) == 1, timeout=120, what="the receipt")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM events WHERE case_id = {c:String}", parameters={"c": case}
+            )
+            == 1
+        ),
+        timeout=120,
+        what="the receipt",
+    )
     _publish(stack, [transfer])
     rows = wait_for(
-        lambda: ch.query("SELECT transfer_id, status, lag_hours, sent_at FROM transfers "
-                         "WHERE case_id = {c:String}", parameters={"c": case}).result_rows,
-        timeout=60, what="the paired transfer",
+        lambda: (
+            ch.query(
+                "SELECT transfer_id, status, lag_hours, sent_at FROM transfers "
+                "WHERE case_id = {c:String}",
+                parameters={"c": case},
+            ).result_rows
+        ),
+        timeout=60,
+        what="the paired transfer",
     )
     assert len(rows) == 1
     assert rows[0][:3] == (f"{case}/T", "received", 48.0)
@@ -71,8 +115,11 @@ def test_the_same_events_sent_twice_give_the_same_tables(stack, worker, ch):
     events = _case_events(tag, 30)
     _publish(stack, events)
     wait_caught_up(stack, timeout=180)
-    first = wait_for(lambda: (s := table_snapshot(ch, tag)) and len(s["events"]) == 90 and s,
-                     timeout=60, what="90 events")
+    first = wait_for(
+        lambda: (s := table_snapshot(ch, tag)) and len(s["events"]) == 90 and s,
+        timeout=60,
+        what="90 events",
+    )
 
     # Send the identical Avro bytes again behind the SDK's back (a producer retry, a replay).
     registry = make_client(stack.registry_url)
@@ -80,23 +127,30 @@ def test_the_same_events_sent_twice_give_the_same_tables(stack, worker, ch):
     for event in events:
         valid = parse_event(event)
         schema_id = register_agency_subject(registry, valid["agency_id"])
-        producer.produce(topic_for_agency(valid["agency_id"]), key=valid["case_id"].encode(),
-                         value=encode(valid, schema_id))
+        producer.produce(
+            topic_for_agency(valid["agency_id"]),
+            key=valid["case_id"].encode(),
+            value=encode(valid, schema_id),
+        )
     assert producer.flush(30) == 0
     time.sleep(2)
     wait_caught_up(stack, timeout=180)
     assert table_snapshot(ch, tag) == first
 
 
-def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(
-    stack, worker, ch
-):
+def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(stack, worker, ch):
     tag = new_tag()
     registry = make_client(stack.registry_url)
     schema_id = register_agency_subject(registry, "20-INSP")
-    spoofed = parse_event(make_event(
-        "case_opened", "20-POLICE", f"{tag}:spoof", "2016-03-01T08:00:00+07:00",
-        {"origin": "press", "field": "land", "subject_kind": "unknown", "prominent": False}))
+    spoofed = parse_event(
+        make_event(
+            "case_opened",
+            "20-POLICE",
+            f"{tag}:spoof",
+            "2016-03-01T08:00:00+07:00",
+            {"origin": "press", "field": "land", "subject_kind": "unknown", "prominent": False},
+        )
+    )
     garbage = b"\x00\x00\x00\x00" + tag.encode()  # truncated header + junk
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
     topic = topic_for_agency("20-INSP")
@@ -104,18 +158,43 @@ def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(
     producer.produce(topic, key=b"spoof", value=encode(spoofed, schema_id))
     assert producer.flush(30) == 0
     good_case = f"{tag}:20-INSP/2016/G1"
-    _publish(stack, [make_event("case_opened", "20-INSP", good_case,
-                                "2016-03-02T08:00:00+07:00",
-                                {"origin": "audit", "field": "finance",
-                                 "subject_kind": "enterprise", "prominent": False})])
+    _publish(
+        stack,
+        [
+            make_event(
+                "case_opened",
+                "20-INSP",
+                good_case,
+                "2016-03-02T08:00:00+07:00",
+                {
+                    "origin": "audit",
+                    "field": "finance",
+                    "subject_kind": "enterprise",
+                    "prominent": False,
+                },
+            )
+        ],
+    )
 
-    wait_for(lambda: ch.command("SELECT count() FROM cases WHERE case_id = {c:String}",
-                                parameters={"c": good_case}) == 1,
-             timeout=120, what="the good event after the bad ones")
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM cases WHERE case_id = {c:String}", parameters={"c": good_case}
+            )
+            == 1
+        ),
+        timeout=120,
+        what="the good event after the bad ones",
+    )
     assert worker.alive(), worker.log_tail()
 
-    consumer = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": tag,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": stack.kafka_bootstrap,
+            "group.id": tag,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([DLQ_TOPIC])
     mine: dict[str, tuple[bytes, dict]] = {}
     deadline = time.monotonic() + 60
@@ -136,16 +215,40 @@ def test_malformed_and_spoofed_messages_go_to_the_dlq_and_processing_continues(
 
 def test_a_new_agency_topic_is_read_without_restarting_the_worker(stack, worker, ch):
     existing = set(matching_topics(stack, AGENCY_TOPIC_PATTERN))
-    agency = next(a for a in agencies_at(date(2016, 4, 1))
-                  if a.endswith("-INSP") and topic_for_agency(a) not in existing)
+    agency = next(
+        a
+        for a in agencies_at(date(2016, 4, 1))
+        if a.endswith("-INSP") and topic_for_agency(a) not in existing
+    )
     case = f"{new_tag()}:{agency}/2016/N1"
     log_before = worker.log.stat().st_size
-    _publish(stack, [make_event("case_opened", agency, case, "2016-04-01T08:00:00+07:00",
-                                {"origin": "inspection", "field": "land",
-                                 "subject_kind": "official", "prominent": False})])
-    wait_for(lambda: ch.command("SELECT count() FROM cases WHERE case_id = {c:String}",
-                                parameters={"c": case}) == 1,
-             timeout=90, what=f"the first case of the new agency {agency}")
+    _publish(
+        stack,
+        [
+            make_event(
+                "case_opened",
+                agency,
+                case,
+                "2016-04-01T08:00:00+07:00",
+                {
+                    "origin": "inspection",
+                    "field": "land",
+                    "subject_kind": "official",
+                    "prominent": False,
+                },
+            )
+        ],
+    )
+    wait_for(
+        lambda: (
+            ch.command(
+                "SELECT count() FROM cases WHERE case_id = {c:String}", parameters={"c": case}
+            )
+            == 1
+        ),
+        timeout=90,
+        what=f"the first case of the new agency {agency}",
+    )
     with worker.log.open("rb") as f:
         f.seek(log_before)
         since = f.read().decode(errors="replace")
@@ -158,8 +261,13 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
     events = _case_events(tag, 1500)
 
     def isolated_worker(name: str) -> WorkerProcess:
-        return WorkerProcess(stack, env={"CASESTREAM_WORKER_APP_ID": f"{name}-{tag}",
-                                         "CASESTREAM_CLICKHOUSE_DATABASE": f"{name}_{tag}"})
+        return WorkerProcess(
+            stack,
+            env={
+                "CASESTREAM_WORKER_APP_ID": f"{name}-{tag}",
+                "CASESTREAM_CLICKHOUSE_DATABASE": f"{name}_{tag}",
+            },
+        )
 
     workers: list[WorkerProcess] = []  # stopped even when a wait below fails
     admin = stack.clickhouse_client(database="default")
@@ -167,8 +275,10 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
     def crashy_rows() -> int:
         if not admin.command(f"EXISTS TABLE crashy_{tag}.events"):
             return 0
-        return admin.command(f"SELECT count() FROM crashy_{tag}.events "
-                             "WHERE case_id LIKE {p:String}", parameters={"p": f"{tag}:%"})
+        return admin.command(
+            f"SELECT count() FROM crashy_{tag}.events WHERE case_id LIKE {{p:String}}",
+            parameters={"p": f"{tag}:%"},
+        )
 
     try:
         crashy = isolated_worker("crashy").start()

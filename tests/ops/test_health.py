@@ -206,7 +206,11 @@ def test_a_silent_agency_is_flagged(stack, iso):
     assert "11-FOREST" not in freshness["summary"].replace("96-INSP", "")
     assert "96-INSP never seen" in freshness["summary"]
     silence = {a["agency_id"]: a for a in report["figures"]["freshness"]["agencies"]}
-    assert silence["12-FOREST"]["silence_seconds"] > threshold > silence["11-FOREST"]["silence_seconds"]
+    assert (
+        silence["12-FOREST"]["silence_seconds"]
+        > threshold
+        > silence["11-FOREST"]["silence_seconds"]
+    )
 
     code, report = iso.health("--check", "freshness", CASESTREAM_HEALTH_MAX_SILENCE_SECONDS="3600")
     assert code == 0 and check(report, "freshness")["status"] == "ok"

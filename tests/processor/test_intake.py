@@ -128,8 +128,14 @@ class Recorder:
 
 def make(consumer=None, producer=None, metrics=None):
     sleeps: list[float] = []
-    intake = Intake(consumer or FakeConsumer(), producer or FakeProducer(), FakeIngestor(),
-                    metrics, sleep=sleeps.append, topic_partition=lambda t, p, o: (t, p, o))
+    intake = Intake(
+        consumer or FakeConsumer(),
+        producer or FakeProducer(),
+        FakeIngestor(),
+        metrics,
+        sleep=sleeps.append,
+        topic_partition=lambda t, p, o: (t, p, o),
+    )
     return intake, sleeps
 
 
@@ -139,10 +145,14 @@ TOPIC = "agency.20-INSP.events"
 def test_valid_events_are_rekeyed_by_case_and_offsets_committed_past_the_batch():
     consumer, producer, metrics = FakeConsumer(), FakeProducer(), Recorder()
     intake, _ = make(consumer, producer, metrics)
-    assert intake.handle([Msg(TOPIC, 0, 7, b"ok:C1"), Msg(TOPIC, 0, 8, b"ok:C2"),
-                          Msg(TOPIC, 3, 2, b"ok:C1")])
-    assert [(t, k) for t, k, *_ in producer.sent] == [(FACTS_TOPIC, b"C1"), (FACTS_TOPIC, b"C2"),
-                                                      (FACTS_TOPIC, b"C1")]
+    assert intake.handle(
+        [Msg(TOPIC, 0, 7, b"ok:C1"), Msg(TOPIC, 0, 8, b"ok:C2"), Msg(TOPIC, 3, 2, b"ok:C1")]
+    )
+    assert [(t, k) for t, k, *_ in producer.sent] == [
+        (FACTS_TOPIC, b"C1"),
+        (FACTS_TOPIC, b"C2"),
+        (FACTS_TOPIC, b"C1"),
+    ]
     assert Fact.from_json(producer.sent[1][2]).case_id == "C2"
     assert consumer.commits == [[(TOPIC, 0, 9), (TOPIC, 3, 3)]]
     assert metrics.calls == [("accepted", "20-INSP")] * 3 + [("batch", "ingest", 3)]
@@ -157,7 +167,10 @@ def test_a_rejected_event_goes_to_the_dlq_with_its_bytes_reason_and_origin():
     assert headers["reason"] == b"invalid_event" and headers["field"] == b"status"
     assert b"'x'" in headers["detail"]
     assert (headers["source_topic"], headers["source_partition"], headers["source_offset"]) == (
-        TOPIC.encode(), b"2", b"41")
+        TOPIC.encode(),
+        b"2",
+        b"41",
+    )
     assert fact[0] == FACTS_TOPIC
     assert consumer.commits == [[(TOPIC, 2, 43)]]
     assert ("rejected", TOPIC, "invalid_event") in metrics.calls
@@ -174,8 +187,9 @@ def test_probes_are_forwarded_unvalidated_under_the_probe_key():
 def test_an_unacknowledged_delivery_commits_nothing_and_rewinds_to_the_batch_start():
     consumer = FakeConsumer()
     intake, _ = make(consumer, FakeProducer(fail={DLQ_TOPIC}))
-    assert not intake.handle([Msg(TOPIC, 1, 10, b"ok:C1"), Msg(TOPIC, 1, 11, b"bad"),
-                              Msg(TOPIC, 2, 4, b"ok:C3")])
+    assert not intake.handle(
+        [Msg(TOPIC, 1, 10, b"ok:C1"), Msg(TOPIC, 1, 11, b"bad"), Msg(TOPIC, 2, 4, b"ok:C3")]
+    )
     assert consumer.commits == []
     assert consumer.seeks == [(TOPIC, 1, 10), (TOPIC, 2, 4)]
 
@@ -199,8 +213,9 @@ def test_a_registry_outage_waits_instead_of_dead_lettering():
 def test_consumer_errors_are_skipped_without_moving_offsets():
     consumer, producer = FakeConsumer(), FakeProducer()
     intake, _ = make(consumer, producer)
-    assert intake.handle([Msg(TOPIC, 0, -1001, None, None, "_TRANSPORT"),
-                          Msg(TOPIC, 0, 12, b"ok:C1")])
+    assert intake.handle(
+        [Msg(TOPIC, 0, -1001, None, None, "_TRANSPORT"), Msg(TOPIC, 0, 12, b"ok:C1")]
+    )
     assert consumer.commits == [[(TOPIC, 0, 13)]]
     assert len(producer.sent) == 1
 

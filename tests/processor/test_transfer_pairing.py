@@ -17,8 +17,15 @@ def fact(eid: str, event_type: str, agency: str, at_ms: int, **payload) -> Fact:
     return Fact(eid, event_type, "C1", agency, at_ms, 420, None, payload)
 
 
-SENT = fact("e1", "case_transferred", "20-INSP", 10 * H, transfer_id="T1",
-            to_agency_id="20-POLICE", reason="signs_of_crime")
+SENT = fact(
+    "e1",
+    "case_transferred",
+    "20-INSP",
+    10 * H,
+    transfer_id="T1",
+    to_agency_id="20-POLICE",
+    reason="signs_of_crime",
+)
 RECEIVED = fact("e2", "transfer_received", "20-POLICE", 40 * H, transfer_id="T1")
 
 
@@ -31,7 +38,11 @@ def test_lag_is_receipt_minus_transfer_in_hours():
 def test_pairs_in_any_arrival_order(order):
     (t,) = pair_transfers(order).values()
     assert (t.from_agency_id, t.to_agency_id, t.status, t.lag_hours) == (
-        "20-INSP", "20-POLICE", "received", 30.0)
+        "20-INSP",
+        "20-POLICE",
+        "received",
+        30.0,
+    )
 
 
 def test_receipt_alone_is_known_but_has_no_sender_yet():
@@ -46,8 +57,9 @@ def test_first_receipt_counts_when_receipts_repeat():
 
 
 def test_return_after_transfer_marks_returned():
-    returned = fact("e4", "transfer_returned", "20-POLICE", 20 * H, transfer_id="T1",
-                    reason="jurisdiction")
+    returned = fact(
+        "e4", "transfer_returned", "20-POLICE", 20 * H, transfer_id="T1", reason="jurisdiction"
+    )
     (t,) = pair_transfers([returned, SENT]).values()
     assert t.status == "returned" and t.return_reason == "jurisdiction" and t.lag_hours is None
 
@@ -59,8 +71,13 @@ def test_pending_transfer():
 
 def test_appraisal_lag():
     req = fact("a1", "appraisal_requested", "20-POLICE", 0, appraisal_id="A1", kind="valuation")
-    done = fact("a2", "appraisal_completed", "00-AUDIT", 240 * H, appraisal_id="A1",
-                kind="valuation")
+    done = fact(
+        "a2", "appraisal_completed", "00-AUDIT", 240 * H, appraisal_id="A1", kind="valuation"
+    )
     (a,) = pair_appraisals([done, req]).values()
-    assert (a.status, a.lag_hours, a.agency_id, a.kind) == ("completed", 240.0, "20-POLICE",
-                                                           "valuation")
+    assert (a.status, a.lag_hours, a.agency_id, a.kind) == (
+        "completed",
+        240.0,
+        "20-POLICE",
+        "valuation",
+    )

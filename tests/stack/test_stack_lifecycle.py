@@ -67,15 +67,23 @@ def test_up_twice_down_clean_and_data_survives_restart(own_stack: Settings):
     producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "acks": "all"})
     producer.produce(topic, value=marker)
     assert producer.flush(30) == 0
-    variable = httpx.post(f"{s.prefect_api_url}/variables/",
-                          json={"name": "lifecycle_check", "value": "kept"}, timeout=10)
+    variable = httpx.post(
+        f"{s.prefect_api_url}/variables/",
+        json={"name": "lifecycle_check", "value": "kept"},
+        timeout=10,
+    )
     assert variable.status_code in (200, 201), variable.text
 
     manager.down(s, log=lambda m: None)
     assert _live_processes_mentioning(str(s.home)) == []
-    ports = [s.kafka_host_port, s.registry_host_port, s.clickhouse_host_port,
-             s.prefect_host_port, ("127.0.0.1", s.kafka_controller_port),
-             ("127.0.0.1", s.registry_management_port)]
+    ports = [
+        s.kafka_host_port,
+        s.registry_host_port,
+        s.clickhouse_host_port,
+        s.prefect_host_port,
+        ("127.0.0.1", s.kafka_controller_port),
+        ("127.0.0.1", s.registry_management_port),
+    ]
     assert [hp for hp in ports if port_open(*hp)] == []
     assert not any(p.pid for p in manager.status(s))
     assert not list((s.home / "run").glob("*.pid"))
@@ -84,8 +92,13 @@ def test_up_twice_down_clean_and_data_survives_restart(own_stack: Settings):
     ch = s.clickhouse_client(database="default")
     assert ch.query("SELECT x FROM keep ORDER BY x").result_rows == [(7,), (11,)]
     assert register_agency_subject(make_client(s.registry_url), "20-INSP") == schema_id
-    consumer = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": uuid.uuid4().hex,
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": uuid.uuid4().hex,
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([topic])
     message = None
     for _ in range(30):
