@@ -36,6 +36,7 @@ from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
 from services.processor.intake import Intake
+from services.processor.stall import StallTracker
 from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink
 from services.settings import Settings
@@ -49,7 +50,7 @@ FETCH_MAX_WAIT_MS = 100
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 HARD_STALL_SECONDS = 180.0  # the thread watchdog: see _start_thread_watchdog
-_ACTIVITY = {"busy": 0, "committed": -1, "since": time.monotonic()}  # for the watchdog
+_ACTIVITY = {"busy": 0}  # batches in progress, for the watchdog
 
 
 def _shorten_faust_fetch_wait(wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
@@ -169,32 +170,29 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             await probe_topic.send(key=key, value=value)
             metrics.probes_sent.inc()
 
+    derive_stalls = StallTracker(STALL_SECONDS)
+
     @app.timer(interval=STALL_CHECK_SECONDS)
     async def watchdog() -> None:
-        # Liveness of derive: we have seen faust stop fetching a partition after a rebalance,
-        # with input waiting and no batch in progress. Progress = committed offsets of the facts
-        # topic moving (probe batches keep finishing, so "a batch finished" is not enough). A
-        # restart resumes from the committed offsets.
+        # Liveness of derive: faust was seen to stop fetching some facts partitions after a
+        # restart, consuming only the one the probes hash to. Judged per partition (stall.py);
+        # a restart resumes from the committed offsets.
         now = time.monotonic()
         if app.rebalancing or app.in_recovery or _ACTIVITY["busy"]:
-            _ACTIVITY["since"] = now  # recovering, or a batch waits for ClickHouse: progress
+            derive_stalls.excuse(now)  # recovering, or a batch waits for ClickHouse
             return
         loop = asyncio.get_running_loop()
         try:
             lags = await loop.run_in_executor(None, group_lag, settings, app_id, [FACTS_TOPIC])
         except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict this tick
             log.warning("watchdog cannot read offsets (%s)", exc)
-            _ACTIVITY["since"] = now
+            derive_stalls.excuse(now)
             return
-        behind = sum(p.lag for p in lags)
-        committed = sum(max(p.committed, 0) for p in lags)
-        if not behind or committed != _ACTIVITY["committed"]:
-            _ACTIVITY.update(committed=committed, since=now)
-        elif now - _ACTIVITY["since"] > STALL_SECONDS:
+        stuck = derive_stalls.stuck(lags, now)
+        if stuck:
             log.error(
-                "offsets stuck for %.0fs with %d messages waiting: restarting",
-                now - _ACTIVITY["since"],
-                behind,
+                "facts partitions not consumed with messages waiting: %s; restarting",
+                _describe(stuck),
             )
             _leave_now(restart=True)
 
@@ -228,6 +226,10 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _ACTIVITY["busy"] -= 1
 
 
+def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
+    return ", ".join(f"{t}[{p}] {lag} behind for {secs:.0f}s" for t, p, lag, secs in stuck)
+
+
 def _leave_now(restart: bool = False) -> None:
     """Leave without committing anything more: the uncommitted input is replayed next time."""
     logging.shutdown()
@@ -257,42 +259,36 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
 
     Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
     with messages waiting and committed offsets frozen, and none of its asyncio timers ran again.
-    This thread does not depend on the loop: the committed offsets of the intake or of derive
-    frozen for HARD_STALL_SECONDS while messages wait means restart (crash semantics: the
-    uncommitted input is replayed), unless the intake waits for the registry or for broker
-    acks, which is not a stall.
+    This thread does not depend on the loop: any partition (intake or derive) with messages
+    waiting and its committed offset frozen for HARD_STALL_SECONDS means restart (crash
+    semantics: the uncommitted input is replayed), unless the intake waits for the registry or
+    for broker acks, which is not a stall.
     """
 
     def watch() -> None:
-        # Per half: the intake moving (probes, other agencies) must not hide a stuck derive.
-        last = {"intake": -1, "derive": -1}
-        since = dict.fromkeys(last, time.monotonic())
+        stalls = StallTracker(HARD_STALL_SECONDS)
         while True:
             time.sleep(STALL_CHECK_SECONDS)
             now = time.monotonic()
             try:
                 lags = worker_lag(settings, app_id)
             except Exception:  # noqa: BLE001 - broker unreachable: no verdict
-                since = dict.fromkeys(last, now)
+                stalls.excuse(now)
                 continue
-            for half in last:
-                mine = [p for p in lags if (p.topic == FACTS_TOPIC) == (half == "derive")]
-                behind = sum(p.lag for p in mine)
-                committed = sum(max(p.committed, 0) for p in mine)
-                excused = intake.waiting if half == "intake" else False
-                if not behind or committed != last[half] or excused:
-                    last[half], since[half] = committed, now
-                # Restoring a large changelog is slow progress, yet a worker stuck "in
-                # recovery" was seen too: give recovery longer, not forever.
-                elif now - since[half] > HARD_STALL_SECONDS * (4 if app.in_recovery else 1):
-                    log.error(
-                        "%s offsets frozen for %.0fs with %d messages waiting (thread "
-                        "watchdog): restarting",
-                        half,
-                        now - since[half],
-                        behind,
-                    )
-                    _leave_now(restart=True)
+            if intake.waiting:  # registry down or broker not acking: not a stall
+                stalls.excuse(now, {p.topic for p in lags if p.topic != FACTS_TOPIC})
+            stuck = stalls.stuck(lags, now)
+            # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
+            # was seen too: give recovery longer, not forever.
+            if app.in_recovery:
+                stuck = [s for s in stuck if s[3] > 4 * HARD_STALL_SECONDS]
+            if stuck:
+                log.error(
+                    "partitions not consumed with messages waiting (thread watchdog): "
+                    "%s; restarting",
+                    _describe(stuck),
+                )
+                _leave_now(restart=True)
 
     threading.Thread(target=watch, name="casestream-watchdog", daemon=True).start()
 

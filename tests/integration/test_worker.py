@@ -13,7 +13,7 @@ from services.contracts.codec import encode
 from services.contracts.events import parse_event, topic_for_agency
 from services.contracts.reference import agencies_at
 from services.contracts.registry import make_client, register_agency_subject
-from services.ops.consumer_lag import matching_topics, wait_caught_up
+from services.ops.consumer_lag import matching_topics, wait_caught_up, worker_lag
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC
 from tests.helpers import WorkerProcess, make_event, new_tag, table_snapshot, wait_for
 
@@ -255,6 +255,17 @@ def test_a_new_agency_topic_is_read_without_restarting_the_worker(stack, worker,
     assert worker.alive() and "restarting" not in since, since[-3000:]
 
 
+def _caught_up(stack, worker: WorkerProcess, app_id: str, timeout: float = 300) -> None:
+    """wait_caught_up, and on failure say which partitions are behind and what the worker did."""
+    try:
+        wait_caught_up(stack, group=app_id, timeout=timeout)
+    except TimeoutError:
+        behind = [
+            (p.topic, p.partition, p.committed, p.lag) for p in worker_lag(stack, app_id) if p.lag
+        ]
+        pytest.fail(f"{app_id} behind after {timeout:.0f}s: {behind}\n{worker.log_tail(60)}")
+
+
 @pytest.mark.slow
 def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted_run(stack):
     tag = new_tag()
@@ -289,12 +300,12 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
         crashy.kill()  # SIGKILL mid-stream
         crashy = isolated_worker("crashy").start()
         workers.append(crashy)
-        wait_caught_up(stack, group=f"crashy-{tag}", timeout=300)
+        _caught_up(stack, crashy, f"crashy-{tag}")
 
         clean = isolated_worker("clean").start()
         workers.append(clean)
         time.sleep(5)
-        wait_caught_up(stack, group=f"clean-{tag}", timeout=300)
+        _caught_up(stack, clean, f"clean-{tag}")
     finally:
         for worker in workers:
             worker.stop()
