@@ -100,7 +100,7 @@ class Intake:
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",  # a new agency's first events are read too
                     "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
-                "fetch.wait.max.ms": 100,  # latency: an idle partition answers within 100 ms
+                    "fetch.wait.max.ms": 100,  # latency: an idle partition answers within 100 ms
                     "session.timeout.ms": 10_000,
                     "heartbeat.interval.ms": 1_000,
                 }
