@@ -329,51 +329,17 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka_bootstrap, **extra}
 
 
-def group_lag_total(settings: Settings, group: str, topics: Sequence[str]) -> int | None:
-    """Messages of the topics the group has not committed yet (None if it never committed).
-
-    Batched (one ListConsumerGroupOffsets, one ListOffsets) so it stays cheap with thousands of
-    partitions, unlike a watermark request per partition.
-    """
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
-
-    admin = AdminClient(kafka_config(settings))
-    metadata = admin.list_topics(timeout=30)
-    partitions = [
-        TopicPartition(t, p)
-        for t in topics
-        if t in metadata.topics
-        for p in metadata.topics[t].partitions
-    ]
-    if not partitions:
-        return 0
-    committed = {
-        (tp.topic, tp.partition): tp.offset
-        for tp in admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=60
-        )[group]
-        .result()
-        .topic_partitions
-    }
-    if all(offset < 0 for offset in committed.values()):
-        return None
-    ends = admin.list_offsets({tp: OffsetSpec.latest() for tp in partitions}, request_timeout=60)
-    return sum(
-        max(0, f.result().offset - max(committed.get((tp.topic, tp.partition), 0), 0))
-        for tp, f in ends.items()
-    )
-
-
 def worker_lag_total(settings: Settings, app_id: str) -> int | None:
-    """A worker's uncommitted messages: its intake group on the agency topics plus its faust
-    group on the facts topic (None until both committed once)."""
+    """A worker's uncommitted messages, both of its groups (None until each committed once)."""
+    from services.ops.consumer_lag import worker_lag
     from services.ops.topics import FACTS_TOPIC
-    from services.processor.intake import intake_group
 
-    intake = group_lag_total(settings, intake_group(app_id), agency_topics(settings))
-    derive = group_lag_total(settings, app_id, [FACTS_TOPIC])
-    return None if intake is None or derive is None else intake + derive
+    lags = worker_lag(settings, app_id)
+    derive = [p for p in lags if p.topic == FACTS_TOPIC]
+    intake = [p for p in lags if p.topic != FACTS_TOPIC]
+    if not all(any(p.committed >= 0 for p in half) for half in (intake, derive)):
+        return None
+    return sum(p.lag for p in lags)
 
 
 def agency_topics(settings: Settings) -> list[str]:

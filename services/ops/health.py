@@ -349,12 +349,9 @@ def _agency_topics(settings: Settings, timeout: float = 10.0) -> list[str]:
 def collect_lag(settings: Settings, groups: Iterable[str] | None = None) -> dict[str, Any]:
     from confluent_kafka.admin import AdminClient
 
-    from services.ops.consumer_lag import group_lag
-    from services.ops.topics import FACTS_TOPIC, PROBE_TOPIC
-    from services.processor.intake import intake_group
+    from services.ops.consumer_lag import worker_lag
 
     groups = list(groups or [settings.worker_app_id])
-    agency = _agency_topics(settings)
     admin = AdminClient(kafka_config(settings))
     states: dict[str, tuple[str, int]] = {}
     try:
@@ -367,11 +364,7 @@ def collect_lag(settings: Settings, groups: Iterable[str] | None = None) -> dict
     out = []
     for group in groups:
         try:
-            # A worker app id: its intake group reads the agency and probe topics, its faust
-            # group the facts topic (services/processor/intake.py); reported as one worker.
-            lags = group_lag(settings, intake_group(group), [*agency, PROBE_TOPIC]) + group_lag(
-                settings, group, [FACTS_TOPIC]
-            )
+            lags = worker_lag(settings, group, probes=True)  # both of the worker's groups
         except Exception as exc:  # noqa: BLE001
             out.append({"group": group, "error": f"{type(exc).__name__}: {exc}"[:500]})
             continue
