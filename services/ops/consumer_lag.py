@@ -41,7 +41,9 @@ def group_lag(
     future = admin.list_consumer_group_offsets(
         [ConsumerGroupTopicPartitions(group, partitions)], request_timeout=timeout
     )[group]
-    committed = {(tp.topic, tp.partition): tp.offset for tp in future.result().topic_partitions}
+    committed = {
+        (tp.topic, tp.partition): tp.offset for tp in future.result(timeout).topic_partitions
+    }
     # One ListOffsets request for every partition: a watermark request per partition took
     # seconds with ~830 agency topics, and the worker's watchdogs ask every 15 s.
     ends = admin.list_offsets(
@@ -49,7 +51,10 @@ def group_lag(
     )
     return [
         PartitionLag(
-            tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1), f.result().offset
+            tp.topic,
+            tp.partition,
+            committed.get((tp.topic, tp.partition), -1),
+            f.result(timeout).offset,
         )
         for tp, f in ends.items()
     ]

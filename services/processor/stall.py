@@ -31,8 +31,12 @@ class StallTracker:
     window: float
     _seen: dict[tuple[str, int], tuple[int, float]] = field(default_factory=dict)
 
-    def stuck(self, lags: Iterable[Lag], now: float) -> list[tuple[str, int, int, float]]:
-        """(topic, partition, lag, seconds stuck) of every partition stuck beyond the window."""
+    def stuck(
+        self, lags: Iterable[Lag], now: float, window: float | None = None
+    ) -> list[tuple[str, int, int, float]]:
+        """(topic, partition, lag, seconds stuck) of every partition stuck beyond the window
+        (a shorter `window` asks which partitions look suspect, for the log)."""
+        window = self.window if window is None else window
         stuck = []
         for p in lags:
             where = (p.topic, p.partition)
@@ -41,7 +45,7 @@ class StallTracker:
                 self._seen[where] = (p.committed, now)  # caught up or moving: progress
                 continue
             self._seen[where] = (committed, since)
-            if now - since > self.window:
+            if now - since > window:
                 stuck.append((p.topic, p.partition, p.lag, now - since))
         return stuck
 

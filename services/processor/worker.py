@@ -50,7 +50,8 @@ FETCH_MAX_WAIT_MS = 100
 STALL_CHECK_SECONDS = 15.0
 STALL_SECONDS = 45.0
 HARD_STALL_SECONDS = 180.0  # the thread watchdog: see _start_thread_watchdog
-_ACTIVITY = {"busy": 0}  # batches in progress, for the watchdog
+_ACTIVITY = {"busy": 0, "watchdog_tick": 0.0}  # batches in progress, last loop-watchdog tick
+LOOP_SILENT_SECONDS = 120.0  # the loop watchdog not ticking this long: the loop is stuck
 
 
 def _shorten_faust_fetch_wait(wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
@@ -177,18 +178,28 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         # Liveness of derive: faust was seen to stop fetching some facts partitions after a
         # restart, consuming only the one the probes hash to. Judged per partition (stall.py);
         # a restart resumes from the committed offsets.
-        now = time.monotonic()
+        now = _ACTIVITY["watchdog_tick"] = time.monotonic()
         if app.rebalancing or app.in_recovery or _ACTIVITY["busy"]:
             derive_stalls.excuse(now)  # recovering, or a batch waits for ClickHouse
             return
         loop = asyncio.get_running_loop()
         try:
-            lags = await loop.run_in_executor(None, group_lag, settings, app_id, [FACTS_TOPIC])
+            lags = await asyncio.wait_for(
+                loop.run_in_executor(None, group_lag, settings, app_id, [FACTS_TOPIC]),
+                timeout=STALL_CHECK_SECONDS,
+            )
         except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict this tick
-            log.warning("watchdog cannot read offsets (%s)", exc)
+            log.warning("watchdog cannot read offsets (%r)", exc)
             derive_stalls.excuse(now)
             return
         stuck = derive_stalls.stuck(lags, now)
+        suspect = derive_stalls.stuck(lags, now, window=STALL_SECONDS / 3)
+        if suspect:
+            log.info(
+                "facts partitions not moving with messages waiting: %s (%s)",
+                _describe(suspect),
+                _fetch_state(app),
+            )
         if stuck:
             log.error(
                 "facts partitions not consumed with messages waiting: %s; restarting",
@@ -224,6 +235,27 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _leave_now()
     finally:
         _ACTIVITY["busy"] -= 1
+
+
+def _fetch_state(app: faust.App) -> str:
+    """What faust's consumer thinks it is fetching: for the log when a partition stops moving."""
+
+    def short(tps: Any) -> list[str]:
+        return sorted(f"{tp.topic[-8:]}[{tp.partition}]" for tp in tps or ())
+
+    try:
+        consumer = app.consumer
+        queues = [c.queue for c in app.topics if FACTS_TOPIC in c.topics]  # the agent's clones
+        fetcher = consumer._thread._consumer._fetcher  # aiokafka's, buffered records per tp
+        return (
+            f"active={short(consumer._active_partitions)} "
+            f"paused={short(consumer._paused_partitions)} "
+            f"buffer-full={short(consumer._buffered_partitions)} "
+            f"queues={[(q.qsize(), len(q._pending_pressure_drop_callbacks)) for q in queues]} "
+            f"aiokafka-buffered={short(fetcher._records)} flow={consumer.flow_active}"
+        )
+    except Exception as exc:  # noqa: BLE001 - diagnostics only, never fatal
+        return f"fetch state unavailable: {exc!r}"
 
 
 def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
@@ -267,12 +299,18 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
 
     def watch() -> None:
         stalls = StallTracker(HARD_STALL_SECONDS)
+        started = time.monotonic()
         while True:
             time.sleep(STALL_CHECK_SECONDS)
             now = time.monotonic()
+            silent = now - (_ACTIVITY["watchdog_tick"] or started)
+            if silent > LOOP_SILENT_SECONDS:
+                log.error("the event loop ran no watchdog for %.0fs; restarting", silent)
+                _leave_now(restart=True)
             try:
                 lags = worker_lag(settings, app_id)
-            except Exception:  # noqa: BLE001 - broker unreachable: no verdict
+            except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict
+                log.warning("thread watchdog cannot read offsets (%r)", exc)
                 stalls.excuse(now)
                 continue
             if intake.waiting:  # registry down or broker not acking: not a stall

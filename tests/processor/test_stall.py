@@ -49,3 +49,11 @@ def test_an_excuse_restarts_the_clocks():
     assert tracker.stuck(lags((100, 500)), now=90) == [(FACTS, 0, 400, 50)]
     tracker.excuse(now=100, topics=["agency.20-INSP.events"])  # other topics only
     assert tracker.stuck(lags((100, 500)), now=101) == [(FACTS, 0, 400, 61)]
+
+
+def test_a_shorter_window_names_suspects_without_moving_the_clocks():
+    tracker = StallTracker(window=45)
+    tracker.stuck(lags((100, 500)), now=0)
+    assert tracker.stuck(lags((100, 500)), now=20, window=15) == [(FACTS, 0, 400, 20)]
+    assert tracker.stuck(lags((100, 500)), now=20) == []  # not yet stuck for the real window
+    assert tracker.stuck(lags((100, 500)), now=50) == [(FACTS, 0, 400, 50)]
