@@ -332,11 +332,11 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
 def worker_lag_total(settings: Settings, app_id: str) -> int | None:
     """A worker's uncommitted messages, both of its groups (None until each committed once)."""
     from services.ops.consumer_lag import worker_lag
-    from services.ops.topics import FACTS_TOPIC
+    from services.ops.topics import facts_topic
 
     lags = worker_lag(settings, app_id)
-    derive = [p for p in lags if p.topic == FACTS_TOPIC]
-    intake = [p for p in lags if p.topic != FACTS_TOPIC]
+    derive = [p for p in lags if p.topic == facts_topic(app_id)]
+    intake = [p for p in lags if p.topic != facts_topic(app_id)]
     if not all(any(p.committed >= 0 for p in half) for half in (intake, derive)):
         return None
     return sum(p.lag for p in lags)

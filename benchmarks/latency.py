@@ -104,15 +104,14 @@ def bare_roundtrip(ctx: BenchContext, rate: int, seconds: float) -> list[float]:
     return [received[k] - sent[k] for k in sent if k in received]
 
 
-def rekey_times(settings, case_prefix: str) -> dict[str, float]:
+def rekey_times(settings, case_prefix: str, topic: str) -> dict[str, float]:
     """event_id -> when the worker's ingest agent re-keyed it (facts topic message timestamp)."""
     import json
 
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    from services.ops.topics import FACTS_TOPIC
-
+    FACTS_TOPIC = topic  # noqa: N806 - the worker's own facts topic
     admin = AdminClient(kafka_config(settings))
     partitions = admin.list_topics(FACTS_TOPIC, timeout=30).topics[FACTS_TOPIC].partitions
     consumer = Consumer(
@@ -215,7 +214,9 @@ def run(ctx: BenchContext) -> list[Result]:
     latencies = [int(ms) / 1000.0 - sent[eid] for eid, ms in rows if eid in sent]
     p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
     # Where the time goes: publish -> re-keyed by ingest (facts topic timestamp) -> visible.
-    rekeyed = rekey_times(settings, tag)
+    from services.ops.topics import facts_topic
+
+    rekeyed = rekey_times(settings, tag, facts_topic(worker.app_id))
     visible_at = {eid: int(ms) / 1000.0 for eid, ms in rows}
     to_ingest = [rekeyed[e] - sent[e] for e in rekeyed if e in sent]
     to_visible = [visible_at[e] - rekeyed[e] for e in rekeyed if e in visible_at]

@@ -36,7 +36,6 @@ from benchmarks.common import (
     reset_peak_rss,
     steady_rate,
     summarize_profile,
-    topic_messages,
     write_timeline,
 )
 
@@ -104,16 +103,11 @@ def bare_decode(
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    from services.ops.topics import FACTS_TOPIC
-
     settings = ctx.settings
     ctx.ensure_published()
     topics = agency_topics(settings)
     messages = ctx.agency_messages()
     unique = ctx.dataset.unique_events
-    # The re-keyed facts topic is shared by every worker group: a new group reads what earlier
-    # workers re-keyed too (empty on a fresh private stack).
-    facts_backlog = topic_messages(settings, [FACTS_TOPIC])
 
     ctx.log(f"process: bare consumer over {messages:,} messages (consume only, then decode)")
     consume_only = bare_decode(settings, topics, messages, decode=False)
@@ -185,7 +179,6 @@ def run(ctx: BenchContext) -> list[Result]:
             met=met,
             numbers={
                 "messages": messages,
-                "facts_backlog": facts_backlog,
                 "unique_events_visible": int(visible),
                 "unique_expected": unique,
                 "writes": len(timeline),

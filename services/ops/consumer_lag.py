@@ -69,17 +69,17 @@ def worker_lag(
     settings: Settings, group: str | None = None, *, probes: bool = False
 ) -> list[PartitionLag]:
     """Lag of one stream worker (by app id): its intake over every agency topic (and the probe
-    topic with `probes`), and its faust group over the re-keyed facts topic (two groups:
+    topic with `probes`), and its faust group over its re-keyed facts topic (two groups:
     services/processor/intake.py)."""
     group = group or settings.worker_app_id
-    from services.ops.topics import AGENCY_TOPIC_PATTERN, FACTS_TOPIC, PROBE_TOPIC
+    from services.ops.topics import AGENCY_TOPIC_PATTERN, PROBE_TOPIC, facts_topic
     from services.processor.intake import intake_group
 
     intake_topics = matching_topics(settings, AGENCY_TOPIC_PATTERN) + (
         [PROBE_TOPIC] if probes else []
     )
     agency = group_lag(settings, intake_group(group), intake_topics)
-    return agency + group_lag(settings, group, [FACTS_TOPIC])
+    return agency + group_lag(settings, group, [facts_topic(group)])
 
 
 def wait_caught_up(

@@ -5,9 +5,9 @@ Kafka is the source of truth, so the fact tables are a cache that can always be 
 1. a new database `<db>_rebuild_<stamp>` gets the same migrations;
 2. a second worker with its own consumer group (so the live worker's offsets are untouched)
    reads every agency topic from offset 0 into it: the live tables keep serving analysts and the
-   live worker keeps processing. Its group starts the re-keyed facts topic at the current end:
-   its own ingest re-keys every event again, so the facts the live worker re-keyed earlier would
-   only be processed twice (measured: half the replay's time, docs/benchmarks.md);
+   live worker keeps processing. Its intake re-keys every event into the rebuild's own facts
+   topic (`<app_id>-facts-by-case`), which only its derive reads; the topic, like faust's
+   changelog of the rebuild, is deleted when the rebuild worker stops;
 3. once the rebuild worker has caught up, the checksums of both sets of tables are compared;
 4. the switch exchanges each rebuilt table with its live twin (`EXCHANGE TABLES`, atomic per
    table); from then on the live worker writes into the rebuilt tables. The old tables stay in
@@ -65,25 +65,19 @@ class RebuildResult:
         return self.live == self.rebuilt
 
 
-def start_facts_at_end(settings: Settings, group: str) -> int:
-    """Commit the facts topic's end offsets for a new group; returns the facts skipped."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-    from confluent_kafka.admin import AdminClient, OffsetSpec
-
-    from services.ops.topics import FACTS_TOPIC
+def drop_worker_topics(settings: Settings, app_id: str) -> list[str]:
+    """Delete a finished rebuild worker's own topics (re-keyed facts, faust's changelog and
+    leader topic): a full copy of the history each, of no use once the rebuild is over."""
+    from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka_client_config())
-    topic = admin.list_topics(FACTS_TOPIC, timeout=30).topics.get(FACTS_TOPIC)
-    if topic is None or topic.error is not None or not topic.partitions:
-        return 0  # nothing re-keyed yet
-    ends = admin.list_offsets(
-        {TopicPartition(FACTS_TOPIC, p): OffsetSpec.latest() for p in topic.partitions},
-        request_timeout=30,
-    )
-    offsets = [TopicPartition(tp.topic, tp.partition, f.result().offset) for tp, f in ends.items()]
-    request = ConsumerGroupTopicPartitions(group, offsets)
-    admin.alter_consumer_group_offsets([request], request_timeout=30)[group].result()
-    return sum(tp.offset for tp in offsets)
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{app_id}-")]
+    for name, future in (admin.delete_topics(names, request_timeout=30) if names else {}).items():
+        try:
+            future.result()
+        except Exception as exc:  # noqa: BLE001 - best effort: a leftover topic is only disk
+            print(f"could not delete {name}: {exc}", file=sys.stderr)
+    return names
 
 
 def _rebuild_worker(settings: Settings, database: str, app_id: str) -> ManagedProcess:
@@ -110,8 +104,6 @@ def rebuild(
     started = time.monotonic()
     log(f"rebuilding into {database} with consumer group {app_id}")
     migrate(settings, database=database, log=log)
-    skipped = start_facts_at_end(settings, app_id)
-    log(f"  {skipped:,} facts already re-keyed by the live worker are not read again")
     worker = _rebuild_worker(settings, database, app_id)
     try:
         time.sleep(3)  # let the group form before measuring its lag
@@ -156,3 +148,4 @@ def rebuild(
         return result
     finally:
         worker.stop()
+        drop_worker_topics(settings, app_id)

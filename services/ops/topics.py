@@ -14,16 +14,26 @@ from services.contracts.events import topic_for_agency
 from services.settings import Settings
 
 AGENCY_TOPIC_PATTERN = re.compile(r"^agency\.[^.]+\.events$")
-FACTS_TOPIC = "casestream.facts-by-case"
+FACTS_TOPIC_SUFFIX = "-facts-by-case"
 DLQ_TOPIC = "casestream.dlq"
 PROBE_TOPIC = "casestream.probe"
+
+
+def facts_topic(app_id: str) -> str:
+    """The re-keyed facts of one worker app id (its intake writes, its derive reads).
+
+    One topic per app id, never shared: a second group (a rebuild, a test's isolated worker)
+    re-keys the agency topics into its own topic, so neither group derives the other's copy.
+    The name starts with the app id, so the worker's prefixed ACLs cover it.
+    """
+    return f"{app_id}{FACTS_TOPIC_SUFFIX}"
 
 
 def ensure_topics(
     settings: Settings, extra: dict[str, int] | None = None, timeout: float = 30.0
 ) -> list[str]:
     """Create missing topics (name → partitions); returns the names created."""
-    wanted = {FACTS_TOPIC: settings.topic_partitions, DLQ_TOPIC: 1, **(extra or {})}
+    wanted = {DLQ_TOPIC: 1, **(extra or {})}
     admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [

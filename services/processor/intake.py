@@ -13,8 +13,9 @@ this stack:
   the batch; a batch whose delivery or commit failed is read again (everything downstream is
   idempotent, keyed by event_id).
 
-The derive half (per-case state, ClickHouse) stays in faust: it reads ``FACTS_TOPIC`` only,
-whose partitions never change, so its group never has to grow.
+The derive half (per-case state, ClickHouse) stays in faust: it reads only the app id's facts
+topic (``<app_id>-facts-by-case``), whose partitions never change, so its group never has to
+grow.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from services.ops.probe import facts_key
-from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, FACTS_TOPIC, PROBE_TOPIC
+from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, PROBE_TOPIC, facts_topic
 from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.settings import Settings
@@ -73,9 +74,11 @@ class Intake:
         ingestor: Ingestor,
         metrics: Metrics | None = None,
         *,
+        facts: str,
         sleep: Callable[[float], None] = time.sleep,
         topic_partition: Callable[[str, int, int], Any] | None = None,
     ) -> None:
+        self.facts_topic = facts
         self._consumer = consumer
         self._producer = producer
         self._ingestor = ingestor
@@ -119,7 +122,9 @@ class Intake:
                 }
             )
         )
-        return cls(consumer, producer, Ingestor.from_settings(settings), metrics)
+        return cls(
+            consumer, producer, Ingestor.from_settings(settings), metrics, facts=facts_topic(app_id)
+        )
 
     def run(self) -> None:
         """Consume until `stop` is set. Raises only on a bug or a fatal client error."""
@@ -183,7 +188,7 @@ class Intake:
     def _route(self, message: Message) -> tuple[str, bytes | None, bytes | None, list | None]:
         """(topic, key, value, headers) of what the message becomes."""
         if message.topic() == PROBE_TOPIC:  # forwarded as is, never validated or stored
-            return FACTS_TOPIC, facts_key(message.key()), message.value(), None
+            return self.facts_topic, facts_key(message.key()), message.value(), None
         try:
             fact = self._accept(message)
         except Rejected as rejected:
@@ -192,7 +197,7 @@ class Intake:
             return DLQ_TOPIC, message.key(), message.value(), dlq_headers(rejected, message)
         if self._metrics:
             self._metrics.accepted(fact.agency_id)
-        return FACTS_TOPIC, fact.case_id.encode(), fact.to_json(), None
+        return self.facts_topic, fact.case_id.encode(), fact.to_json(), None
 
     def _accept(self, message: Message) -> Fact:
         """A registry outage is not the event's fault: wait for the registry, don't dead-letter."""

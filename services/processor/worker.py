@@ -4,7 +4,7 @@ Two halves in one process:
 
 * the intake (intake.py, a librdkafka thread) reads every agency topic by regular expression
   (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
-  validates. Valid events are re-keyed by case_id onto ``casestream.facts-by-case``; anything
+  validates. Valid events are re-keyed by case_id onto ``<app_id>-facts-by-case``; anything
   else goes to the dead-letter topic with its raw bytes, source topic/partition/offset and a
   reason. It never raises on input, and commits only what the broker acknowledged.
 * the faust agent ``derive`` consumes the re-keyed facts in batches, keeps every fact of a case
@@ -31,7 +31,7 @@ import faust
 from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issue 6)
 from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
 from services.ops.consumer_lag import group_lag, worker_lag
-from services.ops.topics import FACTS_TOPIC, PROBE_TOPIC, ensure_topics
+from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
@@ -103,15 +103,15 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         producer_acks=-1,
         # faust's own producer only sends the latency probes now (changelog_producer.py).
     )
-    facts_topic = app.topic(
-        FACTS_TOPIC,
+    facts_in = app.topic(
+        facts_topic(app_id),
         key_serializer="raw",
         value_serializer="raw",
         partitions=settings.topic_partitions,
     )
     # Caveat for running several workers: faust sends this table's changelog keyed by the
     # JSON-encoded case_id (it ignores the schema's key_serializer for changelogs), so murmur2
-    # puts a case's state in another partition than its facts on facts_topic (raw case_id).
+    # puts a case's state in another partition than its facts on facts_in (raw case_id).
     # Harmless with one worker, which owns every partition (docs/benchmarks.md).
     case_facts = app.Table(
         "case-facts",
@@ -157,7 +157,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         metrics.written(facts, probes, time.perf_counter() - started)  # ops
         metrics.batch("derive", len(events), time.perf_counter() - batch_started)  # ops
 
-    @app.agent(facts_topic)
+    @app.agent(facts_in)
     async def derive(stream: faust.StreamT) -> None:
         async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
             await _finish_or_die(derive_batch(events))
@@ -185,7 +185,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         loop = asyncio.get_running_loop()
         try:
             lags = await asyncio.wait_for(
-                loop.run_in_executor(None, group_lag, settings, app_id, [FACTS_TOPIC]),
+                loop.run_in_executor(None, group_lag, settings, app_id, [facts_topic(app_id)]),
                 timeout=STALL_CHECK_SECONDS,
             )
         except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict this tick
@@ -198,7 +198,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             log.info(
                 "facts partitions not moving with messages waiting: %s (%s)",
                 _describe(suspect),
-                _fetch_state(app),
+                _fetch_state(app, facts_topic(app_id)),
             )
         if stuck:
             log.error(
@@ -237,7 +237,7 @@ async def _finish_or_die(batch: Awaitable[None]) -> None:
         _ACTIVITY["busy"] -= 1
 
 
-def _fetch_state(app: faust.App) -> str:
+def _fetch_state(app: faust.App, topic: str) -> str:
     """What faust's consumer thinks it is fetching: for the log when a partition stops moving."""
 
     def short(tps: Any) -> list[str]:
@@ -245,7 +245,7 @@ def _fetch_state(app: faust.App) -> str:
 
     try:
         consumer = app.consumer
-        queues = [c.queue for c in app.topics if FACTS_TOPIC in c.topics]  # the agent's clones
+        queues = [c.queue for c in app.topics if topic in c.topics]  # the agent's clones
         fetcher = consumer._thread._consumer._fetcher  # aiokafka's, buffered records per tp
         return (
             f"active={short(consumer._active_partitions)} "
@@ -314,7 +314,7 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
                 stalls.excuse(now)
                 continue
             if intake.waiting:  # registry down or broker not acking: not a stall
-                stalls.excuse(now, {p.topic for p in lags if p.topic != FACTS_TOPIC})
+                stalls.excuse(now, {p.topic for p in lags if p.topic != facts_topic(app_id)})
             stuck = stalls.stuck(lags, now)
             # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
             # was seen too: give recovery longer, not forever.
@@ -336,7 +336,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     from services.serving.migrations import migrate
 
     migrate(settings, log=log.info)
-    ensure_topics(settings)
+    ensure_topics(settings, {facts_topic(settings.worker_app_id): settings.topic_partitions})
     ops_probe.ensure_probe_topic(settings)  # ops: before the intake subscribes to it
     app = create_app(settings)
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics

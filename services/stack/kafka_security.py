@@ -53,7 +53,7 @@ SCRAM_ITERATIONS = 8192
 WORKER_PRINCIPAL = "casestream-worker"
 ADMIN_PRINCIPAL = "admin"
 AGENCY_TOPIC_PREFIX = "agency."
-INTERNAL_TOPIC_PREFIX = "casestream."  # facts-by-case, dlq, probe
+INTERNAL_TOPIC_PREFIX = "casestream."  # dlq, probe
 DEFAULT_WORKER_APP_ID = "casestream-worker"
 
 
@@ -158,9 +158,9 @@ def worker_acls(
             prefixed,
             [AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS],
         ),
-        # casestream.facts-by-case, casestream.dlq, casestream.probe
+        # casestream.dlq, casestream.probe
         *_allow(principal, ResourceType.TOPIC, INTERNAL_TOPIC_PREFIX, prefixed, [AclOperation.ALL]),
-        # faust's changelog and leader topics: <app_id>-case-facts-changelog, <app_id>-__assignor…
+        # its facts and faust's topics: <app_id>-facts-by-case, -case-facts-changelog, -__assignor…
         *_allow(principal, ResourceType.TOPIC, app_id, prefixed, [AclOperation.ALL]),
         *_allow(principal, ResourceType.GROUP, app_id, prefixed, [AclOperation.ALL]),
     ]

@@ -75,7 +75,7 @@ def healthy_figures() -> dict:
                             "lag": 3,
                         },
                         {
-                            "topic": "casestream.facts-by-case",
+                            "topic": "casestream-worker-facts-by-case",
                             "partition": 1,
                             "committed": 5,
                             "high_watermark": 5,

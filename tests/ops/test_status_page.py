@@ -207,4 +207,4 @@ def test_the_page_renders_in_headless_chromium(page_url, tmp_path: Path):
     assert "loading…" not in dom  # the banner shows the verdict
     assert any(word in dom for word in ("healthy", "unhealthy", "warning"))
     assert "<path" in dom  # an SVG chart was drawn
-    assert "casestream.facts-by-case" in dom or "partitions caught up" in dom
+    assert "-facts-by-case" in dom or "partitions caught up" in dom

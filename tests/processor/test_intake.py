@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from services.ops.probe import PROBE_KEY_PREFIX
-from services.ops.topics import DLQ_TOPIC, FACTS_TOPIC, PROBE_TOPIC
+from services.ops.topics import DLQ_TOPIC, PROBE_TOPIC, facts_topic
 from services.processor.facts import Fact
 from services.processor.ingest import RegistryUnavailable, Rejected
 from services.processor.intake import SUBSCRIPTION, Intake, intake_group
@@ -133,6 +133,7 @@ def make(consumer=None, producer=None, metrics=None):
         producer or FakeProducer(),
         FakeIngestor(),
         metrics,
+        facts=FACTS_TOPIC,
         sleep=sleeps.append,
         topic_partition=lambda t, p, o: (t, p, o),
     )
@@ -140,6 +141,7 @@ def make(consumer=None, producer=None, metrics=None):
 
 
 TOPIC = "agency.20-INSP.events"
+FACTS_TOPIC = facts_topic("w1")
 
 
 def test_valid_events_are_rekeyed_by_case_and_offsets_committed_past_the_batch():

@@ -9,7 +9,7 @@ from services.processor.stall import StallTracker
 
 pytestmark = pytest.mark.unit
 
-FACTS = "casestream.facts-by-case"
+FACTS = "casestream-worker-facts-by-case"
 
 
 def lags(*committed_high: tuple[int, int]) -> list[PartitionLag]:
