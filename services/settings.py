@@ -23,7 +23,7 @@ setting these variables.
 | CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
-| CASESTREAM_TOPIC_REPLICATION_FACTOR | 1 | replicas of the worker's changelog topic (3 on a real cluster) |
+| CASESTREAM_TOPIC_REPLICATION_FACTOR | 1 | replicas of the topics the platform creates: changelog, facts, DLQ, agency topics (3 on a real cluster; 1 leaves the latter to the broker's default) |
 | CASESTREAM_WORKER_APP_ID | casestream-worker | faust app id and derive group; the intake's group is `<id>-intake` (a rebuild uses another id) |
 | CASESTREAM_WORKER_METRICS_ADDR | 127.0.0.1:9464 | worker Prometheus `/metrics` (host:port; `off` disables) |
 | CASESTREAM_PROBE_INTERVAL_SECONDS | 10 | the worker sends a latency probe this often (0 disables) |

@@ -32,12 +32,18 @@ def facts_topic(app_id: str) -> str:
 def ensure_topics(
     settings: Settings, extra: dict[str, int] | None = None, timeout: float = 30.0
 ) -> list[str]:
-    """Create missing topics (name → partitions); returns the names created."""
+    """Create missing topics (name → partitions); returns the names created.
+
+    Replicas: CASESTREAM_TOPIC_REPLICATION_FACTOR when above 1, else the broker's
+    `default.replication.factor`, so a cluster whose operators forgot the variable still gets
+    its own default rather than a single copy.
+    """
+    replicas = settings.topic_replication_factor if settings.topic_replication_factor > 1 else -1
     wanted = {DLQ_TOPIC: 1, **(extra or {})}
     admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [
-        NewTopic(name, num_partitions=partitions, replication_factor=-1)
+        NewTopic(name, num_partitions=partitions, replication_factor=replicas)
         for name, partitions in wanted.items()
         if name not in existing
     ]
