@@ -9,6 +9,7 @@ end, monitored) are cumulated from the first event, so any period can be rebuilt
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 
@@ -82,18 +83,24 @@ def compute_and_store(
         head_columns = ["geography", *head_columns, "province_code"]
     if rows:
         client.insert(table, rows, column_names=[*head_columns, *METRIC_COLUMNS, "built_at"])
+    flow_name = "national" if national else f"province:{geography}"
+    _record_run(client, flow_name, period_kind, first, last, len(rows), built_at)
+    return len(rows)
+
+
+def _record_run(
+    client: Any,
+    flow_name: str,
+    period_kind: str,
+    first: date,
+    last: date,
+    rows_written: int,
+    finished_at: datetime,
+) -> None:
+    """One `rollup_runs` row: what health and the reports read to know how fresh a rollup is."""
     client.insert(
         "rollup_runs",
-        [
-            [
-                f"{'national' if national else 'province:' + geography}",
-                period_kind,
-                first,
-                last,
-                len(rows),
-                built_at,
-            ]
-        ],
+        [[flow_name, period_kind, first, last, rows_written, finished_at]],
         column_names=[
             "flow",
             "period_kind",
@@ -103,7 +110,6 @@ def compute_and_store(
             "finished_at",
         ],
     )
-    return len(rows)
 
 
 @flow(name="build-rollups")
@@ -156,16 +162,5 @@ def refresh_recent() -> dict[str, int]:
         first = date.fromisoformat(str(earliest))
         logger.info("events ingested since %s touch periods from %s on", since, first)
         written = build_rollups(first, date.today())
-    client.insert(
-        "rollup_runs",
-        [[WATERMARK_FLOW, "", date.today(), date.today(), 0, started]],
-        column_names=[
-            "flow",
-            "period_kind",
-            "first_period",
-            "last_period",
-            "rows_written",
-            "finished_at",
-        ],
-    )
+    _record_run(client, WATERMARK_FLOW, "", date.today(), date.today(), 0, started)
     return written

@@ -96,6 +96,35 @@ def make_event(
     return event
 
 
+def case_sent_to_police(
+    case_id: str,
+    opened_at: str,
+    transferred_at: str,
+    received_at: str,
+    *,
+    transfer_id: str | None = None,
+    prominent: bool = False,
+) -> list[dict]:
+    """The smallest case with a transfer lag: opened by 20-INSP, sent to 20-POLICE, received."""
+    transfer_id = transfer_id or f"{case_id}/T1"
+    opened = {"origin": "inspection", "field": "land", "subject_kind": "official"}
+    return [
+        make_event(
+            "case_opened", "20-INSP", case_id, opened_at, {**opened, "prominent": prominent}
+        ),
+        make_event(
+            "case_transferred",
+            "20-INSP",
+            case_id,
+            transferred_at,
+            {"transfer_id": transfer_id, "to_agency_id": "20-POLICE", "reason": "signs_of_crime"},
+        ),
+        make_event(
+            "transfer_received", "20-POLICE", case_id, received_at, {"transfer_id": transfer_id}
+        ),
+    ]
+
+
 def retag(event: dict, tag: str) -> dict:
     """Make a generated event unique to one test: ids get the tag, event_id a derived UUID.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
@@ -19,11 +20,11 @@ def process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(NAME, settings.home)
 
 
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
+def java() -> str:
+    found = shutil.which("java")
+    if found is None:
         raise RuntimeError("Kafka needs Java 17+ on PATH (`java` not found)")
-    return java
+    return found
 
 
 def render_config(settings: Settings) -> Path:
@@ -43,7 +44,7 @@ def render_config(settings: Settings) -> Path:
     return config
 
 
-def _format_storage(settings: Settings, classpath: Path, config: Path) -> None:
+def _format_single_node(settings: Settings, classpath: Path, config: Path) -> None:
     """Format the KRaft log dir once; the cluster id is kept so restarts reuse the same data."""
     id_file = settings.home / "kafka" / "cluster.id"
     if not id_file.exists():
@@ -51,10 +52,16 @@ def _format_storage(settings: Settings, classpath: Path, config: Path) -> None:
         import base64
 
         id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-    cluster_id = id_file.read_text().strip()
+    format_storage(classpath, id_file.read_text().strip(), config)
+
+
+def format_storage(
+    classpath: Path, cluster_id: str, config: Path, extra: Sequence[str] = (), what: str = "kafka"
+) -> None:
+    """`StorageTool format -g`: formats a node's log dirs, and leaves formatted ones alone."""
     proc = subprocess.run(
         [
-            _java(),
+            java(),
             "-cp",
             f"{classpath}/*",
             "kafka.tools.StorageTool",
@@ -64,23 +71,24 @@ def _format_storage(settings: Settings, classpath: Path, config: Path) -> None:
             "-c",
             str(config),
             "-g",
+            *extra,
         ],
         capture_output=True,
         text=True,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"kafka storage format failed:\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"{what} storage format failed:\n{proc.stdout}\n{proc.stderr}")
 
 
 def start(settings: Settings, log=print) -> None:
     classpath = kafka_classpath(settings, log)
     config = render_config(settings)
-    _format_storage(settings, classpath, config)
+    _format_single_node(settings, classpath, config)
     logs_dir = settings.home / "logs" / "kafka"
     logs_dir.mkdir(parents=True, exist_ok=True)
     process(settings).start(
         [
-            _java(),
+            java(),
             "-Xmx512m",
             "-Xms256m",
             f"-Dkafka.logs.dir={logs_dir}",

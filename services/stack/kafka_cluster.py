@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import base64
 import secrets
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +41,7 @@ from typing import Any
 from services.settings import Settings
 from services.stack import kafka_security
 from services.stack.fetch import INFRA, kafka_classpath
+from services.stack.kafka import format_storage, java
 from services.stack.process import ManagedProcess, port_open, wait_until
 
 TEMPLATES = INFRA / "kafka" / "cluster"
@@ -61,13 +60,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _java() -> str:
-    java = shutil.which("java")
-    if java is None:
-        raise RuntimeError("Kafka needs Java 17+ on PATH (`java` not found)")
-    return java
 
 
 def _new_cluster_id() -> str:
@@ -113,28 +105,13 @@ class _Nodes:
         return self.nodes[node_id].process(self.home)
 
     def _format(self, node: Node, extra: list[str] = ()) -> None:
-        classpath = kafka_classpath(self.settings)
-        proc = subprocess.run(
-            [
-                _java(),
-                "-cp",
-                f"{classpath}/*",
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                self.cluster_id,
-                "-c",
-                str(node.config),
-                "-g",
-                *extra,
-            ],
-            capture_output=True,
-            text=True,
+        format_storage(
+            kafka_classpath(self.settings),
+            self.cluster_id,
+            node.config,
+            extra,
+            what=f"kafka node {node.node_id}",
         )
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"kafka storage format of node {node.node_id} failed:\n{proc.stdout}\n{proc.stderr}"
-            )
 
     def start_node(self, node_id: int, *, wait: bool = True, timeout: float = 120.0) -> None:
         """Start one node (again) and, with ``wait``, until it serves as an unfenced broker."""
@@ -143,7 +120,7 @@ class _Nodes:
         logs.mkdir(parents=True, exist_ok=True)
         node.process(self.home).start(
             [
-                _java(),
+                java(),
                 f"-Xmx{self.heap}",
                 "-Xms128m",
                 "-XX:+UseSerialGC",

@@ -9,7 +9,7 @@ import pytest
 from services.agency.publisher import Publisher
 from services.ops.consumer_lag import wait_caught_up
 from services.ops.rebuild import rebuild, table_checksums
-from tests.helpers import make_event, new_tag, wait_for
+from tests.helpers import case_sent_to_police, new_tag, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,38 +18,13 @@ def _cases(tag: str, n: int, month: int) -> list[dict]:
     events = []
     for i in range(n):
         case = f"{tag}:20-INSP/2017/{i:04d}"
-        events += [
-            make_event(
-                "case_opened",
-                "20-INSP",
-                case,
-                f"2017-{month:02d}-03T08:00:00+07:00",
-                {
-                    "origin": "inspection",
-                    "field": "land",
-                    "subject_kind": "official",
-                    "prominent": False,
-                },
-            ),
-            make_event(
-                "case_transferred",
-                "20-INSP",
-                case,
-                f"2017-{month:02d}-05T08:00:00+07:00",
-                {
-                    "transfer_id": f"{case}/T",
-                    "to_agency_id": "20-POLICE",
-                    "reason": "signs_of_crime",
-                },
-            ),
-            make_event(
-                "transfer_received",
-                "20-POLICE",
-                case,
-                f"2017-{month:02d}-{6 + i % 20:02d}T08:00:00+07:00",
-                {"transfer_id": f"{case}/T"},
-            ),
-        ]
+        events += case_sent_to_police(
+            case,
+            f"2017-{month:02d}-03T08:00:00+07:00",
+            f"2017-{month:02d}-05T08:00:00+07:00",
+            f"2017-{month:02d}-{6 + i % 20:02d}T08:00:00+07:00",
+            transfer_id=f"{case}/T",
+        )
     return events
 
 

@@ -15,7 +15,14 @@ from services.contracts.reference import agencies_at
 from services.contracts.registry import make_client, register_agency_subject
 from services.ops.consumer_lag import matching_topics, wait_caught_up, worker_lag
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC
-from tests.helpers import WorkerProcess, make_event, new_tag, table_snapshot, wait_for
+from tests.helpers import (
+    WorkerProcess,
+    case_sent_to_police,
+    make_event,
+    new_tag,
+    table_snapshot,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -26,38 +33,12 @@ def _case_events(tag: str, n: int, start_day: int = 1) -> list[dict]:
     for i in range(n):
         case = f"{tag}:20-INSP/2016/{i:05d}"
         day = start_day + i % 25
-        events += [
-            make_event(
-                "case_opened",
-                "20-INSP",
-                case,
-                f"2016-04-{day:02d}T08:00:00+07:00",
-                {
-                    "origin": "inspection",
-                    "field": "land",
-                    "subject_kind": "official",
-                    "prominent": False,
-                },
-            ),
-            make_event(
-                "case_transferred",
-                "20-INSP",
-                case,
-                f"2016-04-{day:02d}T10:00:00+07:00",
-                {
-                    "transfer_id": f"{case}/T1",
-                    "to_agency_id": "20-POLICE",
-                    "reason": "signs_of_crime",
-                },
-            ),
-            make_event(
-                "transfer_received",
-                "20-POLICE",
-                case,
-                f"2016-05-{day:02d}T{i % 20:02d}:30:00+07:00",
-                {"transfer_id": f"{case}/T1"},
-            ),
-        ]
+        events += case_sent_to_police(
+            case,
+            f"2016-04-{day:02d}T08:00:00+07:00",
+            f"2016-04-{day:02d}T10:00:00+07:00",
+            f"2016-05-{day:02d}T{i % 20:02d}:30:00+07:00",
+        )
     return events
 
 

@@ -36,7 +36,14 @@ from services.settings import Settings
 from services.stack import clickhouse, kafka, manager, registry
 from services.stack.process import wait_until
 from tests.conftest import stack_env
-from tests.helpers import WorkerProcess, make_event, new_tag, table_snapshot, wait_for
+from tests.helpers import (
+    WorkerProcess,
+    case_sent_to_police,
+    make_event,
+    new_tag,
+    table_snapshot,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -130,35 +137,12 @@ def _cases(tag: str, n: int, month: int, first: int = 0) -> list[dict]:
         day = 1 + i % 25
         at = f"2015-{month:02d}-{day:02d}"
         events += [
-            make_event(
-                "case_opened",
-                "20-INSP",
+            *case_sent_to_police(
                 case,
                 f"{at}T08:00:00+07:00",
-                {
-                    "origin": "inspection",
-                    "field": "land",
-                    "subject_kind": "official",
-                    "prominent": i % 7 == 0,
-                },
-            ),
-            make_event(
-                "case_transferred",
-                "20-INSP",
-                case,
                 f"{at}T10:00:00+07:00",
-                {
-                    "transfer_id": f"{case}/T1",
-                    "to_agency_id": "20-POLICE",
-                    "reason": "signs_of_crime",
-                },
-            ),
-            make_event(
-                "transfer_received",
-                "20-POLICE",
-                case,
                 f"{at}T{10 + i % 12:02d}:30:00+07:00",
-                {"transfer_id": f"{case}/T1"},
+                prominent=i % 7 == 0,
             ),
             make_event(
                 "case_resolved", "20-POLICE", case, f"{at}T23:00:00+07:00", {"outcome": "convicted"}
