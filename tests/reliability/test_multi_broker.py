@@ -12,7 +12,7 @@ import logging
 import time
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from services.settings import Settings
@@ -81,9 +81,17 @@ def test_killing_one_broker_during_a_load_loses_no_acknowledged_message(cluster)
         timeout=60,
         what="all partitions with 3 in-sync replicas",
     )
-    topic_config = admin.describe_configs([ConfigResource("topic", TOPIC)])
-    (described,) = topic_config.values()
-    assert described.result()["min.insync.replicas"].value == "2"
+
+    def topic_config() -> dict | None:
+        # The broker asked may not know the new topic yet (metadata spreads between brokers).
+        (described,) = admin.describe_configs([ConfigResource("topic", TOPIC)]).values()
+        try:
+            return described.result()
+        except KafkaException:
+            return None
+
+    config_entries = wait_for(topic_config, timeout=30, what="the topic's config on every broker")
+    assert config_entries["min.insync.replicas"].value == "2"
     victim = _partitions(admin)[0].leader
 
     acked: set[bytes] = set()
