@@ -23,17 +23,57 @@ def _fail(message: str) -> None:
     sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
+class _Main(click.Group):
+    """The root group: a part of the stack that is down ends a command in one line, not a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # click's own exits are not Exceptions of this kind
+            if isinstance(exc, click.exceptions.ClickException | click.exceptions.Exit):
+                raise
+            if ctx.meta.get("casestream.debug"):
+                raise
+            from services.stack.unreachable import explain
+
+            try:
+                line = explain(exc, _settings())
+            except Exception:  # noqa: BLE001 - bad settings: the original error says more
+                line = None
+            if line is None:
+                raise
+            _fail(line)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="CASESTREAM_DEBUG",
+    help="show the full traceback when a part of the stack is not answering",
+)
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """casestream: event-sourced case coordination data platform.
 
     Agencies publish Avro case events to Kafka; the worker derives transfers, lags and case
     states into ClickHouse; Prefect flows build provincial and national rollups and reports.
     Configuration comes from CASESTREAM_* environment variables (`casestream settings`).
     """
+    import logging
+    from pathlib import Path
+
     from services.stack.prefect import prefect_env
 
-    _apply_env(prefect_env(_settings()))
+    ctx.meta["casestream.debug"] = debug
+    if not debug:
+        # clickhouse-connect logs "Unexpected Http Driver Exception" before raising; the raised
+        # error is reported (in one line when ClickHouse is down), so the log line only repeats it.
+        logging.getLogger("clickhouse_connect.driver._backend.http_sync").setLevel(logging.CRITICAL)
+    env = prefect_env(_settings())
+    # Prefect warns on every command when its home does not exist yet (a fresh CASESTREAM_HOME).
+    Path(env.get("PREFECT_HOME", ".")).mkdir(parents=True, exist_ok=True)
+    _apply_env(env)
 
 
 @main.command("settings")

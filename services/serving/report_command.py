@@ -116,7 +116,14 @@ def report(
             rebuild_rollups=rebuild,
         )
     except Exception as exc:  # noqa: BLE001 - report the failure, the flow run keeps the trace
-        click.secho(f"error: report failed: {exc}", fg="red", err=True)
+        from services.settings import Settings
+        from services.stack.unreachable import explain
+
+        click.secho(
+            f"error: {explain(exc, Settings.from_env()) or f'report failed: {exc}'}",
+            fg="red",
+            err=True,
+        )
         sys.exit(1)
     html_path = Path(html_path)
     click.echo(str(html_path.with_suffix(".md")))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
 from services.settings import Settings
+from services.stack.cluster_id import problem, settle_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
 from services.stack.process import ManagedProcess, port_open
 
@@ -44,21 +44,29 @@ def render_config(settings: Settings) -> Path:
     return config
 
 
-def _format_single_node(settings: Settings, classpath: Path, config: Path) -> None:
+def _format_single_node(settings: Settings, classpath: Path, config: Path, log) -> None:
     """Format the KRaft log dir once; the cluster id is kept so restarts reuse the same data."""
-    id_file = settings.home / "kafka" / "cluster.id"
-    if not id_file.exists():
-        # Kafka cluster ids are 16 random bytes, base64url without padding (22 chars).
-        import base64
-
-        id_file.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))
-    format_storage(classpath, id_file.read_text().strip(), config)
+    cluster_id = settle_cluster_id(
+        settings.home / "kafka" / "cluster.id", settings.home / "kafka" / "data", log
+    )
+    format_storage(classpath, cluster_id, config, log_file=process(settings).log_file)
 
 
 def format_storage(
-    classpath: Path, cluster_id: str, config: Path, extra: Sequence[str] = (), what: str = "kafka"
+    classpath: Path,
+    cluster_id: str,
+    config: Path,
+    extra: Sequence[str] = (),
+    what: str = "kafka",
+    log_file: Path | None = None,
 ) -> None:
-    """`StorageTool format -g`: formats a node's log dirs, and leaves formatted ones alone."""
+    """`StorageTool format -g`: formats a node's log dirs, and leaves formatted ones alone.
+
+    The tool's output goes to the node's log (``log_file``), so a failure names the file to read.
+    """
+    reason = problem(cluster_id)
+    if reason is not None:
+        raise RuntimeError(f"{what}: cluster id {cluster_id!r} cannot be used: {reason}")
     proc = subprocess.run(
         [
             java(),
@@ -76,14 +84,22 @@ def format_storage(
         capture_output=True,
         text=True,
     )
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with log_file.open("a") as out:
+            out.write(
+                f"==== storage format -t {cluster_id} -c {config}\n{proc.stdout}{proc.stderr}"
+            )
     if proc.returncode != 0:
-        raise RuntimeError(f"{what} storage format failed:\n{proc.stdout}\n{proc.stderr}")
+        lines = [line for line in (proc.stderr or proc.stdout).splitlines() if line.strip()]
+        last = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise RuntimeError(f"{what}: storage format failed: {last}")
 
 
 def start(settings: Settings, log=print) -> None:
     classpath = kafka_classpath(settings, log)
     config = render_config(settings)
-    _format_single_node(settings, classpath, config)
+    _format_single_node(settings, classpath, config, log)
     logs_dir = settings.home / "logs" / "kafka"
     logs_dir.mkdir(parents=True, exist_ok=True)
     process(settings).start(

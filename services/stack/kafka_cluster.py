@@ -27,11 +27,9 @@ user lines of ``sasl.properties.template`` and create users and ACLs with ``kafk
 
 from __future__ import annotations
 
-import base64
 import secrets
 import socket
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 
 from services.settings import Settings
 from services.stack import kafka_security
+from services.stack.cluster_id import new_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
 from services.stack.kafka import format_storage, java
 from services.stack.process import ManagedProcess, port_open, wait_until
@@ -60,10 +59,6 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-def _new_cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class _Nodes:
         self.settings = settings
         self.home = Path(home)
         self.nodes = {n.node_id: n for n in nodes}
-        self.cluster_id = _new_cluster_id()
+        self.cluster_id = new_cluster_id()
 
     @property
     def bootstrap(self) -> str:
@@ -111,6 +106,7 @@ class _Nodes:
             node.config,
             extra,
             what=f"kafka node {node.node_id}",
+            log_file=node.process(self.home).log_file,
         )
 
     def start_node(self, node_id: int, *, wait: bool = True, timeout: float = 120.0) -> None:

@@ -8,6 +8,8 @@ for the sum. `down` stops in reverse order and leaves no process behind.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -23,6 +25,19 @@ COMPONENTS: list[tuple[ModuleType, float]] = [
     (clickhouse, 60),
     (prefect, 180),
 ]
+
+
+class PartFailed(RuntimeError):
+    """A part of the stack did not start: which one, why (one line) and the log that tells more."""
+
+    def __init__(self, part: str, reason: str, log_file: str, tail: str = "") -> None:
+        self.part, self.reason, self.log_file, self.tail = part, reason, log_file, tail
+        message = f"{part} failed to start: {reason}\n  log: {log_file}"
+        if tail.strip():
+            message += "\n  from the log:\n" + "\n".join(
+                f"    {line}" for line in tail.splitlines()
+            )
+        super().__init__(message)
 
 
 @dataclass
@@ -61,28 +76,65 @@ def _ready(settings: Settings, module: ModuleType) -> bool:
 
 
 def up(settings: Settings, log=print, parts: list[str] | None = None) -> None:
+    """Start the wanted parts and wait until each answers; :class:`PartFailed` names the one that did not."""
     settings.home.mkdir(parents=True, exist_ok=True)
     wanted = [(m, t) for m, t in COMPONENTS if parts is None or m.NAME in parts]
     started = time.monotonic()
     # Kafka first: the registry keeps its storage there.
     for module, timeout in wanted:
         if module is kafka:
-            _start_and_wait(settings, module, timeout, log)
+            with _naming_failures(settings, module):
+                _start_and_wait(settings, module, timeout, log)
     others = [(m, t) for m, t in wanted if m is not kafka]
     for module, _ in others:
         if _ready(settings, module):
             continue
         log(f"starting {module.NAME} …")
-        module.start(settings, log)
+        with _naming_failures(settings, module):
+            module.start(settings, log)
     for module, timeout in others:
-        wait_until(
-            lambda m=module: _ready(settings, m),
-            timeout=timeout,
-            what=f"{module.NAME} at {_address(settings, module)}",
-            proc=module.process(settings),
-        )
+        with _naming_failures(settings, module):
+            wait_until(
+                lambda m=module: _ready(settings, m),
+                timeout=timeout,
+                what=f"not answering at {_address(settings, module)}",
+                proc=module.process(settings),
+                tail=False,
+            )
         log(f"  {module.NAME:<10} ready  {_address(settings, module)}")
     log(f"stack up in {time.monotonic() - started:.1f}s (data under {settings.home})")
+
+
+@contextmanager
+def _naming_failures(settings: Settings, module: ModuleType) -> Iterator[None]:
+    """Turn any failure while starting ``module`` into a :class:`PartFailed` naming it."""
+    proc = module.process(settings)
+    try:
+        yield
+    except PartFailed:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever went wrong, say which part and where to look
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PartFailed(module.NAME, reason, str(proc.log_file), _first_errors(proc)) from exc
+
+
+def _first_errors(proc, limit: int = 4) -> str:
+    """The first error lines of the part's latest start: the cause, not the stack trace after it.
+
+    Java servers log a fatal error followed by 30 lines of frames; the tail showed only frames.
+    """
+    try:
+        text = proc.log_file.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    latest = text.rsplit("\n==== ", 1)[-1].splitlines()
+    errors = [
+        line.strip()
+        for line in latest
+        if (" ERROR " in line or "Exception:" in line or "error:" in line.lower())
+        and not line.lstrip().startswith("at ")
+    ]
+    return "\n".join(errors[:limit]) if errors else "\n".join(latest[-limit:])
 
 
 def _start_and_wait(settings: Settings, module: ModuleType, timeout: float, log) -> None:
@@ -92,8 +144,9 @@ def _start_and_wait(settings: Settings, module: ModuleType, timeout: float, log)
         wait_until(
             lambda: _ready(settings, module),
             timeout=timeout,
-            what=f"{module.NAME} at {_address(settings, module)}",
+            what=f"not answering at {_address(settings, module)}",
             proc=module.process(settings),
+            tail=False,
         )
     log(f"  {module.NAME:<10} ready  {_address(settings, module)}")
 

@@ -159,8 +159,9 @@ def wait_until(
     what: str,
     proc: ManagedProcess | None = None,
     interval: float = 0.5,
+    tail: bool = True,
 ) -> None:
-    """Poll `check` until true; on timeout raise with the server's log tail to show why."""
+    """Poll `check` until true; on timeout raise (with the server's log tail unless ``tail=False``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -169,7 +170,8 @@ def wait_until(
         except Exception:  # noqa: BLE001 - a server still starting answers in many wrong ways
             pass
         if proc is not None and proc.pid() is None:
-            raise RuntimeError(f"{what}: process exited during start-up\n{proc.log_tail()}")
+            shown = f"\n{proc.log_tail()}" if tail else ""
+            raise RuntimeError(f"{what}: process exited during start-up{shown}")
         time.sleep(interval)
-    tail = f"\n{proc.log_tail()}" if proc else ""
-    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s{tail}")
+    shown = f"\n{proc.log_tail()}" if proc and tail else ""
+    raise TimeoutError(f"{what}: not ready after {timeout:.0f}s{shown}")
