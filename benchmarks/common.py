@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from services.settings import Settings
-from services.stack.kafka_cluster import free_ports
+from services.stack.process import free_ports
 
 REPO = Path(__file__).resolve().parents[1]
 STACK_PARTS = ["kafka", "registry", "clickhouse"]  # Prefect is not needed by any scenario

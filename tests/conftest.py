@@ -9,32 +9,24 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from services.settings import Settings
-from tests.helpers import WorkerProcess
+from services.stack.process import free_ports
+from tests.helpers import NEAR_TIMEOUTS, WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def free_ports(count: int) -> list[int]:
-    """Ports free right now on 127.0.0.1, so parallel test sessions never collide."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+# `./run tests` (and so CI) runs hypothesis derandomised: the same examples every run, so a red
+# run is a regression and not a new draw; `pytest` alone keeps exploring new examples.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def stack_env() -> dict[str, str]:
@@ -94,7 +86,7 @@ def stack(stack_settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def worker(stack: Settings) -> Iterator[WorkerProcess]:
     """One worker for the session, consuming every agency topic into the stack's ClickHouse."""
-    w = WorkerProcess(stack).start()
+    w = WorkerProcess(stack, name="session worker").start()
     yield w
     w.stop()
 
@@ -102,3 +94,42 @@ def worker(stack: Settings) -> Iterator[WorkerProcess]:
 @pytest.fixture
 def ch(stack: Settings):
     return stack.clickhouse_client()
+
+
+# ----------------------------------------------------------------------------- worker restarts
+#: (test id, worker name, reason) of every self-restart seen, for the session summary.
+RESTARTS_SEEN: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_unexpected_worker_restarts(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail any test during which a worker restarted itself, unless that worker may.
+
+    The watchdogs restart a stalled worker in place (same pid, so ``alive()`` cannot tell); a
+    stall must fail the run, not pass as a slow test. The session's worker is checked too: the
+    test during which it restarted fails, whichever test caused the stall.
+    """
+    before = {id(w): len(w.restarts()) for w in WorkerProcess.started}
+    yield
+    unexpected = []
+    for w in WorkerProcess.started:
+        for restart in w.restarts()[before.get(id(w), 0) :]:
+            RESTARTS_SEEN.append((request.node.nodeid, w.name, restart["reason"]))
+            if not w.may_restart:
+                unexpected.append(f"{w.name}: {restart['reason']} (log {w.log})")
+    if unexpected:
+        pytest.fail("the worker restarted itself during this test:\n" + "\n".join(unexpected))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ANN001
+    """What CI needs to see run after run: restarts, and waits that came close to timing out."""
+    write = terminalreporter.write_line
+    terminalreporter.section("casestream: worker restarts and near-timeouts")
+    workers = WorkerProcess.started
+    write(f"workers started: {len(workers)}; self-restarts: {len(RESTARTS_SEEN)}")
+    for test, name, reason in RESTARTS_SEEN:
+        write(f"  RESTART in {test}: {name}: {reason}")
+    slow_waits = sorted(NEAR_TIMEOUTS, key=lambda w: -w[2] / w[3])
+    write(f"waits that took over half their timeout: {len(slow_waits)}")
+    for test, what, took, timeout in slow_waits[:20]:
+        write(f"  {took:6.1f}s of {timeout:.0f}s  {what}  ({test})")

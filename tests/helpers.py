@@ -11,22 +11,52 @@ from pathlib import Path
 
 import pytest
 
+from services.processor import restarts
 from services.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: (test id, what, seconds taken, timeout) of waits that took over half their timeout.
+NEAR_TIMEOUTS: list[tuple[str, str, float, float]] = []
+
 
 class WorkerProcess:
-    """`casestream worker` as a subprocess: started, stopped, killed like in production."""
+    """`casestream worker` as a subprocess: started, stopped, killed like in production.
 
-    def __init__(self, settings: Settings, env: dict[str, str] | None = None) -> None:
+    The worker's watchdogs restart it in place (same pid), so being alive says nothing about
+    restarts: :meth:`restarts` reads what the worker recorded (services/processor/restarts.py).
+    Unless ``may_restart``, :meth:`stop` fails the test when the worker restarted itself; every
+    worker and its restarts are listed in the session's summary (conftest.py).
+    """
+
+    started: list[WorkerProcess] = []  # every worker of the session, for the summary
+
+    def __init__(
+        self,
+        settings: Settings,
+        env: dict[str, str] | None = None,
+        *,
+        may_restart: bool = False,
+        name: str = "",
+    ) -> None:
         self.settings = settings
         self.env = {**os.environ, **(env or {})}
+        self.env.pop(restarts.COUNT_ENV, None)
+        self.app_id = self.env.get("CASESTREAM_WORKER_APP_ID", settings.worker_app_id)
+        self.may_restart = may_restart
+        self.name = name or self.app_id
+        self.test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
         self.proc: subprocess.Popen | None = None
         self.log = settings.home / "logs" / f"worker-{uuid.uuid4().hex[:6]}.log"
+        self._restarts_before = 0
+
+    @property
+    def restart_log(self) -> Path:
+        return restarts.restart_log(self.settings.home, self.app_id)
 
     def start(self) -> WorkerProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self._restarts_before = len(restarts.read(self.restart_log))
         self._log_handle = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "info"],
@@ -35,7 +65,20 @@ class WorkerProcess:
             stdout=self._log_handle,
             stderr=subprocess.STDOUT,
         )
+        WorkerProcess.started.append(self)
         return self
+
+    def restarts(self) -> list[dict]:
+        """The self-restarts this process recorded since :meth:`start` (oldest first)."""
+        return restarts.read(self.restart_log)[self._restarts_before :]
+
+    def assert_no_restarts(self, since: int = 0) -> None:
+        """Fail unless the worker ran uninterrupted (no self-restart after the first ``since``)."""
+        late = self.restarts()[since:]
+        assert not late, (
+            f"worker {self.name} restarted itself {len(late)} time(s): "
+            f"{[r['reason'] for r in late]}\n{self.log_tail(60)}"
+        )
 
     def stop(self, timeout: float = 30) -> None:
         if self.proc and self.proc.poll() is None:
@@ -62,11 +105,16 @@ class WorkerProcess:
 
 def wait_for(check, *, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
     """Poll until `check()` returns a truthy value; returns it. Fails the test on timeout."""
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline = started + timeout
     last = None
     while time.monotonic() < deadline:
         last = check()
         if last:
+            took = time.monotonic() - started
+            if took > timeout / 2:  # listed in the session summary: the next one may time out
+                test = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+                NEAR_TIMEOUTS.append((test, what, took, timeout))
             return last
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
@@ -156,3 +204,34 @@ def table_snapshot(client, tag: str) -> dict[str, list[tuple]]:
         "ORDER BY appraisal_id",
     }
     return {name: client.query(sql, parameters=like).result_rows for name, sql in queries.items()}
+
+
+def start_at_the_end(settings: Settings, app_id: str) -> int:
+    """Commit a new worker's intake offsets at the current end of every agency topic.
+
+    A worker with a new app id reads every agency topic from the beginning, i.e. the whole
+    session's history so far, which made an isolated worker's run time depend on the tests
+    before it. This is what an operator does with ``kafka-consumer-groups --reset-offsets
+    --to-latest``: the worker then reads only what is published after this call (topics created
+    later are read from their beginning). Returns the number of partitions positioned.
+    """
+    from confluent_kafka import TopicPartition
+    from confluent_kafka.admin import AdminClient
+
+    from services.ops.consumer_lag import group_lag, matching_topics
+    from services.ops.topics import AGENCY_TOPIC_PATTERN, PROBE_TOPIC
+    from services.processor.intake import intake_group
+
+    group = intake_group(app_id)
+    topics = [*matching_topics(settings, AGENCY_TOPIC_PATTERN), PROBE_TOPIC]
+    ends = [  # one ListOffsets request for all partitions (group_lag)
+        TopicPartition(p.topic, p.partition, p.high_watermark)
+        for p in group_lag(settings, group, topics, timeout=30)
+    ]
+    if ends:
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        admin = AdminClient(settings.kafka_client_config())
+        future = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, ends)])
+        future[group].result(30)
+    return len(ends)

@@ -116,6 +116,11 @@ class WorkerMetrics:
         self.probes_sent = Counter(
             "casestream_worker_probes_sent", "Latency probes produced by this worker", registry=r
         )
+        self.restarts = Gauge(
+            "casestream_worker_restarts",
+            "Self-restarts by a watchdog since the process was started (restarts.jsonl says why)",
+            registry=r,
+        )
         self._newest_ms: dict[str, int] = {}
         if sink is not None:
             r.register(_SinkCollector(sink))

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -32,6 +33,7 @@ from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issu
 from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
+from services.processor import restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
@@ -149,8 +151,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         try:
             await changelog_out.delivered(DELIVERY_TIMEOUT_SECONDS)
         except (TimeoutError, DeliveryFailed) as exc:
-            log.error("case-facts changelog not delivered (%s): restarting", exc)
-            _leave_now(restart=True)
+            _restart(f"case-facts changelog not delivered ({exc})")
         started = time.perf_counter()
         await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
         log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
@@ -201,11 +202,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
                 _fetch_state(app, facts_topic(app_id)),
             )
         if stuck:
-            log.error(
-                "facts partitions not consumed with messages waiting: %s; restarting",
-                _describe(stuck),
-            )
-            _leave_now(restart=True)
+            _restart(f"facts partitions not consumed with messages waiting: {_describe(stuck)}")
 
     @app.task
     async def stop_like_a_crash() -> None:
@@ -262,12 +259,25 @@ def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
     return ", ".join(f"{t}[{p}] {lag} behind for {secs:.0f}s" for t, p, lag, secs in stuck)
 
 
-def _leave_now(restart: bool = False) -> None:
+_RESTART_LOG: dict[str, Path] = {}  # "path": where _restart records, set by run()
+
+
+def _leave_now() -> None:
     """Leave without committing anything more: the uncommitted input is replayed next time."""
     logging.shutdown()
-    if restart:
-        os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
     os._exit(0)
+
+
+def _restart(reason: str) -> None:
+    """Leave like a crash and start again in place, recorded (restarts.py) so it can be counted."""
+    log.error("%s; restarting", reason)
+    if "path" in _RESTART_LOG:
+        try:
+            restarts.record(_RESTART_LOG["path"], reason)
+        except OSError as exc:  # a full disk must not keep a stalled worker stalled
+            log.error("could not record the restart (%r)", exc)
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
 def _start_intake(settings: Settings, app_id: str, metrics: Any) -> Intake:
@@ -278,9 +288,9 @@ def _start_intake(settings: Settings, app_id: str, metrics: Any) -> Intake:
     def run() -> None:
         try:
             intake.run()
-        except BaseException:
-            log.exception("the intake failed: restarting the worker")
-            _leave_now(restart=True)
+        except BaseException as exc:
+            log.exception("the intake failed")
+            _restart(f"the intake failed ({exc!r})")
 
     threading.Thread(target=run, name="casestream-intake", daemon=True).start()
     return intake
@@ -305,8 +315,7 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
             now = time.monotonic()
             silent = now - (_ACTIVITY["watchdog_tick"] or started)
             if silent > LOOP_SILENT_SECONDS:
-                log.error("the event loop ran no watchdog for %.0fs; restarting", silent)
-                _leave_now(restart=True)
+                _restart(f"the event loop ran no watchdog for {silent:.0f}s")
             try:
                 lags = worker_lag(settings, app_id)
             except Exception as exc:  # noqa: BLE001 - broker unreachable: no verdict
@@ -321,12 +330,10 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
             if app.in_recovery:
                 stuck = [s for s in stuck if s[3] > 4 * HARD_STALL_SECONDS]
             if stuck:
-                log.error(
+                _restart(
                     "partitions not consumed with messages waiting (thread watchdog): "
-                    "%s; restarting",
-                    _describe(stuck),
+                    + _describe(stuck)
                 )
-                _leave_now(restart=True)
 
     threading.Thread(target=watch, name="casestream-watchdog", daemon=True).start()
 
@@ -336,9 +343,13 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     from services.serving.migrations import migrate
 
     migrate(settings, log=log.info)
+    _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
+    if restarts.restarts_so_far():
+        log.warning("restarted in place %d time(s) so far", restarts.restarts_so_far())
     ensure_topics(settings, {facts_topic(settings.worker_app_id): settings.topic_partitions})
     ops_probe.ensure_probe_topic(settings)  # ops: before the intake subscribes to it
     app = create_app(settings)
+    app.casestream_metrics.restarts.set(restarts.restarts_so_far())
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
     intake = _start_intake(settings, settings.worker_app_id, app.casestream_metrics)
     _start_thread_watchdog(app, intake, settings, settings.worker_app_id)

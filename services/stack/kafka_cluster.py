@@ -28,7 +28,6 @@ user lines of ``sasl.properties.template`` and create users and ACLs with ``kafk
 from __future__ import annotations
 
 import secrets
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -41,24 +40,10 @@ from services.stack import kafka_security
 from services.stack.cluster_id import new_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
 from services.stack.kafka import format_storage, java
-from services.stack.process import ManagedProcess, port_open, wait_until
+from services.stack.process import ManagedProcess, free_ports, port_open, wait_until
 
 TEMPLATES = INFRA / "kafka" / "cluster"
 LOG4J = INFRA / "kafka" / "log4j2.properties"
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Ports free right now on ``host``."""
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((host, 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
 
 
 @dataclass(frozen=True)

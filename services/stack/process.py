@@ -144,6 +144,46 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct ports free on ``host`` now, below the kernel's ephemeral range.
+
+    Asking the kernel for port 0 hands out ephemeral ports, the same pool every outgoing
+    connection draws from: between our closing the probe socket and a server binding the port,
+    a client connection (the test's own Kafka clients, for one) could take it. Ports below the
+    ephemeral range are never given to outgoing connections, so only another process choosing
+    ports the same way could collide, and a random pick among ~12,000 makes that unlikely.
+    """
+    import random
+
+    low, _ = _ephemeral_range()
+    first = 20000 if low > 21000 else 1024
+    rng = random.SystemRandom()
+    chosen: list[int] = []
+    for _ in range(200 * count):
+        if len(chosen) == count:
+            break
+        port = rng.randrange(first, low)
+        if port in chosen:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind((host, port))
+            except OSError:
+                continue
+        chosen.append(port)
+    if len(chosen) < count:
+        raise RuntimeError(f"could not find {count} free ports on {host} below {low}")
+    return chosen
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):

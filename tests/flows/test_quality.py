@@ -1,7 +1,7 @@
-"""The data-quality flow flags what was planted in year 2019 (a year no other test uses).
+"""The data-quality flow flags exactly what was planted, in a database of this module's own.
 
-2019 is after the report test's 2018, so these never-resolved cases change no stock that test
-reads; tests asserting national stocks must use years before 2018.
+The events are derived into a private database (tests/pipeline.py), so every check sees only
+these cases and its counts are asserted exactly.
 
     Q1  20-INSP opens 01-05, transfers T1 → 20-POLICE on 01-10: never received  → stale transfer
     Q2  22-INSP opens 03-01; 22-POLICE "receives" T-orphan that was never sent  → orphan receipt
@@ -9,16 +9,17 @@ reads; tests asserting national stocks must use years before 2018.
     Q4  00-FOREST opens 12-01 with sequences 900000001, 900000002, 900000004  → a sequence gap;
         the 12-01 opening is also delivered twice (a second outbox)           → duplicate delivery
 
-Every event is ingested years after it occurred, so the agencies also show late arrivals. The
-checks are platform-wide, so the assertions look for the planted ids and agencies only.
+Every event is ingested years after it occurred, so the agencies also show late arrivals.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 
-from services.agency.publisher import Publisher
-from tests.helpers import make_event, new_tag, wait_for
+from tests.helpers import make_event, new_tag
+from tests.pipeline import OwnDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -73,63 +74,52 @@ def _events(tag: str) -> tuple[list[dict], dict]:
 
 
 @pytest.fixture(scope="module")
-def planted(stack, worker, tmp_path_factory):
+def planted(stack) -> Iterator[tuple[str, OwnDatabase]]:
+    """The planted events derived into this module's own database, selected for the flow."""
     tag = new_tag()
     events, duplicate = _events(tag)
-    with Publisher(None, stack) as operator:
-        operator.publish_many(events)
-    # A second outbox does not know the event was sent: the broker gets it a second time.
-    outbox = tmp_path_factory.mktemp("dup") / "outbox.sqlite"
-    with Publisher(None, stack, outbox_path=outbox) as again:
-        again.publish(duplicate)
-    ch = stack.clickhouse_client()
-    wait_for(
-        lambda: (
-            ch.command(
-                "SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
-                parameters={"p": f"{tag}:%"},
-            )
-            == len(events)
-            and ch.command(
-                "SELECT count() FROM transfers WHERE transfer_id = {t:String}",
-                parameters={"t": f"{tag}:T1"},
-            )
-            == 1
-            and ch.command("SELECT sum(events) FROM agency_activity WHERE agency_id = '00-FOREST'")
-            > ch.command("SELECT uniqExact(event_id) FROM events WHERE agency_id = '00-FOREST'")
-        ),
-        timeout=180,
-        what="the planted 2019 events (and the duplicate delivery) in ClickHouse",
-    )
-    return tag
+    with OwnDatabase(stack, "quality", tag) as own:
+        own.derive(events)
+        # Delivered a second time (a second outbox does not know it was sent): the worker
+        # counts it in agency_activity again, while the events table keeps one row.
+        own.derive([duplicate])
+        with own.selected():
+            yield tag, own
 
 
-def test_quality_flags_planted_problems_and_stores_results(planted, stack):
+def test_quality_flags_planted_problems_and_stores_results(planted):
     from flows.quality import CHECKS, check_data_quality
 
-    tag = planted
+    tag, own = planted
     result = check_data_quality(stale_transfer_days=90, late_arrival_days=30)
     checks = result["checks"]
     assert set(checks) == set(CHECKS)
     assert result["status"] == "warn"
 
     stale = checks["stale_transfers"]
-    assert f"{tag}:T1" in stale["examples"]
-    assert stale["status"] == "warn" and stale["by_scope"]["20-INSP"] >= 1
+    assert stale["examples"] == [f"{tag}:T1"]
+    assert stale["status"] == "warn" and stale["by_scope"] == {"20-INSP": 1}
 
     orphans = checks["orphan_receipts"]
-    assert f"{tag}:T-orphan" in orphans["examples"]
-    assert orphans["status"] == "warn" and orphans["by_scope"]["22-POLICE"] >= 1
+    assert orphans["examples"] == [f"{tag}:T-orphan"]
+    assert orphans["status"] == "warn" and orphans["by_scope"] == {"22-POLICE": 1}
 
-    assert f"{tag}:Q3" in checks["cases_without_opening"]["examples"]
-    assert f"{tag}:Q2" not in checks["cases_without_opening"]["examples"]
-    assert checks["sequence_gaps"]["by_scope"]["00-FOREST"] >= 1
-    assert checks["duplicate_deliveries"]["by_scope"]["00-FOREST"] >= 1
-    assert checks["late_arrivals"]["by_scope"]["22-POLICE"] >= 2
+    # Q2 has its opening; Q3 has none
+    assert checks["cases_without_opening"]["examples"] == [f"{tag}:Q3"]
+    assert checks["sequence_gaps"]["by_scope"] == {"00-FOREST": 1}
+    assert checks["sequence_gaps"]["examples"] == ["00-FOREST 900000001..900000004"]
+    assert checks["duplicate_deliveries"]["by_scope"] == {"00-FOREST": 1}
+    # every planted event arrived years late: each agency's count is its number of events
+    assert checks["late_arrivals"]["by_scope"] == {
+        "00-FOREST": 3,
+        "20-INSP": 2,
+        "22-INSP": 1,
+        "22-POLICE": 2,
+    }
     assert checks["late_arrivals"]["status"] == "warn"
 
     # stored: one row per check for the platform, plus the flagged agencies
-    ch = stack.clickhouse_client()
+    ch = own.client()
     rows = ch.query(
         "SELECT check_name, scope, value, status FROM data_quality_checks "
         "WHERE run_id = {r:String}",

@@ -1,13 +1,8 @@
 """The report flow on a hand-written event set whose figures are computed by hand below.
 
-Year 2018 belongs to this module alone, and provinces 22 (Quảng Ninh), 45 (Quảng Trị) and 11
-(Điện Biên) see no earlier event from any other test. So the national *flows* of 2018 (opened,
-resolved, transfers sent/received, lags, appraisals) and every *stock* of these provinces
-(pending, monitored, pending transfers) are exactly these cases. National stocks also hold
-earlier years' leftovers of other tests (2011-2016), so they are only asserted per province or
-for ages they cannot reach (< 2 years). Data after 2018 (e.g. the quality test's 2019) does not
-change anything in 2018; these cases, still pending, do change later national stocks: tests
-asserting national stocks must use years before 2018.
+The events are derived into a database of this module's own (tests/pipeline.py): national
+flows *and* stocks (pending, backlog by age, monitored) are exactly these cases, whatever other
+tests wrote or ran before.
 
     case  opened (agency, day)  transfer                            other                 resolved
     C1    22-INSP  02-01        T1 → 22-POLICE 02-10, recv 02-12   monitored 03-01       11-01
@@ -29,13 +24,14 @@ from __future__ import annotations
 
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from datetime import date
 from html.parser import HTMLParser
 
 import pytest
 
-from services.agency.publisher import Publisher
-from tests.helpers import make_event, new_tag, wait_for
+from tests.helpers import make_event, new_tag
+from tests.pipeline import OwnDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -110,41 +106,13 @@ class _Tags(HTMLParser):
 
 
 @pytest.fixture(scope="module")
-def published(stack, worker):
+def published(stack) -> Iterator[str]:
+    """The hand-written events derived into this module's own database, selected for the flows."""
     tag = new_tag()
-    events = _events(tag)
-    with Publisher(None, stack) as operator:
-        operator.publish_many(events)
-    ch = stack.clickhouse_client()
-    like = {"p": f"{tag}:%"}
-    wait_for(
-        lambda: (
-            ch.command(
-                "SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}", parameters=like
-            )
-            == len(events)
-            and ch.command(
-                "SELECT count() FROM transfers WHERE case_id LIKE {p:String} "
-                "AND status = 'received'",
-                parameters=like,
-            )
-            == 2
-            and ch.command(
-                "SELECT count() FROM appraisals WHERE case_id LIKE {p:String} "
-                "AND status = 'completed'",
-                parameters=like,
-            )
-            == 1
-            and ch.command(
-                "SELECT count() FROM cases WHERE case_id LIKE {p:String} AND status = 'resolved'",
-                parameters=like,
-            )
-            == 2
-        ),
-        timeout=180,
-        what="the hand-written 2018 events in ClickHouse",
-    )
-    return tag
+    with OwnDatabase(stack, "reports", tag) as own:
+        own.derive(_events(tag))
+        with own.selected():
+            yield tag
 
 
 def _read_artifact(key: str):
@@ -178,7 +146,7 @@ def test_national_report_files_figures_charts_and_artifact(published, tmp_path):
     # transfer lag by agency pair: lags 2 and 10 days (p90 = 2 + 0.9 × 8); then sent, returned
     assert "| INSP → POLICE | 2 | 6.0 | 9.2 | 10.0 | 2 | 0 |" in md
     assert "| POLICE → PROC | 0 | – | – | – | 1 | 0 |" in md
-    # backlog aging at the end of 2018 (older leftovers of other tests are all > 2 years old)
+    # backlog aging at the end of 2018: only this module's cases
     for bucket, count in [
         ("< 3 months", 1),
         ("3–6 months", 1),

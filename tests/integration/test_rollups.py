@@ -1,7 +1,8 @@
 """Rollups from a hand-written event set whose figures are computed by hand below.
 
-Year 2011 belongs to this module alone (other tests use later years), so national figures and
-the cumulative stocks (pending, monitored) contain exactly these cases.
+The events are derived into a database of this module's own (tests/pipeline.py), so national
+figures and the cumulative stocks (pending, monitored) contain exactly these cases, whatever
+ran before; the late-event test works on a copy of its own, so it changes nothing the others read.
 
     case  opened (agency, day)   transfer            lag   other                      resolved
     C1    20-INSP  01-10         → 20-POLICE 01-20   24 h                             03-05
@@ -14,13 +15,14 @@ the cumulative stocks (pending, monitored) contain exactly these cases.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import date
 
 import pytest
 
-from services.agency.publisher import Publisher
 from services.contracts import reference
-from tests.helpers import make_event, new_tag, wait_for
+from tests.helpers import make_event, new_tag
+from tests.pipeline import OwnDatabase
 
 pytestmark = pytest.mark.integration
 
@@ -98,33 +100,34 @@ FIGURES = (
 )
 
 
-@pytest.fixture(scope="module")
-def built(stack, worker):
+def _derived(stack, tag: str) -> OwnDatabase:
+    """The module's events derived into a database of its own, rollups built for 2011–2012."""
     from flows.rollups import build_rollups
 
-    tag = new_tag()
-    events = _events(tag)
-    with Publisher(None, stack) as operator:
-        operator.publish_many(events)
-    ch = stack.clickhouse_client()
-    wait_for(
-        lambda: (
-            ch.command(
-                "SELECT count() FROM events FINAL WHERE case_id LIKE {p:String}",
-                parameters={"p": f"{tag}:%"},
-            )
-            == len(events)
-            and ch.command(
-                "SELECT count() FROM transfers WHERE case_id LIKE {p:String}",
-                parameters={"p": f"{tag}:%"},
-            )
-            == 4
-        ),
-        timeout=180,
-        what="the hand-written events in ClickHouse",
-    )
-    build_rollups(date(2011, 1, 1), date(2012, 12, 31))
-    return tag
+    own = OwnDatabase(stack, "rollups", tag).__enter__()
+    own.derive(_events(tag))
+    with own.selected():
+        build_rollups(date(2011, 1, 1), date(2012, 12, 31))
+    return own
+
+
+@pytest.fixture(scope="module")
+def own(stack) -> Iterator[OwnDatabase]:
+    own = _derived(stack, new_tag())
+    with own.selected():  # the flows called by the tests read this database too
+        yield own
+    own.drop()
+
+
+@pytest.fixture(scope="module")
+def built(own: OwnDatabase) -> str:
+    """The tag of the module's cases (their ids are ``<tag>:C1`` … ``<tag>:C6``)."""
+    return own.tag
+
+
+@pytest.fixture
+def ch(own: OwnDatabase):
+    return own.client()
 
 
 def _national(ch, kind: str, start: str) -> dict:
@@ -260,9 +263,21 @@ def test_rerunning_the_flow_changes_nothing(built, ch):
     assert ch.query(query).result_rows == before
 
 
-def test_a_late_event_changes_exactly_the_periods_it_belongs_to(built, stack, ch):
+def test_a_late_event_changes_exactly_the_periods_it_belongs_to(stack):
+    """On a copy of the module's data: the late event must not change what the others read."""
     from flows.rollups import refresh_recent
 
+    tag = new_tag()
+    own = _derived(stack, tag)
+    ch = own.client()
+    try:
+        with own.selected():
+            _late_event_changes_exactly_its_periods(own, tag, ch, refresh_recent)
+    finally:
+        own.drop()
+
+
+def _late_event_changes_exactly_its_periods(own: OwnDatabase, tag: str, ch, refresh_recent):
     refresh_recent()  # sets the watermark: everything so far is accounted for
     query = (
         "SELECT period_start, " + FIGURES + " FROM rollup_national WHERE period_kind = "
@@ -274,22 +289,16 @@ def test_a_late_event_changes_exactly_the_periods_it_belongs_to(built, stack, ch
     late = make_event(
         "case_resolved",
         "34-COURT",
-        f"{built}:C3",
+        f"{tag}:C3",
         "2011-08-15T09:00:00+07:00",
         {"outcome": "convicted"},
     )
-    with Publisher(None, stack) as operator:
-        operator.publish(late)
-    wait_for(
-        lambda: (
-            ch.command(
-                "SELECT status FROM cases WHERE case_id = {c:String}",
-                parameters={"c": f"{built}:C3"},
-            )
-            == "resolved"
-        ),
-        timeout=120,
-        what="the late resolution",
+    own.derive([late])
+    assert (
+        ch.command(
+            "SELECT status FROM cases WHERE case_id = {c:String}", parameters={"c": f"{tag}:C3"}
+        )
+        == "resolved"
     )
     refresh_recent()
     after = {r[0]: dict(zip(names, r, strict=True)) for r in ch.query(query).result_rows}

@@ -32,8 +32,8 @@ from services.agency.publisher import Publisher
 from services.settings import Settings
 from services.stack import clickhouse as clickhouse_stack
 from services.stack import kafka_security
-from services.stack.kafka_cluster import SecureKafka, free_ports
-from services.stack.process import wait_until
+from services.stack.kafka_cluster import SecureKafka
+from services.stack.process import free_ports, wait_until
 from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
