@@ -26,7 +26,7 @@ from services.ops.consumer_lag import group_lag
 from services.ops.topics import ensure_agency_topic
 from services.processor.intake import intake_group
 from services.settings import Settings
-from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
+from tests.helpers import REPO, WorkerProcess, make_event, new_tag, start_at_the_end, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -116,6 +116,7 @@ def test_a_dead_letter_is_replayed_exactly_once_after_the_reference_data_is_fixe
     )
     raw = encode(event, register_agency_subject(make_client(stack.registry_url), "20-INSP"))
     ensure_agency_topic(stack, "20-INSP")
+    start_at_the_end(stack, env["CASESTREAM_WORKER_APP_ID"])  # not the session's history
     producer = Producer({"bootstrap.servers": stack.kafka_bootstrap})
     producer.produce(topic, key=case.encode(), value=raw)
     assert producer.flush(30) == 0

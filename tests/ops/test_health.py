@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,8 @@ import pytest
 
 from services.agency.publisher import Publisher
 from services.settings import Settings
-from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
+from services.stack.process import free_ports
+from tests.helpers import REPO, WorkerProcess, make_event, new_tag, start_at_the_end, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -35,12 +35,6 @@ RELAXED = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Isolated:
     """A worker of our own, restartable, and the environment `health` needs to watch it."""
 
@@ -49,7 +43,7 @@ class Isolated:
         self.stack = stack
         self.app_id = f"health-{tag}"
         self.database = f"health_{tag}"
-        self.metrics_port = free_port()
+        self.metrics_port = free_ports(1)[0]
         self.env = {
             "CASESTREAM_WORKER_APP_ID": self.app_id,
             "CASESTREAM_CLICKHOUSE_DATABASE": self.database,
@@ -57,6 +51,7 @@ class Isolated:
             "CASESTREAM_PROBE_INTERVAL_SECONDS": "1",
         }
         self.worker: WorkerProcess | None = None
+        start_at_the_end(stack, self.app_id)  # not the whole session's history
 
     def start(self) -> None:
         self.worker = WorkerProcess(self.stack, env=self.env).start()

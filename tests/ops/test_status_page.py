@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ import pytest
 
 from services.agency.publisher import Publisher
 from services.settings import Settings
+from services.stack.process import free_ports
 from tests.helpers import REPO, make_event, new_tag, wait_for
 
 pytestmark = pytest.mark.integration
@@ -48,12 +48,6 @@ def chromium() -> str:
     if not found:
         pytest.skip("chromium still missing after `apt-get install -y chromium`")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +85,7 @@ def page_url(stack: Settings, worker) -> Iterator[str]:
         timeout=120,
         what="a latency probe",
     )
-    port = free_port()
+    port = free_ports(1)[0]
     log = open(stack.home / "logs" / f"status-{tag}.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [
