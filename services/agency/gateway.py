@@ -46,6 +46,7 @@ import contextlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -323,7 +324,8 @@ _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="casestream"'}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {
         "model": ErrorResponse,
-        "description": "Malformed JSON (the message names line and column).",
+        "description": "Malformed JSON (the message names line and column; an integer too "
+        "long to read is named by `field` and `value`).",
     },
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked token."},
     413: {"model": ErrorResponse, "description": "Body or batch larger than the limits."},
@@ -464,6 +466,35 @@ def _json_value(value: Any, limit: int = 1000) -> Any:
         return value
     shown = repr(value) if text is None else text
     return shown[: limit - 3] + "..." if len(shown) > limit else shown
+
+
+class _LongInteger(str):
+    """An integer literal longer than Python converts (``sys.get_int_max_str_digits``), as sent."""
+
+
+def _parse_int(text: str, too_long: list[_LongInteger]) -> int | _LongInteger:
+    try:
+        return int(text)
+    except ValueError:  # the digit limit: kept as text, so the error can say where it is
+        too_long.append(_LongInteger(text))
+        return too_long[-1]
+
+
+def _find_long_integer(obj: Any) -> tuple[str, _LongInteger]:
+    """(path such as ``events[0].payload.damage_vnd``, literal) of the first `_LongInteger`."""
+    pending: list[tuple[str, Any]] = [("", obj)]
+    while pending:
+        path, value = pending.pop()
+        if isinstance(value, _LongInteger):
+            return path or "<body>", value
+        if isinstance(value, dict):
+            children = [(f"{path}.{k}" if path else str(k), v) for k, v in value.items()]
+        elif isinstance(value, list):
+            children = [(f"{path}[{i}]", v) for i, v in enumerate(value)]
+        else:
+            continue
+        pending.extend(reversed(children))  # depth first, in document order
+    raise LookupError("no long integer in the parsed body")
 
 
 class Gateway:
@@ -663,8 +694,9 @@ class Gateway:
         return out
 
     def _parse_body(self, body: bytes) -> list[Any]:
+        too_long: list[_LongInteger] = []
         try:
-            obj = json.loads(body)
+            obj = json.loads(body, parse_int=lambda text: _parse_int(text, too_long))
         except json.JSONDecodeError as exc:
             raise GatewayError(
                 400,
@@ -682,10 +714,21 @@ class Gateway:
             ) from None
         except RecursionError:
             raise GatewayError(400, "malformed_json", "request body is nested too deeply") from None
-        except ValueError as exc:  # e.g. an integer literal longer than Python's digit limit
+        except ValueError as exc:  # anything else the parser refuses
             raise GatewayError(
                 400, "malformed_json", f"request body is not usable JSON: {exc}"
             ) from None
+        if too_long:
+            path, literal = _find_long_integer(obj)
+            digits = len(literal.lstrip("-"))
+            raise GatewayError(
+                400,
+                "malformed_json",
+                f"request body is not usable JSON: the integer at {path} has {digits} digits "
+                f"(at most {sys.get_int_max_str_digits()})",
+                field=path,
+                value=f"{literal[:61]}...",  # the number as sent, shortened
+            )
         if not isinstance(obj, dict):
             raise GatewayError(
                 422,

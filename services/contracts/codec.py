@@ -140,7 +140,11 @@ class AvroCodec:
         ``schema_lookup(schema_id)`` returns the writer schema registered under the id; it may
         raise ``KeyError``/``LookupError`` or return None for an unknown id (any other exception,
         e.g. a registry outage, propagates unchanged so the caller can retry).  Raises
-        :class:`WireFormatError` for everything wrong with the bytes.
+        :class:`WireFormatError` for bytes that are not one well-formed value of the writer
+        schema.  Bytes that are decode into what they say, a complete record of the reader
+        schema: Avro carries no checksum, so a corruption that keeps them well-formed gives
+        another record (Kafka's CRC32C per record batch guards the bytes, and
+        ``events.validate_event`` judges the record).
         """
         if not isinstance(raw, (bytes, bytearray, memoryview)):
             raise WireFormatError(f"message value must be bytes, got {type(raw).__name__}")

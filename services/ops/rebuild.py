@@ -8,7 +8,8 @@ Kafka is the source of truth, so the fact tables are a cache that can always be 
    live worker keeps processing. Its intake re-keys every event into the rebuild's own facts
    topic (`<app_id>-facts-by-case`), which only its derive reads; the topic, like faust's
    changelog of the rebuild, is deleted when the rebuild worker stops;
-3. once the rebuild worker has caught up, the checksums of both sets of tables are compared;
+3. once the rebuild worker has caught up, both sets of tables are compared: row counts and a
+   digest of each table's rows (`TableDigest`); when they differ, the differing keys are named;
 4. the switch exchanges each rebuilt table with its live twin (`EXCHANGE TABLES`, atomic per
    table); from then on the live worker writes into the rebuilt tables. The old tables stay in
    the rebuild database, for comparison or rollback, until dropped.
@@ -22,6 +23,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 from services.ops.consumer_lag import wait_caught_up
 from services.serving.migrations import migrate
@@ -31,24 +33,169 @@ from services.stack.process import ManagedProcess
 # Written by the worker; everything else (rollups, ops tables) is derived from these.
 FACT_TABLES = ["events", "cases_state", "transfers_state", "appraisals_state"]
 
-# What analysts see, latest state only; wall-clock columns are left out of the comparison.
-CHECKSUM_QUERIES = {
-    "events": "SELECT * EXCEPT ingested_at FROM {db}.events FINAL",
-    "cases": "SELECT * FROM {db}.cases",
-    "transfers": "SELECT * FROM {db}.transfers",
-    "appraisals": "SELECT * FROM {db}.appraisals",
+# What analysts see, latest state only, by natural key; wall-clock columns are left out of the
+# comparison.
+COMPARED_TABLES: dict[str, tuple[str, str]] = {
+    "events": ("event_id", "SELECT * EXCEPT ingested_at FROM {db}.events FINAL"),
+    "cases": ("case_id", "SELECT * FROM {db}.cases"),
+    "transfers": ("transfer_id", "SELECT * FROM {db}.transfers"),
+    "appraisals": ("appraisal_id", "SELECT * FROM {db}.appraisals"),
 }
 
+# A row's hash: `tuple(*)` hashes NULL as a value. (`cityHash64(*)` is NULL as soon as one column
+# is, and aggregates skip NULLs: a row with any NULL column, e.g. every open case, was invisible.)
+_ROW_HASH = "cityHash64(tuple(*))"
 
-def table_checksums(client, database: str) -> dict[str, tuple[int, int]]:
-    """(row count, order-independent hash of all rows) per analyst-facing table."""
-    result = {}
-    for name, query in CHECKSUM_QUERIES.items():
-        count, digest = client.query(
-            f"SELECT count(), groupBitXor(cityHash64(*)) FROM ({query.format(db=database)})"
-        ).result_rows[0]
-        result[name] = (int(count), int(digest or 0))  # NULL: no rows of a Nullable hash
-    return result
+#: How many differing keys a comparison names per table.
+EXAMPLE_KEYS = 5
+
+#: Comparisons before the rebuild gives up on live traffic settling (see `_compare`).
+COMPARE_ATTEMPTS = 5
+
+
+class TableDigest(NamedTuple):
+    """Row count and a digest of the rows that is independent of their order.
+
+    The digest hashes the *sorted array* of the row hashes, i.e. the multiset of rows: unlike an
+    XOR of row hashes (where two equal rows cancel out), any row added, lost, changed or
+    duplicated changes it. It holds one 8-byte hash per row in memory while it sorts them
+    (80 MB for 10 M events).
+    """
+
+    rows: int
+    digest: int
+
+
+def rows_digest(client, query: str) -> TableDigest:
+    """The `TableDigest` of the rows a query returns."""
+    rows, digest = client.query(
+        f"SELECT count(), cityHash64(arraySort(groupArray({_ROW_HASH}))) FROM ({query})"
+    ).result_rows[0]
+    return TableDigest(int(rows), int(digest))
+
+
+def table_digests(client, database: str) -> dict[str, TableDigest]:
+    """`TableDigest` per analyst-facing table of a database."""
+    return {
+        name: rows_digest(client, query.format(db=database))
+        for name, (_key, query) in COMPARED_TABLES.items()
+    }
+
+
+@dataclass(frozen=True)
+class KeyDifference:
+    """One natural key whose rows differ: the rows of each side that the other side lacks."""
+
+    key: str
+    live_rows: int
+    rebuilt_rows: int
+    columns: tuple[str, ...] = ()  # one row each side: the columns whose values differ
+
+    def describe(self) -> str:
+        if self.live_rows == 1 and self.rebuilt_rows == 1 and self.columns:
+            return f"{self.key}: {', '.join(self.columns)} differ"
+        if not self.rebuilt_rows:
+            return f"{self.key}: only in the live tables ({self.live_rows} row(s))"
+        if not self.live_rows:
+            return f"{self.key}: only in the rebuilt tables ({self.rebuilt_rows} row(s))"
+        return (
+            f"{self.key}: {self.live_rows} live row(s) and {self.rebuilt_rows} rebuilt row(s) "
+            f"without a twin"
+        )
+
+
+@dataclass(frozen=True)
+class TableDifference:
+    """How one table differs: the number of differing keys and the first few of them."""
+
+    table: str
+    keys: int
+    examples: tuple[KeyDifference, ...]
+
+    def describe(self) -> str:
+        if not self.keys:
+            return f"{self.table}: no differing key any more (the live tables moved meanwhile)"
+        lines = [f"{self.table}: {self.keys:,} {COMPARED_TABLES[self.table][0]} value(s) differ"]
+        lines += [f"  {example.describe()}" for example in self.examples]
+        if self.keys > len(self.examples):
+            lines.append(f"  ... and {self.keys - len(self.examples):,} more")
+        return "\n".join(lines)
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and a != a and b != b)
+
+
+def rows_difference(
+    client,
+    live_query: str,
+    rebuilt_query: str,
+    key: str,
+    *,
+    table: str = "",
+    limit: int = EXAMPLE_KEYS,
+) -> TableDifference:
+    """The keys whose rows differ between two queries, as multisets of rows (a duplicated row
+    counts): the total number and the first `limit` of them, with the differing columns where a
+    key has one row on each side."""
+    unmatched = f"""
+        SELECT toString({key}) AS _key, {_ROW_HASH} AS _hash, 1 AS _side FROM ({live_query})
+        UNION ALL
+        SELECT toString({key}), {_ROW_HASH}, -1 FROM ({rebuilt_query})
+    """
+    found = client.query(
+        f"""
+        SELECT _key, sumIf(n, n > 0), -sumIf(n, n < 0), count() OVER ()
+        FROM (SELECT _key, _hash, sum(_side) AS n FROM ({unmatched})
+              GROUP BY _key, _hash HAVING n != 0)
+        GROUP BY _key ORDER BY _key LIMIT {int(limit)}
+        """
+    ).result_rows
+    if not found:
+        return TableDifference(table, 0, ())
+    keys = [row[0] for row in found]
+    sides = []
+    for query in (live_query, rebuilt_query):
+        result = client.query(
+            f"SELECT * FROM ({query}) WHERE has({{keys:Array(String)}}, toString({key}))",
+            parameters={"keys": keys},
+        )
+        key_index = result.column_names.index(key)
+        by_key: dict[str, list[tuple]] = {}
+        for row in result.result_rows:
+            by_key.setdefault(str(row[key_index]), []).append(row)
+        sides.append((result.column_names, by_key))
+    (names, live), (_names, rebuilt) = sides
+    examples = []
+    for key_value, live_rows, rebuilt_rows, _total in found:
+        columns: tuple[str, ...] = ()
+        pair = live.get(key_value, []), rebuilt.get(key_value, [])
+        if live_rows == rebuilt_rows == 1 and len(pair[0]) == len(pair[1]) == 1:
+            columns = tuple(
+                name
+                for name, a, b in zip(names, pair[0][0], pair[1][0], strict=True)
+                if not _same(a, b)
+            )
+        examples.append(KeyDifference(key_value, int(live_rows), int(rebuilt_rows), columns))
+    return TableDifference(table, int(found[0][3]), tuple(examples))
+
+
+def table_differences(
+    client, live_database: str, rebuilt_database: str, tables=None, *, limit: int = EXAMPLE_KEYS
+) -> list[TableDifference]:
+    """`rows_difference` of each analyst-facing table (or of `tables`) between two databases."""
+    return [
+        rows_difference(
+            client,
+            query.format(db=live_database),
+            query.format(db=rebuilt_database),
+            key,
+            table=name,
+            limit=limit,
+        )
+        for name, (key, query) in COMPARED_TABLES.items()
+        if tables is None or name in tables
+    ]
 
 
 @dataclass
@@ -56,9 +203,11 @@ class RebuildResult:
     database: str
     app_id: str
     seconds: float
-    live: dict[str, tuple[int, int]] = field(default_factory=dict)
-    rebuilt: dict[str, tuple[int, int]] = field(default_factory=dict)
+    live: dict[str, TableDigest] = field(default_factory=dict)
+    rebuilt: dict[str, TableDigest] = field(default_factory=dict)
     switched: bool = False
+    # Only when the tables differ: which tables, and a few of their differing keys.
+    differences: list[TableDifference] = field(default_factory=list)
 
     @property
     def equal(self) -> bool:
@@ -90,6 +239,35 @@ def _rebuild_worker(settings: Settings, database: str, app_id: str) -> ManagedPr
     return proc
 
 
+def _compare(settings: Settings, client, result: RebuildResult, timeout: float) -> None:
+    """Digest both sets of tables once both workers are caught up, up to COMPARE_ATTEMPTS times;
+    when they still differ, record which tables and keys differ.
+
+    Why more than one attempt: the live side keeps processing during a rebuild (that is its
+    point), and the two workers read the same topics independently. Being caught up is a
+    moment, not a state: an event published after the two lag checks, or between the two
+    digests, is in one set of tables and not yet in the other. That difference goes away once
+    both workers have written the event (each commits its offsets only after ClickHouse took
+    the rows, so "caught up" means "written"), hence: wait until both are caught up again and
+    compare again. A real difference (the rebuild derived other rows) survives every attempt
+    and is reported. Without live traffic the first comparison is final.
+    """
+    for _attempt in range(COMPARE_ATTEMPTS):
+        wait_caught_up(settings, group=settings.worker_app_id, timeout=timeout)
+        wait_caught_up(settings, group=result.app_id, timeout=timeout)
+        result.live = table_digests(client, settings.clickhouse_database)
+        result.rebuilt = table_digests(client, result.database)
+        if result.equal:
+            result.differences = []
+            return
+    result.differences = table_differences(
+        client,
+        settings.clickhouse_database,
+        result.database,
+        [name for name in COMPARED_TABLES if result.live[name] != result.rebuilt[name]],
+    )
+
+
 def rebuild(
     settings: Settings,
     *,
@@ -115,21 +293,16 @@ def rebuild(
         )
         client = settings.clickhouse_client(database="default")
         result = RebuildResult(database, app_id, 0.0)
-        for _attempt in range(5):  # live traffic: compare once both groups are caught up
-            wait_caught_up(settings, group=settings.worker_app_id, timeout=timeout)
-            wait_caught_up(settings, group=app_id, timeout=timeout)
-            result.live = table_checksums(client, settings.clickhouse_database)
-            result.rebuilt = table_checksums(client, database)
-            if result.equal:
-                break
-            time.sleep(2)
+        _compare(settings, client, result, timeout)
         result.seconds = time.monotonic() - started
-        for name in CHECKSUM_QUERIES:
+        for name in COMPARED_TABLES:
             same = "equal" if result.live[name] == result.rebuilt[name] else "DIFFERENT"
             log(
-                f"  {name:<11} live {result.live[name][0]:>10,} rows   rebuilt "
-                f"{result.rebuilt[name][0]:>10,} rows   {same}"
+                f"  {name:<11} live {result.live[name].rows:>10,} rows   rebuilt "
+                f"{result.rebuilt[name].rows:>10,} rows   {same}"
             )
+        for difference in result.differences:
+            log("  " + difference.describe().replace("\n", "\n  "))
         if switch and result.equal:
             for table in FACT_TABLES:
                 client.command(

@@ -91,8 +91,13 @@ def fold(facts: Iterable[Fact]) -> CaseState:
     if not ordered:
         raise ValueError("a case state needs at least one fact")
     state = CaseState(case_id=ordered[0].case_id)
+    senders: dict[str, str] = {}  # transfer_id -> agency that sent it (its earliest send)
     for fact in ordered:
-        _apply(state, fact)
+        if fact.event_type == "case_transferred" and fact.payload.get("transfer_id"):
+            senders.setdefault(fact.payload["transfer_id"], fact.agency_id)
+    received: set[str] = set()
+    for fact in ordered:
+        _apply(state, fact, senders, received)
     state.event_count = len(ordered)
     transfers = pair_transfers(ordered)
     state.transfers_sent = sum(1 for t in transfers.values() if t.sent_ms is not None)
@@ -102,7 +107,10 @@ def fold(facts: Iterable[Fact]) -> CaseState:
     return state
 
 
-def _apply(state: CaseState, fact: Fact) -> None:
+def _apply(state: CaseState, fact: Fact, senders: dict[str, str], received: set[str]) -> None:
+    """One fact in event-time order. Custody: the opener, then the receiver of each received
+    transfer; a receiver that returns a transfer it took hands the case back to the sender (the
+    contract: the return sends the case back "without taking it over")."""
     p = fact.payload
     kind = fact.event_type
     state.last_event_ms = max(state.last_event_ms, fact.occurred_ms)
@@ -120,6 +128,15 @@ def _apply(state: CaseState, fact: Fact) -> None:
             state.current_agency_id = fact.agency_id
     elif kind == "transfer_received":
         state.current_agency_id = fact.agency_id
+        received.add(p.get("transfer_id") or "")
+    elif kind == "transfer_returned":
+        transfer_id = p.get("transfer_id") or ""
+        if (
+            transfer_id in received
+            and transfer_id in senders
+            and fact.agency_id == state.current_agency_id
+        ):
+            state.current_agency_id = senders[transfer_id]
     elif kind == "stage_changed":
         state.current_stage = p.get("stage") or ""
     elif kind == "monitoring_assigned":

@@ -69,5 +69,5 @@ def test_unknown_scenario_is_refused():
         text=True,
         timeout=120,
     )
-    assert proc.returncode != 0
-    assert "nope" in proc.stderr
+    assert proc.returncode == 2, proc.stderr  # click's usage error, before anything runs
+    assert "Invalid value for '--scenario': 'nope' is not one of" in proc.stderr

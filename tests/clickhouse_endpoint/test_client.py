@@ -273,30 +273,25 @@ def test_session_is_locked_while_in_use(endpoint) -> None:
     import clickhouse_connect
 
     holder = endpoint.client(session_id="shared-session")
-    started = threading.Event()
-
-    def slow() -> None:
-        started.set()
-        holder.command("SELECT sleep(1.5)")
-
-    worker = threading.Thread(target=slow)
-    worker.start()
-    started.wait()
-    try:
-        intruder = clickhouse_connect.get_client(
-            host=endpoint.host,
-            port=endpoint.port,
-            username="casestream",
-            password="s3cret pass",
-            autogenerate_session_id=False,
-        )
-        import time
-
-        time.sleep(0.4)
+    intruder = clickhouse_connect.get_client(
+        host=endpoint.host,
+        port=endpoint.port,
+        username="casestream",
+        password="s3cret pass",
+        autogenerate_session_id=False,
+    )
+    # A streamed result keeps its request, and so the session, busy until the client has read
+    # it all: with its first row here, the holder's request is running on the server, and 80 MB
+    # of rows (far more than the sockets buffer) cannot be sent before the holder reads them.
+    with holder.query_rows_stream(
+        "SELECT number FROM numbers(10000000)", settings={"max_block_size": 1000}
+    ) as stream:
+        assert next(iter(stream)) == (0,)
         with pytest.raises(DatabaseError, match="Code: 373"):
             intruder.command("SELECT 1", settings={"session_id": "shared-session"})
-    finally:
-        worker.join()
+    # Closing the stream reads the rest; the server frees the session before the end of it.
+    assert intruder.command("SELECT 1", settings={"session_id": "shared-session"}) == 1
+    assert holder.command("SELECT 2") == 2
 
 
 def test_concurrent_clients_do_not_interfere(endpoint, table_name) -> None:

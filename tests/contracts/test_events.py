@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.contracts.events import (
+    CLOCK_SKEW,
     EVENT_TYPES,
     TOPIC_PATTERN,
     EventValidationError,
@@ -160,11 +162,31 @@ def test_equivalent_spellings_of_the_offset_come_back_canonical():
 
 def test_clock_skew_of_five_minutes_is_tolerated():
     at = NOW + timedelta(minutes=5)
-    parse_event(example_event("case_resolved", occurred_at=at.isoformat()), now=NOW)
+    normalized = parse_event(example_event("case_resolved", occurred_at=at.isoformat()), now=NOW)
+    assert (normalized["occurred_at"], normalized["utc_offset_minutes"]) == (at, 0)
+
+
+def _now_in_refusal(event) -> datetime:
+    """The "now" that parse_event (no `now` given) compared a future event with."""
+    with pytest.raises(EventValidationError) as info:
+        parse_event(event)
+    assert info.value.field == "occurred_at"
+    match = re.search(r"now is (\S+),", info.value.reason)
+    assert match, info.value.reason
+    return datetime.fromisoformat(match[1])
 
 
 def test_now_defaults_to_current_time():
-    parse_event(example_event("case_resolved"))  # 2024 example is in the past
+    # Within the allowed skew of the current time: accepted (a `now` years off would refuse it).
+    soon = (datetime.now(UTC) + CLOCK_SKEW - timedelta(seconds=30)).replace(microsecond=0)
+    normalized = parse_event(example_event("case_resolved", occurred_at=soon.isoformat()))
+    assert normalized["occurred_at"] == soon
+    # Beyond it: refused, and the refusal names the "now" it used, which is the current time.
+    before = datetime.now(UTC).replace(microsecond=0)
+    late = before + CLOCK_SKEW + timedelta(seconds=30)
+    used = _now_in_refusal(example_event("case_resolved", occurred_at=late.isoformat()))
+    after = datetime.now(UTC)
+    assert before <= used <= after, (before, used, after)
 
 
 def test_naive_now_is_a_programming_error():
@@ -257,7 +279,7 @@ def test_agency_validity_follows_the_local_date_of_the_event():
     before_merger = example_event(
         "case_resolved", agency_id="34-POLICE", occurred_at="2025-06-30T23:59:00+07:00"
     )
-    parse_event(before_merger, now=after)
+    assert parse_event(before_merger, now=after)["agency_id"] == "34-POLICE"
     after_merger = example_event(
         "case_resolved", agency_id="34-POLICE", occurred_at="2025-07-01T00:00:00+07:00"
     )
@@ -265,16 +287,21 @@ def test_agency_validity_follows_the_local_date_of_the_event():
         after_merger, "agency_id", "34-POLICE", now=after, reason_part="successor is 33-POLICE"
     )
     # same instant (2025-06-30T17:00Z), but written in UTC the local date is still June 30
-    parse_event(
+    in_utc = parse_event(
         example_event("case_resolved", agency_id="34-POLICE", occurred_at="2025-06-30T17:00:00Z"),
         now=after,
     )
-    parse_event(
+    assert (in_utc["agency_id"], in_utc["occurred_at"]) == (
+        "34-POLICE",
+        datetime(2025, 6, 30, 17, 0, tzinfo=UTC),
+    )
+    successor = parse_event(
         example_event(
             "case_resolved", agency_id="33-POLICE", occurred_at="2025-07-01T00:00:00+07:00"
         ),
         now=after,
     )
+    assert successor["agency_id"] == "33-POLICE"
 
 
 @pytest.mark.parametrize(
@@ -431,8 +458,11 @@ def test_payload_types(event_type, key, bad):
 
 
 def test_zero_amounts_are_valid():
-    parse_event(with_payload("assets_recovered", identified_vnd=0, recovered_vnd=0), now=NOW)
-    parse_event(with_payload("stage_changed", count=0), now=NOW)
+    recovered = parse_event(
+        with_payload("assets_recovered", identified_vnd=0, recovered_vnd=0), now=NOW
+    )
+    assert (recovered["payload"]["identified_vnd"], recovered["payload"]["recovered_vnd"]) == (0, 0)
+    assert parse_event(with_payload("stage_changed", count=0), now=NOW)["payload"]["count"] == 0
 
 
 @pytest.mark.parametrize("bad", ["20-FBI", "03-POLICE", "police", "34-POLICE"])

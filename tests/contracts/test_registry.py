@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
 
 import pytest
-from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from services.contracts.codec import WireFormatError, decode, encode
@@ -68,7 +71,10 @@ def test_register_refuses_unknown_agencies():
     with pytest.raises(ValueError, match="unknown agency"):
         register_agency_subject(InMemorySchemaRegistry(), "20-FBI")
     # merged-away agencies keep their subject (their old events must stay importable)
-    register_agency_subject(InMemorySchemaRegistry(), "34-POLICE")
+    client = InMemorySchemaRegistry()
+    schema_id = register_agency_subject(client, "34-POLICE")
+    assert client.get_subjects() == ["agency.34-POLICE.events-value"]
+    assert client.get_schema(schema_id).schema_str == schema_str()
 
 
 def test_evolution_through_the_registry():
@@ -184,9 +190,57 @@ def test_client_url_helpers():
         ccompat_url("http://127.0.0.1:8080/apis/ccompat/v7/")
         == "http://127.0.0.1:8080/apis/ccompat/v7"
     )
-    client = make_client("http://127.0.0.1:1")  # no connection is made until a call
-    assert client is not None
-    assert isinstance(Schema(schema_str(), "AVRO").schema_str, str)
+
+
+@pytest.fixture
+def stub_registry():
+    """A stand-in registry over HTTP that knows schema id 42 under the ccompat path; yields its
+    base URL and the (path, Authorization header) of every request it got."""
+    requests: list[tuple[str, str | None]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+            requests.append((self.path, self.headers.get("Authorization")))
+            if urlsplit(self.path).path == "/apis/ccompat/v7/schemas/ids/42":
+                status, body = 200, {"schema": schema_str()}
+            else:
+                status, body = 404, {"error_code": 40403, "message": "Schema not found"}
+            payload = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}", requests
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_make_client_reaches_the_ccompat_api_under_the_base_url(stub_registry):
+    base_url, requests = stub_registry
+    client = make_client(base_url, **{"basic.auth.user.info": "reader:pw"})
+    registered = client.get_schema(42)
+    assert (registered.schema_str, registered.schema_type) == (schema_str(), "AVRO")
+    assert [urlsplit(path).path for path, _auth in requests] == ["/apis/ccompat/v7/schemas/ids/42"]
+    assert requests[0][1] == "Basic " + base64.b64encode(b"reader:pw").decode()
+
+    # The schema fetched over HTTP decodes what was written with its id; an id the registry
+    # does not know is an unknown schema id, not a registry outage.
+    event = parse_event(example_event("appraisal_completed"), now=NOW)
+    cache = SchemaCache(make_client(base_url))
+    assert decode(encode(event, 42), cache) == event
+    with pytest.raises(WireFormatError, match="unknown schema id 43"):
+        decode(encode(event, 43), cache)
 
 
 def test_confluent_avro_deserializer_reads_our_bytes():

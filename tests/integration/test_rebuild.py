@@ -8,7 +8,7 @@ import pytest
 
 from services.agency.publisher import Publisher
 from services.ops.consumer_lag import wait_caught_up
-from services.ops.rebuild import rebuild, table_checksums
+from services.ops.rebuild import rebuild, table_digests
 from tests.helpers import case_sent_to_police, new_tag, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -33,7 +33,7 @@ def test_rebuild_reproduces_the_live_tables_without_disturbing_them(stack, worke
     with Publisher(None, stack) as operator:
         operator.publish_many(_cases(tag, 200, month=1))
     wait_caught_up(stack, timeout=300)
-    live_before = table_checksums(ch, stack.clickhouse_database)
+    live_before = table_digests(ch, stack.clickhouse_database)
 
     # While the rebuild runs, the live side keeps serving and processing.
     outcome: dict = {}
@@ -66,12 +66,12 @@ def test_rebuild_reproduces_the_live_tables_without_disturbing_them(stack, worke
 
 def test_rebuild_switch_exchanges_the_tables(stack, worker, ch):
     wait_caught_up(stack, timeout=300)
-    before = table_checksums(ch, stack.clickhouse_database)
+    before = table_digests(ch, stack.clickhouse_database)
     result = rebuild(stack, switch=True, log=lambda m: None)
     assert result.equal and result.switched
-    assert table_checksums(ch, stack.clickhouse_database) == before
+    assert table_digests(ch, stack.clickhouse_database) == before
     # The previous tables are kept in the rebuild database after the exchange.
-    assert table_checksums(ch, result.database) == before
+    assert table_digests(ch, result.database) == before
 
     # The live worker now writes into the rebuilt tables.
     tag = new_tag()

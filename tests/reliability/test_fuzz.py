@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import sys
 import time
 import uuid
 from dataclasses import replace
@@ -36,6 +37,7 @@ from services.agency.gateway import GatewayConfig, create_app
 from services.agency.tokens import TokenStore
 from services.contracts.codec import AvroCodec
 from services.contracts.events import parse_event, topic_for_agency
+from services.contracts.examples import example_event
 from services.contracts.fake_registry import InMemorySchemaRegistry
 from services.contracts.registry import SchemaCache, make_client, register_agency_subject
 from services.contracts.schema import PAYLOAD_RECORD_BY_EVENT_TYPE, parsed_schema
@@ -313,12 +315,46 @@ def test_gateway_answers_malformed_requests_with_a_4xx_never_a_5xx(gateway, body
 
 @pytest.mark.unit
 def test_gateway_answers_a_huge_integer_with_a_4xx(gateway):
+    """An integer literal beyond Python's digit limit (4300) cannot even be parsed: the whole
+    request is refused with a 400 that says where the number is and what it looks like."""
     client, auth = gateway
-    body = b'{"events": [' + b"7" * 4301 + b"]}"
+    limit = sys.get_int_max_str_digits()
+    headers = {**auth, "Content-Type": "application/json"}
+
     response = client.post(
-        "/v1/events", content=body, headers={**auth, "Content-Type": "application/json"}
+        "/v1/events", content=b'{"events": [' + b"7" * (limit + 1) + b"]}", headers=headers
     )
-    _no_server_error(response)
+    assert response.status_code == 400, response.text[:500]
+    assert response.json()["error"] == {
+        "code": "malformed_json",
+        "message": f"request body is not usable JSON: the integer at events[0] has {limit + 1} "
+        f"digits (at most {limit})",
+        "field": "events[0]",
+        "value": "7" * 61 + "...",
+    }
+
+    good = json.dumps(example_event("case_opened", agency_id=AGENCY))
+    marker = example_event("case_opened", event_id=str(uuid.uuid4()))
+    marker["payload"]["damage_vnd"] = 123454321
+    deep = json.dumps(marker).replace("123454321", "-" + "9" * 5000)
+    response = client.post(
+        "/v1/events", content=f'{{"events": [{good}, {deep}]}}'.encode(), headers=headers
+    )
+    assert response.status_code == 400, response.text[:500]
+    error = response.json()["error"]
+    assert (error["field"], error["value"]) == (
+        "events[1].payload.damage_vnd",
+        "-" + "9" * 60 + "...",
+    )
+    assert "has 5000 digits" in error["message"]
+
+    # One digit fewer is a number: no request error, the event alone is rejected.
+    response = client.post(
+        "/v1/events", content=b'{"events": [' + b"7" * limit + b"]}", headers=headers
+    )
+    assert response.status_code == 200, response.text[:500]
+    (result,) = response.json()["results"]
+    assert result["status"] == "rejected" and result["error"]["field"] == "<event>"
 
 
 # --------------------------------------------------------------------------- Ingestor (unit)
