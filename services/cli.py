@@ -282,6 +282,7 @@ def _register_area_commands() -> None:
     from services.demo import demo
     from services.ops.bench_command import bench
     from services.ops.health_command import dlq, health, ops
+    from services.ops.topics_command import topics
     from services.serving.report_command import flows, report
 
     for command in (
@@ -296,6 +297,7 @@ def _register_area_commands() -> None:
         ops,
         schemas,
         bench,
+        topics,
     ):
         main.add_command(command)
 

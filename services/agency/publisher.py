@@ -84,6 +84,8 @@ class Publisher:
         self._lock = threading.Lock()  # guards _in_flight/_acked (callbacks run in poll/flush)
         self._send_lock = threading.RLock()  # serialises outbox reads/writes with producing
         self.delivery_errors = 0
+        self._topics_ready: set[str] = set()
+        self._topics_retry_at = 0.0
         self._producer = Producer(
             {
                 # issue 7: bootstrap servers plus SASL/SSL settings from the environment
@@ -178,7 +180,28 @@ class Publisher:
         finally:
             self._mark_acked()
 
+    def _ensure_topics(self, agencies: set[str]) -> None:
+        """Create missing agency topics with the record's retention (topics.py), once per agency.
+
+        A topic auto-created by the first produce would take the broker's default retention (7
+        days on a usual production cluster) and lose the record. An agency without the right to
+        create topics (production ACLs: the operator creates them) publishes to the existing
+        topic; `casestream health` fails on any record topic that still deletes.
+        """
+        new = agencies - self._topics_ready
+        if not new or time.monotonic() < self._topics_retry_at:
+            return
+        from services.ops.topics import ensure_agency_topics
+
+        try:
+            ensure_agency_topics(self.settings, sorted(new), timeout=5)
+            self._topics_ready |= new
+        except Exception as exc:  # noqa: BLE001 - no CREATE right, or Kafka down: produce anyway
+            log.warning("could not ensure the topics of %s (%s)", ", ".join(sorted(new)), exc)
+            self._topics_retry_at = time.monotonic() + 30  # as the gateway: not on every send
+
     def _produce_items(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        self._ensure_topics({event["agency_id"] for _, event in items})
         for event_id, event in items:
             agency = event["agency_id"]
             try:

@@ -40,6 +40,7 @@ CHECKS = (
     "sequence_gaps",
     "latency",
     "rollups",
+    "retention",
 )
 # The figure each check reads (reachability checks read "reachability").
 FIGURE_OF = {
@@ -260,6 +261,21 @@ def _rollups(fig: dict[str, Any], t: Thresholds) -> Check:
     return Check("rollups", OK, text, fig)
 
 
+def _retention(fig: dict[str, Any], t: Thresholds) -> Check:
+    """Any topic holding the record that would delete events fails: the record must last."""
+    finite = fig.get("finite", [])
+    if finite:
+        shown = "; ".join(finite[:3]) + (f"; and {len(finite) - 3} more" if len(finite) > 3 else "")
+        return Check(
+            "retention",
+            FAIL,
+            f"{len(finite)} of {fig.get('topics', 0)} topics holding the record delete old events "
+            f"({shown}); fix: casestream topics keep-forever",
+            fig,
+        )
+    return Check("retention", OK, f"{fig.get('topics', 0)} record topics kept forever", fig)
+
+
 _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "lag": _lag,
     "throughput": _throughput,
@@ -268,6 +284,7 @@ _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "sequence_gaps": _gaps,
     "latency": _latency,
     "rollups": _rollups,
+    "retention": _retention,
 }
 
 
@@ -560,6 +577,13 @@ def collect_latency(settings: Settings, window: float) -> dict[str, Any]:
     }
 
 
+def collect_retention(settings: Settings) -> dict[str, Any]:
+    from services.ops.topics import record_retention
+
+    found = record_retention(settings, timeout=10)
+    return {"topics": len(found), "finite": [r.describe() for r in found if r.finite]}
+
+
 def collect_rollups(settings: Settings) -> dict[str, Any]:
     rows = (
         _client(settings)
@@ -587,6 +611,7 @@ def collect_rollups(settings: Settings) -> dict[str, Any]:
 
 # Which service each figure is read from (reachability is collected first when needed).
 NEEDS = {
+    "retention": ("broker",),
     "lag": ("broker",),
     "dlq": ("broker",),
     "throughput": ("broker", "clickhouse"),
@@ -625,6 +650,7 @@ def collect(
         "sequence_gaps": lambda: collect_sequence_gaps(settings),
         "latency": lambda: collect_latency(settings, t.window_seconds),
         "rollups": lambda: collect_rollups(settings),
+        "retention": lambda: collect_retention(settings),
     }
     figures: dict[str, Any] = {"collected_at": time.time()}
     for name, fn in collectors.items():

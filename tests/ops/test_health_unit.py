@@ -149,6 +149,7 @@ def healthy_figures() -> dict:
                 }
             ]
         },
+        "retention": {"topics": 12, "finite": []},
     }
 
 
@@ -471,3 +472,16 @@ def test_figures_of_an_unreachable_service_are_not_waited_for_again():
     assert _unreachable_dependency("throughput", down) == "broker"
     assert _unreachable_dependency("freshness", down) is None
     assert _unreachable_dependency("lag", None) is None
+
+
+def test_a_record_topic_that_deletes_fails_and_names_the_fix():
+    figures = healthy_figures()
+    figures["retention"] = {
+        "topics": 12,
+        "finite": [f"agency.2{i}-INSP.events: retention.ms=604800000 (7 days)" for i in range(5)],
+    }
+    check = by_name(evaluate(figures, T))["retention"]
+    assert check.status == FAIL
+    assert check.summary.startswith("5 of 12 topics holding the record delete old events")
+    assert "agency.20-INSP.events: retention.ms=604800000 (7 days)" in check.summary
+    assert "and 2 more" in check.summary and "casestream topics keep-forever" in check.summary
