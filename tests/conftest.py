@@ -19,7 +19,7 @@ import pytest
 
 from services.settings import Settings
 from services.stack.process import free_ports
-from tests.helpers import NEAR_TIMEOUTS, WorkerProcess
+from tests.helpers import NEAR_TIMEOUTS, WorkerProcess, restart_counts, restarts_since
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,14 +109,10 @@ def _no_unexpected_worker_restarts(request: pytest.FixtureRequest) -> Iterator[N
     stall must fail the run, not pass as a slow test. The session's worker is checked too: the
     test during which it restarted fails, whichever test caused the stall.
     """
-    before = {id(w): len(w.restarts()) for w in WorkerProcess.started}
+    before = restart_counts(WorkerProcess.started)
     yield
-    unexpected = []
-    for w in WorkerProcess.started:
-        for restart in w.restarts()[before.get(id(w), 0) :]:
-            RESTARTS_SEEN.append((request.node.nodeid, w.name, restart["reason"]))
-            if not w.may_restart:
-                unexpected.append(f"{w.name}: {restart['reason']} (log {w.log})")
+    seen, unexpected = restarts_since(before, WorkerProcess.started)
+    RESTARTS_SEEN.extend((request.node.nodeid, name, reason) for name, reason in seen)
     if unexpected:
         pytest.fail("the worker restarted itself during this test:\n" + "\n".join(unexpected))
 

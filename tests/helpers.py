@@ -103,6 +103,22 @@ class WorkerProcess:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
+def restart_counts(workers: list) -> dict[int, int]:
+    """How many self-restarts each worker has recorded so far (by object id)."""
+    return {id(w): len(w.restarts()) for w in workers}
+
+
+def restarts_since(before: dict[int, int], workers: list) -> tuple[list, list[str]]:
+    """Restarts recorded after ``before``: every one (name, reason), and the unexpected ones."""
+    seen, unexpected = [], []
+    for w in workers:
+        for restart in w.restarts()[before.get(id(w), 0) :]:
+            seen.append((w.name, restart["reason"]))
+            if not w.may_restart:
+                unexpected.append(f"{w.name}: {restart['reason']} (log {w.log})")
+    return seen, unexpected
+
+
 def wait_for(check, *, timeout: float = 60, interval: float = 0.5, what: str = "condition"):
     """Poll until `check()` returns a truthy value; returns it. Fails the test on timeout."""
     started = time.monotonic()

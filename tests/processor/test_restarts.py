@@ -60,3 +60,27 @@ def test_no_record_reads_as_no_restart(tmp_path: Path, monkeypatch):
     monkeypatch.delenv(restarts.COUNT_ENV, raising=False)
     assert restarts.read(tmp_path / "none.jsonl") == []
     assert restarts.restarts_so_far() == 0
+
+
+class _FakeWorker:
+    def __init__(self, name: str, may_restart: bool) -> None:
+        self.name, self.may_restart, self.log = name, may_restart, Path(f"/tmp/{name}.log")
+        self.recorded: list[dict] = []
+
+    def restarts(self) -> list[dict]:
+        return self.recorded
+
+
+def test_the_suites_check_fails_on_a_restart_only_where_none_is_expected():
+    from tests.helpers import restart_counts, restarts_since
+
+    strict, lenient = _FakeWorker("session", False), _FakeWorker("faulty", True)
+    strict.recorded.append({"reason": "before this test"})
+    before = restart_counts([strict, lenient])
+    assert restarts_since(before, [strict, lenient]) == ([], [])
+
+    strict.recorded.append({"reason": "facts partitions not consumed"})
+    lenient.recorded.append({"reason": "the intake failed"})
+    seen, unexpected = restarts_since(before, [strict, lenient])
+    assert seen == [("session", "facts partitions not consumed"), ("faulty", "the intake failed")]
+    assert unexpected == ["session: facts partitions not consumed (log /tmp/session.log)"]
