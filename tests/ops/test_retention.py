@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from unittest import mock
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -39,16 +40,8 @@ ROGUE = "agency.99-ROGUE.events"  # a record topic created by someone else with 
 def deleting_broker(tmp_path_factory) -> Iterator[tuple[Settings, dict[str, str]]]:
     home = tmp_path_factory.mktemp("retention-kafka")
     env = {**stack_env(), "CASESTREAM_HOME": str(home)}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with mock.patch.dict(os.environ, env):
         settings = Settings.from_env()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     manager.up(settings, log=lambda m: None, parts=["kafka"])
     try:
         admin = AdminClient(settings.kafka_client_config())
