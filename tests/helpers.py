@@ -69,8 +69,14 @@ class WorkerProcess:
         return self
 
     def restarts(self) -> list[dict]:
-        """The self-restarts this process recorded since :meth:`start` (oldest first)."""
-        return restarts.read(self.restart_log)[self._restarts_before :]
+        """The self-restarts this process recorded since :meth:`start` (oldest first).
+
+        Several processes of one app id share the record (a killed worker and its successor):
+        only this process's pid counts (an in-place restart keeps it).
+        """
+        pid = self.proc.pid if self.proc else None
+        mine = restarts.read(self.restart_log)[self._restarts_before :]
+        return [r for r in mine if r.get("pid") == pid]
 
     def assert_no_restarts(self, since: int = 0) -> None:
         """Fail unless the worker ran uninterrupted (no self-restart after the first ``since``)."""
