@@ -125,6 +125,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
     write(f"workers started: {len(workers)}; self-restarts: {len(RESTARTS_SEEN)}")
     for test, name, reason in RESTARTS_SEEN:
         write(f"  RESTART in {test}: {name}: {reason}")
+    # Facts faust fetched but never delivered, read again by the worker (no restart, no loss):
+    # not a failure, but a fault of the stream library the worker rewrite must not have.
+    refetches = [
+        line.strip()
+        for worker in workers
+        if worker.log.exists()
+        for line in worker.log.read_text(errors="replace").splitlines()
+        if "faust skipped facts" in line
+    ]
+    write(f"batches whose skipped facts were read again: {len(refetches)}")
+    for line in refetches[:20]:
+        write(f"  {line[:300]}")
     slow_waits = sorted(NEAR_TIMEOUTS, key=lambda w: -w[2] / w[3])
     write(f"waits that took over half their timeout: {len(slow_waits)}")
     for test, what, took, timeout in slow_waits[:20]:

@@ -16,6 +16,7 @@ when the worker restarts, as Prometheus expects):
 | casestream_worker_last_ingested_time_seconds | agency | wall clock of the agency's last write |
 | casestream_worker_probe_latency_seconds | | probe produced → its row written |
 | casestream_worker_probes_sent_total | | probes this worker produced |
+| casestream_worker_facts_refetched_total | | facts faust skipped, read again (written_offsets.py) |
 
 Each worker has its own registry (several apps can live in one test process). The HTTP server
 is prometheus_client's ``start_http_server``; if the port is taken (a second worker on one
@@ -115,6 +116,11 @@ class WorkerMetrics:
         )
         self.probes_sent = Counter(
             "casestream_worker_probes_sent", "Latency probes produced by this worker", registry=r
+        )
+        self.facts_refetched = Counter(
+            "casestream_worker_facts_refetched",
+            "Facts faust fetched but never delivered, read again and written with their batch",
+            registry=r,
         )
         self.restarts = Gauge(
             "casestream_worker_restarts",

@@ -251,12 +251,6 @@ def _caught_up(stack, worker: WorkerProcess, app_id: str, timeout: float = 300) 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN DEFECT, not fixed: in 2 of 4 full runs the SIGKILLed worker's replay lost one "
-    "event (a case_transferred, then a transfer_received) that the uninterrupted run has, against "
-    "the independent oracle; the worker rewrite must remove this mark (docs/guarantees.md)",
-)
 def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted_run(stack):
     tag = new_tag()
     events = _case_events(tag, 1500)

@@ -221,9 +221,14 @@ def test_the_worker_exposes_prometheus_metrics(stack, iso):
             text = iso.metrics()
         except OSError:
             return None
-        return text if "casestream_worker_probe_latency_seconds_count" in text else None
+        # The histogram's `_count` line is there (at 0) before any probe came back: wait for
+        # at least one probe's round trip, which also wrote its row to `probes`.
+        for line in text.splitlines():
+            if line.startswith("casestream_worker_probe_latency_seconds_count "):
+                return text if float(line.split()[1]) > 0 else None
+        return None
 
-    text = wait_for(scraped, timeout=60, what="the metrics endpoint")
+    text = wait_for(scraped, timeout=60, what="a probe's round trip on the metrics endpoint")
     assert 'casestream_worker_events_ingested_total{agency="20-INSP"}' in text
     assert 'casestream_worker_batch_duration_seconds_count{agent="derive"}' in text
     assert "casestream_worker_clickhouse_rows_written_total" in text
