@@ -29,6 +29,10 @@ MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
 HEADER_SIZE = HEADER.size  # 5
 
+#: Envelope fields left out of a decoded event when null (the hash chain, schema version 2):
+#: an unchained event keeps the normalized form it had before they existed.
+OMITTED_WHEN_NULL = ("chain_seq", "chain_prev", "chain_hash")
+
 SchemaLike = Mapping[str, Any] | str
 SchemaLookup = Callable[[int], SchemaLike | None]
 
@@ -54,6 +58,25 @@ def parse_schema(schema: SchemaLike) -> dict[str, Any]:
     if isinstance(schema, (str, bytes)):
         schema = json.loads(schema)
     return fastavro.parse_schema(dict(schema) if not isinstance(schema, dict) else schema)
+
+
+def _null_defaults(schema: dict[str, Any]) -> tuple[str, ...]:
+    """Envelope fields whose default is null: a normalized event may leave them out.
+
+    fastavro's ``strict`` refuses a missing field even when its default is null, and its
+    ``strict_allow_default`` does not count a null default; ``strict`` stays on so that an unknown
+    or misspelt key still fails.
+    """
+    found = _NULL_DEFAULTS.get(id(schema))
+    if found is None or found[0] is not schema:
+        names = tuple(
+            f["name"] for f in schema.get("fields", ()) if "default" in f and f["default"] is None
+        )
+        found = _NULL_DEFAULTS[id(schema)] = (schema, names)
+    return found[1]
+
+
+_NULL_DEFAULTS: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
 
 
 class _Writer:
@@ -96,6 +119,8 @@ class AvroCodec:
             record_name = PAYLOAD_RECORD_BY_EVENT_TYPE[event["event_type"]]
             record = dict(event)
             record["payload"] = (record_name, event["payload"])
+            for name in _null_defaults(schema):  # e.g. an event never chained: no chain fields
+                record.setdefault(name, None)
         except (KeyError, TypeError) as exc:
             raise EncodeError(f"not a normalized event: {exc!r}") from None
         buf = io.BytesIO()
@@ -174,6 +199,9 @@ class AvroCodec:
             )
         if not isinstance(event, dict):
             raise WireFormatError(f"schema id {schema_id} does not describe a record", schema_id)
+        for name in OMITTED_WHEN_NULL:  # an event never chained decodes as it always did
+            if name in event and event[name] is None:
+                del event[name]
         event_id = event.get("event_id")
         if event_id is not None and not isinstance(event_id, str):
             event["event_id"] = str(event_id)  # fastavro returns uuid.UUID for logicalType uuid

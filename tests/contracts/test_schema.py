@@ -99,11 +99,16 @@ def test_envelope_shape():
         "utc_offset_minutes",
         "sequence",
         "payload",
+        "chain_seq",
+        "chain_prev",
+        "chain_hash",
     ]
     assert fields["event_id"]["type"] == {"type": "string", "logicalType": "uuid"}
     assert fields["occurred_at"]["type"] == {"type": "long", "logicalType": "timestamp-millis"}
     assert fields["utc_offset_minutes"]["type"] == "int"
     assert fields["sequence"]["type"] == ["null", "long"] and fields["sequence"]["default"] is None
+    for name, kind in (("chain_seq", "long"), ("chain_prev", "string"), ("chain_hash", "string")):
+        assert fields[name]["type"] == ["null", kind] and fields[name]["default"] is None
     branches = [b["name"] for b in fields["payload"]["type"]]
     assert branches == list(BRIEF_PAYLOADS)
 
