@@ -58,6 +58,21 @@ class Outbox:
                 raise
         return added
 
+    def known(self, event_ids: list[str]) -> set[str]:
+        """The ids among these that the outbox already holds (delivered or not)."""
+        found: set[str] = set()
+        with self._lock:
+            for start in range(0, len(event_ids), 500):  # SQLite's bound-parameter limit
+                chunk = event_ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                found.update(
+                    row[0]
+                    for row in self._db.execute(
+                        f"SELECT event_id FROM outbox WHERE event_id IN ({marks})", chunk
+                    )
+                )
+        return found
+
     def pending(self, limit: int = 10_000) -> Iterator[tuple[str, dict[str, Any]]]:
         with self._lock:
             rows = self._db.execute(

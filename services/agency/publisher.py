@@ -9,6 +9,11 @@
 Guarantees: an event that `publish` accepted is on disk before `publish` returns; it is produced
 with an idempotent producer (acks=all) and marked delivered only from Kafka's delivery report.
 The broker or the registry being down delays delivery, it loses nothing.
+
+Every accepted event is linked into its agency's hash chain (chain_seq, chain_prev, chain_hash;
+services/contracts/chain.py) before it is stored: the heads live in one file per host
+(services/agency/chain_store.py) shared by the SDK, bulk import and the gateway, and advance in
+the same step as the outbox takes the events.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
+from services.agency.chain_store import ChainStore
 from services.agency.outbox import Outbox
 from services.contracts.codec import AvroCodec
 from services.contracts.events import (
@@ -65,6 +71,7 @@ class Publisher:
         outbox_path: Path | str | None = None,
         producer_config: dict[str, Any] | None = None,
         registry_client: Any = None,
+        chain_path: Path | str | None = None,
     ) -> None:
         self.agency_id = agency_id
         if agency_id is not None:
@@ -73,6 +80,9 @@ class Publisher:
         self.outbox = Outbox(
             outbox_path or self.settings.home / "outbox" / f"{agency_id or 'operator'}.sqlite"
         )
+        # One chain store per host (not per outbox): see chain_store.py.
+        self.chain = ChainStore(chain_path or self.settings.home / "chain" / "chain.sqlite")
+        self.chain.adopt(event for _, event in self.outbox.pending())
         self._registry = registry_client or make_client(self.settings.registry_url, timeout=10)
         self._codec = AvroCodec()
         self._schema_ids: dict[str, int] = {}
@@ -116,7 +126,14 @@ class Publisher:
             normalized.append(valid)
         stored = [(e["event_id"], _to_storable(e)) for e in normalized]
         with self._send_lock:  # no re-send of pending rows between the commit and the produce
-            added = self.outbox.add_many(stored)
+            # The chain commits only after the outbox did: a head never advances for an event
+            # the outbox did not take. Ids already in the outbox keep the links they have.
+            known = self.outbox.known([eid for eid, _ in stored])
+            fresh = [event for eid, event in stored if eid not in known]
+            with self.chain.assigning(fresh) as links:
+                for event, link in zip(fresh, links, strict=True):
+                    event.update(link)
+                added = self.outbox.add_many(stored)
             self._produce([item for item, new in zip(stored, added, strict=True) if new])
         return [Accepted(eid, new) for (eid, _), new in zip(stored, added, strict=True)]
 
@@ -140,6 +157,7 @@ class Publisher:
             self._producer.purge()
             self._producer.flush(0)
         self.outbox.close()
+        self.chain.close()
         self._producer = None  # stop librdkafka's reconnect loop now, not at garbage collection
         return pending
 

@@ -1,0 +1,156 @@
+"""The publishing side's chain heads: which position and hash each agency's next event links to.
+
+The hash itself is pure (``services/contracts/chain.py``); this is where it is kept. One SQLite
+file per host (``<CASESTREAM_HOME>/chain/chain.sqlite``) is shared by every publisher there: the
+SDK's outboxes, the operator's bulk import and the gateway each have their own outbox, and an
+agency published through two of them must still have one chain, not two forks.
+
+* ``heads``: agency -> last position given out and its hash.
+* ``links``: event_id -> its position and hashes. A retry of an event_id gets its first link
+  back, whichever outbox it comes through, so a retry never forks the chain.
+
+A link is given out in a transaction (``BEGIN IMMEDIATE``: one writer per host at a time) that
+commits only after the caller stored the events in its outbox (:meth:`ChainStore.assigning`):
+the head advances only for events actually accepted. A crash between the outbox's commit and
+this one leaves events in the outbox whose links this file does not know; the publisher hands
+its pending events to :meth:`ChainStore.adopt` when it starts, which records them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from services.contracts.chain import ChainHead, chain_event
+
+log = logging.getLogger(__name__)
+
+
+class ChainStore:
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.path, check_same_thread=False, isolation_level=None, timeout=60
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS heads ("
+            " agency_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS links ("
+            " event_id TEXT PRIMARY KEY, agency_id TEXT NOT NULL, seq INTEGER NOT NULL,"
+            " prev TEXT NOT NULL, hash TEXT NOT NULL)"
+        )
+
+    @contextmanager
+    def assigning(self, events: list[Mapping[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+        """The chain fields of each event (normalized or outbox form), committed on success.
+
+        Store the events inside the ``with`` block; an exception rolls the heads back, so an
+        event the outbox did not take was never given a position.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                links = [self._link(event) for event in events]
+                yield links
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _link(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        event_id, agency = str(event["event_id"]), event["agency_id"]
+        row = self._db.execute(
+            "SELECT seq, prev, hash FROM links WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        if row is not None:  # a retry: the same position, never a second one
+            return {"chain_seq": row[0], "chain_prev": row[1], "chain_hash": row[2]}
+        fields, head = chain_event(event, self._head(agency))
+        self._record(event_id, agency, fields)
+        self._db.execute(
+            "INSERT INTO heads (agency_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (agency_id) "
+            "DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            (agency, head.seq, head.hash),
+        )
+        return fields
+
+    def _record(self, event_id: str, agency: str, fields: Mapping[str, Any]) -> None:
+        self._db.execute(
+            "INSERT INTO links (event_id, agency_id, seq, prev, hash) VALUES (?, ?, ?, ?, ?)",
+            (event_id, agency, fields["chain_seq"], fields["chain_prev"], fields["chain_hash"]),
+        )
+
+    def _head(self, agency: str) -> ChainHead:
+        row = self._db.execute(
+            "SELECT seq, hash FROM heads WHERE agency_id = ?", (agency,)
+        ).fetchone()
+        return ChainHead(row[0], row[1]) if row else ChainHead()
+
+    def head(self, agency: str) -> ChainHead | None:
+        """The agency's head, None when no event of it was ever chained here."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT seq, hash FROM heads WHERE agency_id = ?", (agency,)
+            ).fetchone()
+        return ChainHead(row[0], row[1]) if row else None
+
+    def heads(self) -> dict[str, ChainHead]:
+        with self._lock:
+            rows = self._db.execute("SELECT agency_id, seq, hash FROM heads").fetchall()
+        return {agency: ChainHead(seq, digest) for agency, seq, digest in rows}
+
+    def adopt(self, events: Iterable[Mapping[str, Any]]) -> int:
+        """Record links found in an outbox that this file does not know (a crash between the
+        two commits); returns how many. A position another event took meanwhile is a fork, which
+        ``casestream verify`` will report: it is logged here too."""
+        adopted = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for event in events:
+                    if event.get("chain_hash") is None:
+                        continue
+                    event_id, agency = str(event["event_id"]), event["agency_id"]
+                    known = self._db.execute(
+                        "SELECT 1 FROM links WHERE event_id = ?", (event_id,)
+                    ).fetchone()
+                    if known:
+                        continue
+                    self._record(event_id, agency, event)
+                    adopted += 1
+                    head = self._head(agency)
+                    if event["chain_seq"] == head.seq + 1 and event["chain_prev"] == head.hash:
+                        self._db.execute(
+                            "INSERT INTO heads (agency_id, seq, hash) VALUES (?, ?, ?) "
+                            "ON CONFLICT (agency_id) DO UPDATE SET seq = excluded.seq, "
+                            "hash = excluded.hash",
+                            (agency, event["chain_seq"], event["chain_hash"]),
+                        )
+                    else:
+                        log.warning(
+                            "chain of %s: outbox event %s at #%s does not follow the head #%s; "
+                            "`casestream verify` will report the fork",
+                            agency,
+                            event_id,
+                            event["chain_seq"],
+                            head.seq,
+                        )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return adopted
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
