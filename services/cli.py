@@ -283,6 +283,7 @@ def _register_area_commands() -> None:
     from services.ops.bench_command import bench
     from services.ops.health_command import dlq, health, ops
     from services.ops.topics_command import topics
+    from services.ops.verify_command import verify
     from services.serving.report_command import flows, report
 
     for command in (
@@ -298,6 +299,7 @@ def _register_area_commands() -> None:
         schemas,
         bench,
         topics,
+        verify,
     ):
         main.add_command(command)
 

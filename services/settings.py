@@ -35,6 +35,7 @@ setting these variables.
 | CASESTREAM_HEALTH_MAX_DLQ_PER_MINUTE | 5 | `health`: max dead letters per minute over the window |
 | CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS | 0 | `health`: max missing sequence numbers per agency |
 | CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS | 7200 | `health`: the newest rollup run must be younger than this |
+| CASESTREAM_HEALTH_MAX_VERIFICATION_AGE_SECONDS | 604800 | `health`: warn when the last full `casestream verify` is older than this |
 | CASESTREAM_HEALTH_WINDOW_SECONDS | 900 | `health`: window of "recent" throughput, DLQ rate and latency |
 | CASESTREAM_KAFKA_SECURITY_PROTOCOL | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Kafka clients) |
 | CASESTREAM_KAFKA_SASL_MECHANISM | SCRAM-SHA-512 | SASL mechanism (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) |
@@ -108,6 +109,7 @@ class Settings:
     health_max_dlq_per_minute: float = 5.0
     health_max_sequence_gaps: int = 0
     health_max_rollup_age_seconds: float = 7200.0
+    health_max_verification_age_seconds: float = 604800.0
     health_window_seconds: float = 900.0
     # Kafka client security (issue 7). Defaults are the local stack's PLAINTEXT; production SASL
     # is configuration only. The password is never shown by repr() (`casestream settings`).
@@ -160,6 +162,9 @@ class Settings:
             health_max_sequence_gaps=int(_env("CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS", "0")),
             health_max_rollup_age_seconds=float(
                 _env("CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS", "7200")
+            ),
+            health_max_verification_age_seconds=float(
+                _env("CASESTREAM_HEALTH_MAX_VERIFICATION_AGE_SECONDS", "604800")
             ),
             health_window_seconds=float(_env("CASESTREAM_HEALTH_WINDOW_SECONDS", "900")),
             # issue 7: Kafka client security

@@ -50,6 +50,7 @@ TAMPERING = (ALTERED, INSERTED, MISSING, REORDERED, DELETED_HISTORY)
 # Note kinds: reported, not tampering.
 BEFORE_CHAIN = "before_chain"
 DUPLICATE = "duplicate"
+BEHIND_HEAD = "behind_head"
 
 
 # =========================================================================== hashing
@@ -370,14 +371,17 @@ def verify_agency(
             return result
         top = max(by_seq)
         if expected_head.seq > top:
+            # Not tampering by itself: the publisher may still hold them in an outbox. A cut
+            # tail (log-file surgery; Kafka's API only deletes a partition's beginning) looks
+            # the same until they are delivered, so it is shown, and stays shown.
             last_link = by_seq[top][0]
-            findings.append(
+            notes.append(
                 finding(
-                    MISSING,
+                    BEHIND_HEAD,
                     last_link.record,
                     _positions(top + 1, expected_head.seq)
-                    + f" missing: the publisher's head is #{expected_head.seq} but the "
-                    f"topics end at #{top}",
+                    + f" not in the topics: the publisher's head is #{expected_head.seq}, the "
+                    f"topics end at #{top} (still in an outbox, or the tail was cut)",
                     top + 1,
                 )
             )

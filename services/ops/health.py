@@ -17,6 +17,7 @@ unhealthy. `casestream health` exits 1 when any check fails, the status page
 | sequence_gaps | missing sequence numbers per agency (sequence_gaps) | more than `max_sequence_gaps` missing |
 | latency | probe produced → row visible in ClickHouse (probe_latency) | p99 over the window above `max_p99_latency_seconds`, or newest probe older than `max_probe_age_seconds` |
 | rollups | last run per flow (rollup_runs) | newest run older than `max_rollup_age_seconds` |
+| verification | last `casestream verify` per scope (chain_verifications) | the last run found tampering (warns: never run, or the last full run older than `max_verification_age_seconds`) |
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ CHECKS = (
     "latency",
     "rollups",
     "retention",
+    "verification",
 )
 # The figure each check reads (reachability checks read "reachability").
 FIGURE_OF = {
@@ -66,6 +68,7 @@ class Thresholds:
     max_sequence_gaps: int = 0
     max_rollup_age_seconds: float = 7200.0
     window_seconds: float = 900.0
+    max_verification_age_seconds: float = 604800.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -79,6 +82,7 @@ class Thresholds:
             max_sequence_gaps=settings.health_max_sequence_gaps,
             max_rollup_age_seconds=settings.health_max_rollup_age_seconds,
             window_seconds=settings.health_window_seconds,
+            max_verification_age_seconds=settings.health_max_verification_age_seconds,
         )
 
 
@@ -276,6 +280,46 @@ def _retention(fig: dict[str, Any], t: Thresholds) -> Check:
     return Check("retention", OK, f"{fig.get('topics', 0)} record topics kept forever", fig)
 
 
+def _verification(fig: dict[str, Any], t: Thresholds) -> Check:
+    """The hash chains: tampering found by the latest run of a scope fails until a newer clean run
+    of that agency or of all agencies; a full run that is missing or too old only warns."""
+    runs = fig.get("runs", [])
+    if not runs:
+        return Check("verification", WARN, "never verified: run casestream verify", fig)
+    full = next((r for r in runs if r["scope"] == "all"), None)
+    current = [
+        r for r in runs if full is None or r is full or r["age_seconds"] < full["age_seconds"]
+    ]
+    tampered = [r for r in current if not r["intact"]]
+    if tampered:
+        agencies = sorted({a for r in tampered for a in r.get("tampered", [])})
+        newest = min(r["age_seconds"] for r in tampered)
+        return Check(
+            "verification",
+            FAIL,
+            f"tampering found {_human(newest)} ago: {sum(r['findings'] for r in tampered)} "
+            f"finding(s) in {', '.join(agencies) or 'the record'}; "
+            f"casestream verify --agency {agencies[0] if agencies else '<agency>'} lists them",
+            fig,
+        )
+    if full is None:
+        return Check(
+            "verification", WARN, "only single agencies verified: run casestream verify", fig
+        )
+    text = (
+        f"last full verification {_human(full['age_seconds'])} ago: {full['agencies']} "
+        f"agencies, {full['messages']:,} messages intact"
+    )
+    if full["age_seconds"] > t.max_verification_age_seconds:
+        return Check(
+            "verification",
+            WARN,
+            f"{text} (older than {_human(t.max_verification_age_seconds)}): run casestream verify",
+            fig,
+        )
+    return Check("verification", OK, text, fig)
+
+
 _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "lag": _lag,
     "throughput": _throughput,
@@ -285,6 +329,7 @@ _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "latency": _latency,
     "rollups": _rollups,
     "retention": _retention,
+    "verification": _verification,
 }
 
 
@@ -609,6 +654,36 @@ def collect_rollups(settings: Settings) -> dict[str, Any]:
     }
 
 
+def collect_verification(settings: Settings) -> dict[str, Any]:
+    """The latest `casestream verify` run of each scope (all, or one agency)."""
+    rows = (
+        _client(settings)
+        .query(
+            "SELECT scope, toUnixTimestamp64Milli(max(finished_at)), argMax(intact, finished_at), "
+            "argMax(findings, finished_at), argMax(tampered, finished_at), "
+            "argMax(agencies, finished_at), argMax(messages, finished_at), "
+            "dateDiff('millisecond', max(finished_at), now64(3)) / 1000.0 "
+            "FROM chain_verifications GROUP BY scope ORDER BY scope"
+        )
+        .result_rows
+    )
+    return {
+        "runs": [
+            {
+                "scope": scope,
+                "finished_at": at / 1000,
+                "intact": bool(intact),
+                "findings": int(findings),
+                "tampered": list(tampered),
+                "agencies": int(agencies),
+                "messages": int(messages),
+                "age_seconds": max(float(age), 0.0),
+            }
+            for scope, at, intact, findings, tampered, agencies, messages, age in rows
+        ]
+    }
+
+
 # Which service each figure is read from (reachability is collected first when needed).
 NEEDS = {
     "retention": ("broker",),
@@ -619,6 +694,7 @@ NEEDS = {
     "sequence_gaps": ("clickhouse",),
     "latency": ("clickhouse",),
     "rollups": ("clickhouse",),
+    "verification": ("clickhouse",),
 }
 
 
@@ -651,6 +727,7 @@ def collect(
         "latency": lambda: collect_latency(settings, t.window_seconds),
         "rollups": lambda: collect_rollups(settings),
         "retention": lambda: collect_retention(settings),
+        "verification": lambda: collect_verification(settings),
     }
     figures: dict[str, Any] = {"collected_at": time.time()}
     for name, fn in collectors.items():

@@ -150,7 +150,52 @@ def healthy_figures() -> dict:
             ]
         },
         "retention": {"topics": 12, "finite": []},
+        "verification": {"runs": [verification_run("all", 3600.0)]},
     }
+
+
+def verification_run(scope: str, age: float, tampered: tuple[str, ...] = ()) -> dict:
+    return {
+        "scope": scope,
+        "finished_at": 1.0,
+        "intact": not tampered,
+        "findings": 2 * len(tampered),
+        "tampered": list(tampered),
+        "agencies": 12,
+        "messages": 34000,
+        "age_seconds": age,
+    }
+
+
+def test_verification_warns_until_a_full_run_and_fails_on_tampering_until_a_clean_rerun():
+    def judge(*runs):
+        figs = healthy_figures()
+        figs["verification"] = {"runs": list(runs)}
+        return by_name(evaluate(figs, T, ["verification"]))["verification"]
+
+    assert judge().status == WARN and "never verified" in judge().summary
+    assert "12 agencies, 34,000 messages intact" in judge(verification_run("all", 60)).summary
+    old = judge(verification_run("all", 30 * 86400.0))
+    assert old.status == WARN and "older than" in old.summary
+    assert judge(verification_run("20-INSP", 60)).status == WARN
+    bad = judge(verification_run("all", 600, ("20-INSP",)))
+    assert bad.status == FAIL and "2 finding(s) in 20-INSP" in bad.summary
+    assert "casestream verify --agency 20-INSP" in bad.summary
+    # a newer clean run of that agency does not clear the full run's finding; a newer full one does
+    assert (
+        judge(verification_run("all", 600, ("20-INSP",)), verification_run("20-INSP", 60)).status
+        == FAIL
+    )
+    assert (
+        judge(verification_run("20-INSP", 600, ("20-INSP",)), verification_run("all", 60)).status
+        == OK
+    )
+    assert (
+        judge(
+            verification_run("all", 600), verification_run("20-POLICE", 60, ("20-POLICE",))
+        ).status
+        == FAIL
+    )
 
 
 def by_name(checks) -> dict:
