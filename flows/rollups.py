@@ -35,13 +35,16 @@ def _province_map() -> tuple[list[str], list[str]]:
 
 
 def _history_start(client) -> date | None:
-    first = client.command(
-        "SELECT toDate(min(occurred_at), {tz:String}) FROM events WHERE event_type != ''",
+    """The first day of the events that count (a forged, back-dated event moved it to 1970, and
+    then no rollup at all was built)."""
+    rows = client.query(
+        "SELECT count(), toDate(min(occurred_at), {tz:String}) FROM events "
+        "WHERE event_type != '' AND event_id NOT IN (SELECT event_id FROM violating_events)",
         parameters={"tz": REPORTING_TZ},
-    )
-    if not first or str(first).startswith("1970"):
+    ).result_rows
+    if not rows or not rows[0][0]:
         return None
-    return date.fromisoformat(str(first))
+    return rows[0][1]
 
 
 @task(retries=2, retry_delay_seconds=5)

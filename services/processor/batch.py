@@ -85,4 +85,5 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
         rows.add("cases_state", derived.case)
         rows.extend("transfers_state", derived.transfers)
         rows.extend("appraisals_state", derived.appraisals)
+        rows.extend("integrity_violations_state", derived.violations)
     return result

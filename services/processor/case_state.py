@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from services.processor.authority import Violation, judge
 from services.processor.facts import Fact, ms_to_datetime, province_of
 from services.processor.transfer_lag import (
     appraisal_row,
@@ -127,8 +128,10 @@ def _apply(state: CaseState, fact: Fact, senders: dict[str, str], received: set[
             state.damage_vnd = p.get("damage_vnd")
             state.current_agency_id = fact.agency_id
     elif kind == "transfer_received":
-        state.current_agency_id = fact.agency_id
-        received.add(p.get("transfer_id") or "")
+        transfer_id = p.get("transfer_id") or ""
+        if transfer_id in senders:  # a receipt of no known transfer gives no custody
+            state.current_agency_id = fact.agency_id
+            received.add(transfer_id)
     elif kind == "transfer_returned":
         transfer_id = p.get("transfer_id") or ""
         if (
@@ -195,22 +198,61 @@ def case_row(state: CaseState, version: int) -> list[Any]:
     ]
 
 
+VIOLATION_COLUMNS = [
+    "case_id",
+    "event_id",
+    "event_type",
+    "agency_id",
+    "occurred_at",
+    "rule",
+    "detail",
+    "version",
+]
+
+
+def violation_row(violation: Violation, version: int) -> list[Any]:
+    fact = violation.fact
+    return [
+        fact.case_id,
+        fact.event_id,
+        fact.event_type,
+        fact.agency_id,
+        ms_to_datetime(fact.occurred_ms),
+        violation.rule,
+        violation.detail,
+        version,
+    ]
+
+
 @dataclass
 class CaseRows:
     case: list[Any]
     transfers: list[list[Any]]
     appraisals: list[list[Any]]
+    violations: list[list[Any]]
 
 
 def derive_rows(facts: Iterable[Fact]) -> CaseRows:
-    """Every ClickHouse row that describes this case, all carrying the same version."""
+    """Every ClickHouse row that describes this case, all carrying the same version.
+
+    Only the facts the authority rules admit (authority.py) shape the rows; the others become
+    violation rows. `version` counts every distinct fact, so it grows with each new fact
+    whether or not it is admitted, and the latest derivation always wins.
+    """
     unique = list({f.event_id: f for f in facts}.values())
     version = len(unique)
-    state = fold(unique)
+    verdict = judge(unique)
+    admitted = verdict.admitted
+    if admitted:
+        state = fold(admitted)
+    else:  # every fact of the case breaks a rule: a case row that claims nothing
+        state = CaseState(case_id=unique[0].case_id, status="")
+        state.last_event_ms = max(f.occurred_ms for f in unique)
     transfers = [
         row
-        for t in pair_transfers(unique).values()
+        for t in pair_transfers(admitted).values()
         if (row := transfer_row(t, version)) is not None
     ]
-    appraisals = [appraisal_row(a, version) for a in pair_appraisals(unique).values()]
-    return CaseRows(case_row(state, version), transfers, appraisals)
+    appraisals = [appraisal_row(a, version) for a in pair_appraisals(admitted).values()]
+    violations = [violation_row(v, version) for v in verdict.violations]
+    return CaseRows(case_row(state, version), transfers, appraisals, violations)

@@ -186,6 +186,7 @@ WITH
         FROM events FINAL
         WHERE occurred_at < range_end
           AND event_type IN ('case_opened', 'case_resolved', 'case_reopened')
+          AND event_id NOT IN (SELECT event_id FROM violating_events)
         GROUP BY case_id
     )
 SELECT

@@ -129,7 +129,10 @@ _ROLLUP = """
 WITH
     -- FINAL within each yearly partition only (SETTINGS below): a duplicate of an event has
     -- its event time, hence its partition; merging across partitions cost half the query.
-    events_dedup AS (SELECT * FROM events FINAL),
+    -- Events that break an authority rule count for nothing (processor/authority.py).
+    events_dedup AS (
+        SELECT * FROM events FINAL WHERE event_id NOT IN (SELECT event_id FROM violating_events)
+    ),
     transfers_final AS (SELECT * FROM transfers),
     appraisals_final AS (SELECT * FROM appraisals),
     case_home AS (SELECT case_id, province_code AS home FROM cases WHERE province_code != ''),

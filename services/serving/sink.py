@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.processor.case_state import CASE_COLUMNS
+from services.processor.case_state import CASE_COLUMNS, VIOLATION_COLUMNS
 from services.processor.facts import EVENT_COLUMNS
 from services.processor.transfer_lag import APPRAISAL_COLUMNS, TRANSFER_COLUMNS
 
@@ -26,6 +26,7 @@ TABLES: dict[str, list[str]] = {
     "cases_state": CASE_COLUMNS,
     "transfers_state": TRANSFER_COLUMNS,
     "appraisals_state": APPRAISAL_COLUMNS,
+    "integrity_violations_state": VIOLATION_COLUMNS,
     "agency_activity": ["agency_id", "events", "last_occurred_at", "max_sequence", "ingested_at"],
 }
 

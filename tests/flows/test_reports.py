@@ -64,7 +64,7 @@ def _events(tag: str) -> list[dict]:
         make_event("case_opened", "22-INSP", c(1), at("02-01"), OPENED),
         *transfer(1, 1, "22-INSP", "22-POLICE", at("02-10"), at("02-12")),
         make_event("monitoring_assigned", "22-SC", c(1), at("03-01"), {"level": "provincial"}),
-        make_event("case_resolved", "22-COURT", c(1), at("11-01"), {"outcome": "convicted"}),
+        make_event("case_resolved", "22-POLICE", c(1), at("11-01"), {"outcome": "convicted"}),
         make_event("case_opened", "22-INSP", c(2), at("03-01"), OPENED),
         *transfer(2, 2, "22-INSP", "22-POLICE", at("03-05"), at("03-15")),
         make_event(

@@ -54,11 +54,11 @@ def _events(tag: str) -> list[dict]:
     return [
         make_event("case_opened", "20-INSP", c(1), at("2011-01-10"), OPENED),
         *transfer(1, "20-INSP", "20-POLICE", at("2011-01-20"), at("2011-01-21")),
-        make_event("case_resolved", "20-COURT", c(1), at("2011-03-05"), {"outcome": "convicted"}),
+        make_event("case_resolved", "20-POLICE", c(1), at("2011-03-05"), {"outcome": "convicted"}),
         make_event("case_opened", "20-AUDIT", c(2), at("2011-02-01"), OPENED),
         *transfer(2, "20-AUDIT", "20-POLICE", at("2011-02-02", "08:00"), at("2011-02-04", "08:00")),
         make_event("monitoring_assigned", "20-SC", c(2), at("2011-02-10"), {"level": "provincial"}),
-        make_event("case_resolved", "20-COURT", c(2), at("2011-06-01"), {"outcome": "convicted"}),
+        make_event("case_resolved", "20-POLICE", c(2), at("2011-06-01"), {"outcome": "convicted"}),
         make_event("case_opened", "34-INSP", c(3), at("2011-02-15"), OPENED),
         *transfer(3, "34-INSP", "34-POLICE", at("2011-03-01", "10:00"), at("2011-03-11", "10:00")),
         make_event("monitoring_assigned", "00-SC", c(3), at("2011-03-20"), {"level": "central"}),
@@ -82,7 +82,7 @@ def _events(tag: str) -> list[dict]:
         *transfer(5, "20-INSP", "20-PROC", at("2011-05-12")),
         make_event(
             "assets_recovered",
-            "20-CJE",
+            "20-INSP",  # the opener still holds it: the transfer to the procuracy is unreceived
             c(5),
             at("2011-05-20"),
             {"identified_vnd": 1000, "recovered_vnd": 400},
@@ -288,7 +288,7 @@ def _late_event_changes_exactly_its_periods(own: OwnDatabase, tag: str, ch, refr
 
     late = make_event(
         "case_resolved",
-        "34-COURT",
+        "34-POLICE",  # holds C3 since it received the inspectorate's transfer
         f"{tag}:C3",
         "2011-08-15T09:00:00+07:00",
         {"outcome": "convicted"},

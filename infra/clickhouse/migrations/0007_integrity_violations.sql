@@ -18,11 +18,24 @@ CREATE TABLE IF NOT EXISTS integrity_violations_state
 ENGINE = ReplacingMergeTree(version)
 ORDER BY (case_id, event_id);
 
-CREATE VIEW IF NOT EXISTS integrity_violations AS
+-- The event ids that count for nothing now: rows of each case's latest version only (looked up
+-- only for the cases that ever had a violation). Rollups and reports leave these events out.
+CREATE VIEW IF NOT EXISTS violating_events AS
 SELECT v.case_id AS case_id, v.event_id AS event_id, v.event_type AS event_type,
-    v.agency_id AS agency_id, v.occurred_at AS occurred_at, v.rule AS rule, v.detail AS detail,
-    e.first_seen AS first_seen
+    v.agency_id AS agency_id, v.occurred_at AS occurred_at, v.rule AS rule, v.detail AS detail
 FROM integrity_violations_state AS v FINAL
-LEFT JOIN (SELECT event_id, min(ingested_at) AS first_seen FROM events GROUP BY event_id) AS e
-    ON e.event_id = v.event_id
-WHERE (v.case_id, v.version) IN (SELECT case_id, version FROM cases_state FINAL);
+INNER JOIN (
+    SELECT case_id, max(version) AS version FROM cases_state
+    WHERE case_id IN (SELECT case_id FROM integrity_violations_state)
+    GROUP BY case_id
+) AS c ON c.case_id = v.case_id AND c.version = v.version;
+
+-- What analysts read: each violation with when the record first had the event.
+CREATE VIEW IF NOT EXISTS integrity_violations AS
+SELECT v.*, e.first_seen AS first_seen
+FROM violating_events AS v
+LEFT JOIN (
+    SELECT event_id, min(ingested_at) AS first_seen FROM events
+    WHERE event_id IN (SELECT event_id FROM integrity_violations_state)
+    GROUP BY event_id
+) AS e ON e.event_id = v.event_id;

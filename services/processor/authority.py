@@ -1,0 +1,205 @@
+"""Who may emit which event for a case: the authority rules, written once.
+
+Before these rules any agency could forge another's case: a `case_resolved` from `20-INSP` for
+a police case was folded like the police's own, so one agency could bend every figure the
+steering committees read. The gateway, the ACLs and the worker check only that an event's
+`agency_id` is its publisher's; these rules check that the publisher may act on *that case*.
+
+Judged on the whole set of a case's facts in event-time order, never on arrival order: a
+holder's event that arrives before the transfer that made it a holder is a violation until that
+transfer arrives, and from then on counts. A violating fact changes no derived row and no
+rollup; it stays in `events` (the record) and is listed in `integrity_violations`.
+
+The rules (schemas/README.md gives the reasoning):
+
+| event | who may emit it |
+| --- | --- |
+| case_opened | the agency the case id names (`<agency_id>/<year>/<n>`), once; any agency for ids outside that convention, once |
+| transfer_received, transfer_returned | the transfer's `to_agency_id` (or its successor after a province merger) |
+| monitoring_assigned | a steering committee (`SC`) of the case's province or the central one (`00-SC`) |
+| every other event | a holder of the case at that time |
+
+Holders: the opener, plus every agency that *received* a transfer of the case (until it
+returns it). A case runs on parallel tracks (criminal at the police, party discipline at the
+party inspection commission, recovery at the opener), so a sender keeps acting on its own part
+after a transfer; what no agency can do is act on a case it was never given. After the 2025
+province merger an agency of the successor province of the same type acts for its predecessor.
+
+A fact whose rule cannot be judged yet (a receipt whose transfer has not arrived, any event of
+a case with neither a known opening nor an id naming its owner) is admitted as before (it pairs
+up, it counts) but gives no custody; it is judged again with every new fact of the case.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from services.contracts.reference import current_province
+from services.processor.facts import Fact, agency_type_of, province_of
+
+CENTRAL_PROVINCE = "00"
+STEERING_COMMITTEE = "SC"
+RECEIPTS = ("transfer_received", "transfer_returned")
+_OWNER = re.compile(r"^(\d{2}-[A-Z]+)/")
+
+#: event type → who may emit it (the table above; `holder` for every type not listed).
+RULES: dict[str, str] = {
+    "case_opened": "owner",
+    "transfer_received": "addressee",
+    "transfer_returned": "addressee",
+    "monitoring_assigned": "steering_committee",
+}
+
+#: rule names as listed in `integrity_violations.rule`.
+OPENED_BY_ANOTHER = "opened_by_another_agency"
+OPENED_TWICE = "opened_twice"
+NOT_A_HOLDER = "not_a_holder"
+NOT_THE_ADDRESSEE = "not_the_addressee"
+TRANSFER_NOT_ADMITTED = "transfer_not_admitted"
+NOT_THE_STEERING_COMMITTEE = "not_the_steering_committee"
+
+
+@dataclass(frozen=True)
+class Violation:
+    fact: Fact
+    rule: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    admitted: list[Fact]  # in event-time order; includes facts that cannot be judged yet
+    violations: list[Violation]
+
+
+def case_owner(case_id: str) -> str | None:
+    """The agency a conventional case id names (`20-POLICE/2024/7` → `20-POLICE`)."""
+    match = _OWNER.match(case_id)
+    return match.group(1) if match else None
+
+
+@lru_cache(maxsize=4096)
+def _successor(province: str, day: str) -> str:
+    try:
+        return current_province(province, datetime.fromisoformat(day).date())
+    except (KeyError, ValueError):
+        return province
+
+
+def same_office(actor: str, holder: str, at_ms: int) -> bool:
+    """The holder itself, or the agency of the same type in its successor province then."""
+    if actor == holder:
+        return True
+    if agency_type_of(actor) != agency_type_of(holder):
+        return False
+    day = datetime.fromtimestamp(at_ms / 1000, UTC).date().isoformat()
+    return province_of(actor) == _successor(province_of(holder), day)
+
+
+def _when(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def judge(facts: Iterable[Fact]) -> Verdict:
+    """Which of a case's facts count, and which break a rule (with the rule and why)."""
+    unique = {f.event_id: f for f in facts}.values()
+    transfers: dict[str, Fact] = {}  # transfer_id → its earliest case_transferred
+    for fact in sorted(unique, key=lambda f: f.order_key):
+        if fact.event_type == "case_transferred":
+            transfers.setdefault(fact.payload.get("transfer_id") or "", fact)
+
+    def order(fact: Fact) -> tuple[int, int, str]:
+        # A receipt is judged after its transfer even if its clock says earlier.
+        sent = transfers.get(fact.payload.get("transfer_id") or "")
+        if fact.event_type in RECEIPTS and sent is not None:
+            return (max(fact.occurred_ms, sent.occurred_ms), 1, fact.event_id)
+        return (fact.occurred_ms, 0, fact.event_id)
+
+    case_id = next(iter(unique)).case_id if unique else ""
+    owner = case_owner(case_id)
+    opener: Fact | None = None
+    holders: set[str] = set()
+    admitted_transfers: set[str] = set()
+    admitted: list[Fact] = []
+    violations: list[Violation] = []
+
+    def holds(agency: str, at_ms: int) -> bool | None:
+        known = holders or ({owner} if owner else set())
+        if not known:
+            return None  # nobody known to hold the case yet: cannot be judged
+        return any(same_office(agency, h, at_ms) for h in known)
+
+    def refuse(fact: Fact, rule: str, detail: str) -> None:
+        violations.append(Violation(fact, rule, detail))
+
+    for fact in sorted(unique, key=order):
+        kind, agency, at = fact.event_type, fact.agency_id, fact.occurred_ms
+        if kind == "case_opened":
+            if opener is not None:
+                refuse(
+                    fact,
+                    OPENED_TWICE,
+                    f"already opened by {opener.agency_id} at {_when(opener.occurred_ms)}",
+                )
+                continue
+            if owner is not None and not same_office(agency, owner, at):
+                refuse(fact, OPENED_BY_ANOTHER, f"the case id names {owner}, not {agency}")
+                continue
+            opener = fact
+            holders = {agency}
+        elif kind in RECEIPTS:
+            transfer_id = fact.payload.get("transfer_id") or ""
+            sent = transfers.get(transfer_id)
+            if sent is None:
+                admitted.append(fact)  # its transfer has not arrived: no custody yet
+                continue
+            if transfer_id not in admitted_transfers:
+                refuse(fact, TRANSFER_NOT_ADMITTED, f"transfer {transfer_id} itself breaks a rule")
+                continue
+            addressee = sent.payload.get("to_agency_id") or ""
+            if not same_office(agency, addressee, at):
+                refuse(
+                    fact,
+                    NOT_THE_ADDRESSEE,
+                    f"transfer {transfer_id} is addressed to {addressee}, not {agency}",
+                )
+                continue
+            if kind == "transfer_received":
+                holders.add(agency)
+            elif opener is None or agency != opener.agency_id:
+                holders.discard(agency)
+        elif kind == "monitoring_assigned":
+            home = (
+                province_of(opener.agency_id) if opener else (province_of(owner) if owner else None)
+            )
+            if agency_type_of(agency) != STEERING_COMMITTEE or (
+                home is not None
+                and province_of(agency) != CENTRAL_PROVINCE
+                and not same_office(agency, f"{home}-{STEERING_COMMITTEE}", at)
+            ):
+                where = f"{home}-SC or " if home else ""
+                refuse(
+                    fact,
+                    NOT_THE_STEERING_COMMITTEE,
+                    f"monitoring is assigned by {where}00-SC, not {agency}",
+                )
+                continue
+        else:
+            verdict = holds(agency, at)
+            if verdict is False:
+                held_by = ", ".join(sorted(holders or {owner or ""}))
+                refuse(
+                    fact,
+                    NOT_A_HOLDER,
+                    f"{agency} does not hold the case at {_when(at)} (held by {held_by})",
+                )
+                continue
+            if kind == "case_transferred":
+                admitted_transfers.add(fact.payload.get("transfer_id") or "")
+        admitted.append(fact)
+    admitted.sort(key=lambda f: f.order_key)
+    return Verdict(admitted, violations)
