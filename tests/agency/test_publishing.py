@@ -301,7 +301,9 @@ def test_every_event_type_round_trips_through_the_registry(stack):
         event = decode(message.value(), cache)
         original = sent.pop(event["event_id"])
         assert to_json_form(event) == original
+        chain = {name: event.pop(name) for name in ("chain_seq", "chain_prev", "chain_hash")}
         assert event == parse_event(original)
+        assert chain["chain_seq"] >= 1 and len(chain["chain_hash"]) == 64  # chained on accept
         assert message.topic() == topic_for_agency(original["agency_id"])
         assert message.key() == original["case_id"].encode()
         assert schema_id_of(message.value()) == schema_ids[original["agency_id"]]
