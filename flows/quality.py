@@ -31,6 +31,11 @@ What each check measures, with the tables available:
 * ``cases_without_opening`` — cases that have events but no ``case_opened`` (they count in no
   "opened" figure and no backlog). Attributed to the agency of the case's earliest event.
   Threshold 0.
+* ``integrity_violations`` — facts an agency had no authority to emit (the authority rules,
+  ``services/processor/authority.py``: a case opened by another agency than its id names, an
+  act on a case the agency never held, a receipt of a transfer addressed to someone else…). They
+  count in no figure of this report; the ``integrity_violations`` table lists each with the rule
+  and why. Attributed to the emitting agency. Threshold 0.
 """
 
 from __future__ import annotations
@@ -51,6 +56,7 @@ CHECKS = (
     "orphan_receipts",
     "late_arrivals",
     "cases_without_opening",
+    "integrity_violations",
 )
 COLUMNS = ["run_id", "checked_at", "check_name", "scope", "value", "threshold", "status", "detail"]
 DETAIL_EXAMPLES = 3  # offending ids written into `detail`
@@ -124,6 +130,11 @@ FROM events FINAL
 GROUP BY case_id
 HAVING countIf(event_type = 'case_opened') = 0
 ORDER BY first_event_at, case_id
+"""
+
+
+VIOLATIONS_SQL = """
+SELECT agency_id, rule, event_id FROM integrity_violations ORDER BY occurred_at, event_id
 """
 
 
@@ -279,6 +290,12 @@ def run_checks(
     for agency_id, case_id, _first, _n in client.query(NO_OPENING_SQL).result_rows:
         no_open.add(agency_id, 1, case_id)
     checks.append(no_open)
+
+    forged = _Check("integrity_violations", 0.0, max_examples)
+    for agency_id, rule, event_id in client.query(VIOLATIONS_SQL).result_rows:
+        forged.add(agency_id, 1, f"{rule} {event_id}")
+    forged.note = "facts left out of every figure: an agency acted without authority"
+    checks.append(forged)
     return checks
 
 

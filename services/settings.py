@@ -110,6 +110,7 @@ class Settings:
     health_max_sequence_gaps: int = 0
     health_max_rollup_age_seconds: float = 7200.0
     health_max_verification_age_seconds: float = 604800.0
+    health_max_integrity_violations: int = 0
     health_window_seconds: float = 900.0
     # Kafka client security (issue 7). Defaults are the local stack's PLAINTEXT; production SASL
     # is configuration only. The password is never shown by repr() (`casestream settings`).
@@ -165,6 +166,9 @@ class Settings:
             ),
             health_max_verification_age_seconds=float(
                 _env("CASESTREAM_HEALTH_MAX_VERIFICATION_AGE_SECONDS", "604800")
+            ),
+            health_max_integrity_violations=int(
+                _env("CASESTREAM_HEALTH_MAX_INTEGRITY_VIOLATIONS", "0")
             ),
             health_window_seconds=float(_env("CASESTREAM_HEALTH_WINDOW_SECONDS", "900")),
             # issue 7: Kafka client security

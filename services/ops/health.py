@@ -17,6 +17,7 @@ unhealthy. `casestream health` exits 1 when any check fails, the status page
 | sequence_gaps | missing sequence numbers per agency (sequence_gaps) | more than `max_sequence_gaps` missing |
 | latency | probe produced → row visible in ClickHouse (probe_latency) | p99 over the window above `max_p99_latency_seconds`, or newest probe older than `max_probe_age_seconds` |
 | rollups | last run per flow (rollup_runs) | newest run older than `max_rollup_age_seconds` |
+| integrity | facts breaking an authority rule (integrity_violations) | more than `max_integrity_violations` listed |
 | verification | last `casestream verify` per scope (chain_verifications) | the last run found tampering (warns: never run, or the last full run older than `max_verification_age_seconds`) |
 """
 
@@ -43,6 +44,7 @@ CHECKS = (
     "rollups",
     "retention",
     "verification",
+    "integrity",
 )
 # The figure each check reads (reachability checks read "reachability").
 FIGURE_OF = {
@@ -69,6 +71,7 @@ class Thresholds:
     max_rollup_age_seconds: float = 7200.0
     window_seconds: float = 900.0
     max_verification_age_seconds: float = 604800.0
+    max_integrity_violations: int = 0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Thresholds:
@@ -83,6 +86,7 @@ class Thresholds:
             max_rollup_age_seconds=settings.health_max_rollup_age_seconds,
             window_seconds=settings.health_window_seconds,
             max_verification_age_seconds=settings.health_max_verification_age_seconds,
+            max_integrity_violations=settings.health_max_integrity_violations,
         )
 
 
@@ -320,6 +324,24 @@ def _verification(fig: dict[str, Any], t: Thresholds) -> Check:
     return Check("verification", OK, text, fig)
 
 
+def _integrity(fig: dict[str, Any], t: Thresholds) -> Check:
+    """Facts an agency had no authority to emit: each is a forgery or a broken case system, and
+    the figures are right only because they are left out; someone has to look at them."""
+    total = int(fig.get("violations", 0))
+    if total <= t.max_integrity_violations:
+        return Check("integrity", OK, f"{total} fact(s) break an authority rule", fig)
+    top = ", ".join(
+        f"{g['agency_id']} {g['rule']} ×{g['count']}" for g in fig.get("by_agency_rule", [])[:5]
+    )
+    return Check(
+        "integrity",
+        FAIL,
+        f"{total} fact(s) break an authority rule ({fig.get('recent', 0)} first seen in the "
+        f"window): {top}; they count for nothing and are listed in integrity_violations",
+        fig,
+    )
+
+
 _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "lag": _lag,
     "throughput": _throughput,
@@ -330,6 +352,7 @@ _EVALUATORS: dict[str, Callable[[dict[str, Any], Thresholds], Check]] = {
     "rollups": _rollups,
     "retention": _retention,
     "verification": _verification,
+    "integrity": _integrity,
 }
 
 
@@ -684,6 +707,27 @@ def collect_verification(settings: Settings) -> dict[str, Any]:
     }
 
 
+def collect_integrity(settings: Settings, window: float) -> dict[str, Any]:
+    """Violations of the authority rules, by agency and rule, and how many are new."""
+    rows = (
+        _client(settings)
+        .query(
+            "SELECT agency_id, rule, count(), "
+            "countIf(first_seen > now64(3) - toIntervalMillisecond({w:UInt64})) "
+            "FROM integrity_violations GROUP BY agency_id, rule ORDER BY count() DESC, agency_id",
+            parameters={"w": int(window * 1000)},
+        )
+        .result_rows
+    )
+    return {
+        "violations": sum(int(r[2]) for r in rows),
+        "recent": sum(int(r[3]) for r in rows),
+        "by_agency_rule": [
+            {"agency_id": a, "rule": rule, "count": int(n)} for a, rule, n, _ in rows
+        ],
+    }
+
+
 # Which service each figure is read from (reachability is collected first when needed).
 NEEDS = {
     "retention": ("broker",),
@@ -695,6 +739,7 @@ NEEDS = {
     "latency": ("clickhouse",),
     "rollups": ("clickhouse",),
     "verification": ("clickhouse",),
+    "integrity": ("clickhouse",),
 }
 
 
@@ -728,6 +773,7 @@ def collect(
         "rollups": lambda: collect_rollups(settings),
         "retention": lambda: collect_retention(settings),
         "verification": lambda: collect_verification(settings),
+        "integrity": lambda: collect_integrity(settings, t.window_seconds),
     }
     figures: dict[str, Any] = {"collected_at": time.time()}
     for name, fn in collectors.items():

@@ -31,7 +31,13 @@ from services.settings import Settings
 from services.stack.process import ManagedProcess
 
 # Written by the worker; everything else (rollups, ops tables) is derived from these.
-FACT_TABLES = ["events", "cases_state", "transfers_state", "appraisals_state"]
+FACT_TABLES = [
+    "events",
+    "cases_state",
+    "transfers_state",
+    "appraisals_state",
+    "integrity_violations_state",
+]
 
 # What analysts see, latest state only, by natural key; wall-clock columns are left out of the
 # comparison.
@@ -40,6 +46,10 @@ COMPARED_TABLES: dict[str, tuple[str, str]] = {
     "cases": ("case_id", "SELECT * FROM {db}.cases"),
     "transfers": ("transfer_id", "SELECT * FROM {db}.transfers"),
     "appraisals": ("appraisal_id", "SELECT * FROM {db}.appraisals"),
+    "integrity_violations": (
+        "event_id",
+        "SELECT * EXCEPT first_seen FROM {db}.integrity_violations",
+    ),
 }
 
 # A row's hash: `tuple(*)` hashes NULL as a value. (`cityHash64(*)` is NULL as soon as one column

@@ -45,6 +45,8 @@ def _events(tag: str) -> tuple[list[dict], dict]:
             at("01-10"),
             {"transfer_id": f"{tag}:T1", "to_agency_id": "20-POLICE", "reason": "signs_of_crime"},
         ),
+        # a court resolving a case it was never sent: breaks an authority rule
+        make_event("case_resolved", "20-COURT", c(1), at("02-01"), {"outcome": "convicted"}),
         make_event("case_opened", "22-INSP", c(2), at("03-01"), OPENED),
         make_event(
             "transfer_received", "22-POLICE", c(2), at("03-20"), {"transfer_id": f"{tag}:T-orphan"}
@@ -110,8 +112,12 @@ def test_quality_flags_planted_problems_and_stores_results(planted):
     assert checks["sequence_gaps"]["examples"] == ["00-FOREST 900000001..900000004"]
     assert checks["duplicate_deliveries"]["by_scope"] == {"00-FOREST": 1}
     # every planted event arrived years late: each agency's count is its number of events
+    forged = checks["integrity_violations"]
+    assert forged["status"] == "warn" and forged["by_scope"] == {"20-COURT": 1}
+    assert len(forged["examples"]) == 1 and forged["examples"][0].startswith("not_a_holder ")
     assert checks["late_arrivals"]["by_scope"] == {
         "00-FOREST": 3,
+        "20-COURT": 1,
         "20-INSP": 2,
         "22-INSP": 1,
         "22-POLICE": 2,

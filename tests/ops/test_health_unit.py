@@ -151,6 +151,7 @@ def healthy_figures() -> dict:
         },
         "retention": {"topics": 12, "finite": []},
         "verification": {"runs": [verification_run("all", 3600.0)]},
+        "integrity": {"violations": 0, "recent": 0, "by_agency_rule": []},
     }
 
 
@@ -530,3 +531,21 @@ def test_a_record_topic_that_deletes_fails_and_names_the_fix():
     assert check.summary.startswith("5 of 12 topics holding the record delete old events")
     assert "agency.20-INSP.events: retention.ms=604800000 (7 days)" in check.summary
     assert "and 2 more" in check.summary and "casestream topics keep-forever" in check.summary
+
+
+def test_any_fact_breaking_an_authority_rule_fails_integrity_and_names_who():
+    figures = healthy_figures()
+    figures["integrity"] = {
+        "violations": 3,
+        "recent": 1,
+        "by_agency_rule": [
+            {"agency_id": "20-INSP", "rule": "not_a_holder", "count": 2},
+            {"agency_id": "20-COURT", "rule": "transfer_not_admitted", "count": 1},
+        ],
+    }
+    (check,) = evaluate(figures, Thresholds(), ["integrity"])
+    assert check.status == "fail"
+    assert check.summary.startswith("3 fact(s) break an authority rule (1 first seen")
+    assert "20-INSP not_a_holder ×2, 20-COURT transfer_not_admitted ×1" in check.summary
+    (check,) = evaluate(figures, Thresholds(max_integrity_violations=3), ["integrity"])
+    assert check.status == "ok"
