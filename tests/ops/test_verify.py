@@ -141,25 +141,25 @@ def test_verify_finds_a_rewritten_a_deleted_and_an_inserted_event(own_database: 
     tag = new_tag()
     victim, clean = fresh_agencies(settings, 2)
     topic = topic_for_agency(victim)
-    publish(settings, victim, history(victim, tag, 12))
+    publish(settings, victim, history(victim, tag, 16))
     publish(settings, clean, history(clean, tag, 5))
 
     code, before = run_cli(settings, "--agency", victim)
     assert code == 0 and before["intact"], before
-    assert before["agencies"][0]["head_seq"] == 12 and before["agencies"][0]["messages"] == 12
+    assert before["agencies"][0]["head_seq"] == 16 and before["agencies"][0]["messages"] == 16
 
     chain = read_back(settings, victim)
-    assert sorted(chain) == list(range(1, 13))
+    assert sorted(chain) == list(range(1, 17))
     # Deleted: the first event of a partition that is not the chain's first nor last (Kafka
     # can only delete a partition's beginning: delete-records, or retention).
     deleted = min(
         seq
         for seq, (p, offset, _) in chain.items()
-        if offset == 0 and 1 < seq < 11 and p != chain[1][0]
+        if offset == 0 and 1 < seq < 15 and p != chain[1][0]
     )
     deleted_partition = chain[deleted][0]
-    rewritten = next(s for s in range(2, 12) if abs(s - deleted) > 1)
-    forged_at = next(s for s in range(2, 12) if abs(s - deleted) > 1 and abs(s - rewritten) > 1)
+    rewritten = next(s for s in range(2, 16) if abs(s - deleted) > 1)
+    forged_at = next(s for s in range(2, 16) if abs(s - deleted) > 1 and abs(s - rewritten) > 1)
 
     # Rewritten: a copy of an event with the amount changed, its hash recomputed.
     copy_of = copy.deepcopy(chain[rewritten][2])
