@@ -87,7 +87,7 @@ def run_demo(
     ensure_topics(settings)
     _done(t)
 
-    history = settings.home / "demo" / f"history-seed{seed}-{events}-{start}-{end}-v2.jsonl"
+    history = settings.home / "demo" / f"history-seed{seed}-{events}-{start}-{end}-v3.jsonl"
     t = _step(3, total, f"generate a case history ({events:,} events, seed {seed}, {start}..{end})")
     if history.exists():
         click.echo(f"      reusing {history}", err=True)
@@ -102,6 +102,9 @@ def run_demo(
                 duplicates=0.01,
                 provinces=DEMO_PROVINCES,
                 out_of_order=0.02,
+                # a few forged resolutions: the report's data-quality section lists them and no
+                # figure counts them (services/processor/authority.py)
+                violations=0.005,
                 progress=lambda m: click.echo(f"      {m}", err=True),
             ),
             history,
@@ -134,6 +137,12 @@ def run_demo(
     }
     counts["events"] = ch.command("SELECT count() FROM events FINAL")
     click.echo("      " + ", ".join(f"{v:,} {k}" for k, v in counts.items()), err=True)
+    forged = ch.command("SELECT count() FROM integrity_violations")
+    click.echo(
+        f"      {forged:,} facts break an authority rule: listed in integrity_violations, "
+        "counted in no figure",
+        err=True,
+    )
     _done(t)
 
     t = _step(6, total, "rollups and report (Prefect flows)")

@@ -95,6 +95,14 @@ def _stderr(message: str) -> None:
     help="fraction of events emitted late (incl. receipts before their transfer)",
 )
 @click.option(
+    "--violations",
+    type=click.FloatRange(0.0, 0.5),
+    default=0.0,
+    show_default=True,
+    help="share of cases given one forged event (a resolution by an agency that never held "
+    "the case): listed in integrity_violations, counted in no figure",
+)
+@click.option(
     "--sorted/--no-sorted",
     "sorted_",
     default=True,
@@ -113,8 +121,8 @@ def _stderr(message: str) -> None:
     help="directory for the spill files (about the size of the output)",
 )
 @click.option("--quiet", "-q", is_flag=True, help="no progress on stderr")
-def generate(out, events, cases, seed, start, end, provinces, duplicates, out_of_order, sorted_,
-             check, tmp_dir, quiet) -> None:  # fmt: skip
+def generate(out, events, cases, seed, start, end, provinces, duplicates, out_of_order,
+             violations, sorted_, check, tmp_dir, quiet) -> None:  # fmt: skip
     """Write a seeded multi-year, multi-province history of case events as JSONL.
 
     Cases are detected by inspectorates, state audit, party inspection and internal-affairs
@@ -137,6 +145,7 @@ def generate(out, events, cases, seed, start, end, provinces, duplicates, out_of
         provinces=provinces,
         duplicates=duplicates,
         out_of_order=out_of_order,
+        violations=violations,
         sorted=sorted_,
         tmp_dir=tmp_dir,
         progress=None if quiet else _stderr,

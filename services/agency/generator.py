@@ -107,6 +107,7 @@ class GeneratorOptions:
     provinces: tuple[str, ...] | None = None
     duplicates: float = 0.0
     out_of_order: float = 0.0
+    violations: float = 0.0  # share of cases given one forged event (authority.py rules)
     sorted: bool = True
     tmp_dir: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
@@ -130,7 +131,7 @@ class GeneratorOptions:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise ValueError(f"{name} must be a positive integer (got {value!r})")
-        for name in ("duplicates", "out_of_order"):
+        for name in ("duplicates", "out_of_order", "violations"):
             value = getattr(self, name)
             if not 0.0 <= value <= 0.5:
                 raise ValueError(f"{name} must be a fraction between 0 and 0.5 (got {value!r})")
@@ -401,6 +402,8 @@ class _Sim:
         spill: _Spill | None,
         hold_p: float = 0.0,
         prng: random.Random | None = None,
+        violations: float = 0.0,
+        forge_rng: random.Random | None = None,
     ) -> None:
         self.geo = geo
         self.r = rng.random
@@ -412,6 +415,10 @@ class _Sim:
         self.tb = 0
         self.hold_p = hold_p
         self.prng = prng.random if prng is not None else None
+        # Forgeries draw from their own stream, so a history without them is unchanged.
+        self.violations = violations
+        self.forge = forge_rng.random if forge_rng is not None else None
+        self.forge_bits = forge_rng.getrandbits if forge_rng is not None else rng.getrandbits
         self.base_day = first_day - 1
         last_day = cutoff // _DAY
         self.dates = [_date_of(d).isoformat() for d in range(self.base_day, last_day + 1)]
@@ -678,6 +685,15 @@ class _Sim:
             self._iac(t0, prov, damage, subject)
         else:
             self._detector(t0, prov, opener, damage, subject, prominent)
+        if self.forge is not None and self.forge() < self.violations:
+            # An agency that never held the case "resolves" it an hour after its opening: a
+            # violation of the authority rules (not a holder), for tests and the demo.
+            forger = "AUDIT" if opener != "AUDIT" else "INSP"
+            bits, self.bits = self.bits, self.forge_bits  # its event id from the same stream
+            try:
+                self._e(t0 + 3600, prov, forger, "case_resolved", '{"outcome":"no_violation"}')
+            finally:
+                self.bits = bits
 
     def _detector(
         self, t: int, prov: str, opener: str, damage: int, subject: str, prominent: bool
@@ -965,6 +981,8 @@ class _Run:
             spill=spill,
             hold_p=hold_p,
             prng=random.Random(f"{opts.seed}:holds") if hold_p > 0 else None,
+            violations=opts.violations,
+            forge_rng=random.Random(f"{opts.seed}:forgeries") if opts.violations > 0 else None,
         )
         rng = random.Random(f"{opts.seed}:arrivals")
         r = rng.random

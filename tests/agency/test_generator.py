@@ -373,3 +373,26 @@ def test_cli_writes_checks_and_reports(tmp_path: Path) -> None:
     assert all(json.loads(line) for line in stdout.stdout.splitlines())
     bad = runner.invoke(generate_command, ["--end", date.today().isoformat(), "-q"])
     assert bad.exit_code != 0 and "before today" in bad.stderr
+
+
+def test_injected_violations_are_the_only_change_and_each_breaks_an_authority_rule():
+    from collections import defaultdict
+
+    from services.contracts.events import parse_event
+    from services.processor.authority import judge
+    from services.processor.facts import Fact
+
+    def history(share: float) -> dict[str, dict]:
+        options = GeneratorOptions(seed=3, cases=400, violations=share)
+        return {e["event_id"]: e for e in generate(options)}
+
+    honest, forged = history(0.0), history(0.1)
+    assert set(honest) < set(forged)  # the honest history is unchanged, only events are added
+    extra = [forged[i] for i in set(forged) - set(honest)]
+    assert 20 <= len(extra) <= 70 and {e["event_type"] for e in extra} == {"case_resolved"}
+    cases: dict[str, list[Fact]] = defaultdict(list)
+    for event in forged.values():
+        fact = Fact.from_event(parse_event(event))
+        cases[fact.case_id].append(fact)
+    found = {v.fact.event_id for facts in cases.values() for v in judge(facts).violations}
+    assert found == {e["event_id"] for e in extra}
