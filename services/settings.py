@@ -36,6 +36,7 @@ setting these variables.
 | CASESTREAM_HEALTH_MAX_SEQUENCE_GAPS | 0 | `health`: max missing sequence numbers per agency |
 | CASESTREAM_HEALTH_MAX_ROLLUP_AGE_SECONDS | 7200 | `health`: the newest rollup run must be younger than this |
 | CASESTREAM_HEALTH_MAX_VERIFICATION_AGE_SECONDS | 604800 | `health`: warn when the last full `casestream verify` is older than this |
+| CASESTREAM_HEALTH_MAX_INTEGRITY_VIOLATIONS | 0 | `health`: fail when more facts than this break an authority rule |
 | CASESTREAM_HEALTH_WINDOW_SECONDS | 900 | `health`: window of "recent" throughput, DLQ rate and latency |
 | CASESTREAM_KAFKA_SECURITY_PROTOCOL | PLAINTEXT | PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (Kafka clients) |
 | CASESTREAM_KAFKA_SASL_MECHANISM | SCRAM-SHA-512 | SASL mechanism (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) |

@@ -51,6 +51,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -124,6 +125,11 @@ class GatewayConfig:
     #: Timeouts of the Kafka / registry probes of /healthz and of registry calls.
     probe_timeout: float = 2.0
     registry_timeout: float = 10.0
+    #: Oldest event time accepted, in days before now. The gateway is the live path of the
+    #: agencies' case systems: an event years old arriving here is a back-dated write (a forged
+    #: opening dated 1970 went through before this limit). Digitised historical records are
+    #: imported with `casestream publish FILE`, which keeps their dates. 0 turns the limit off.
+    max_event_age_days: float = 1827.0  # five years
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "GatewayConfig":
@@ -133,6 +139,9 @@ class GatewayConfig:
             max_events=_env_number("CASESTREAM_GATEWAY_MAX_EVENTS", cls.max_events),
             max_wait_seconds=_env_number(
                 "CASESTREAM_GATEWAY_MAX_WAIT_SECONDS", cls.max_wait_seconds, float
+            ),
+            max_event_age_days=_env_number(
+                "CASESTREAM_GATEWAY_MAX_EVENT_AGE_DAYS", cls.max_event_age_days, float
             ),
             outbox_dir=Path(outbox_dir) if outbox_dir else None,
         )
@@ -665,7 +674,7 @@ class Gateway:
         results: list[dict[str, Any] | None] = [None] * len(events)
         valid: list[tuple[int, Mapping[str, Any]]] = []
         for i, event in enumerate(events):
-            error = self._validate(agency_id, event)
+            error = self._validate(agency_id, event, self.config.max_event_age_days)
             if error is None:
                 valid.append((i, event))
             else:
@@ -764,7 +773,9 @@ class Gateway:
         return events
 
     @staticmethod
-    def _validate(agency_id: str, event: Any) -> tuple[EventValidationError, bool] | None:
+    def _validate(
+        agency_id: str, event: Any, max_age_days: float = 0.0
+    ) -> tuple[EventValidationError, bool] | None:
         """None when valid for this agency, else (error, is-agency-mismatch)."""
         # Authorization first: another agency's event is refused whatever else it holds.
         if isinstance(event, Mapping) and event.get("agency_id") not in (None, agency_id):
@@ -780,6 +791,16 @@ class Gateway:
             validate_publisher(normalized, agency_id)
         except EventValidationError as exc:
             return exc, True
+        if max_age_days > 0:
+            horizon = datetime.now(UTC) - timedelta(days=max_age_days)
+            if normalized["occurred_at"] < horizon:
+                return EventValidationError(
+                    "occurred_at",
+                    event.get("occurred_at"),
+                    f"is more than {max_age_days:g} days old (before {horizon:%Y-%m-%d}): the "
+                    "gateway takes live events; historical records are imported with "
+                    "`casestream publish FILE`",
+                ), False
         return None
 
     def _rejected(

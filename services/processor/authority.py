@@ -19,6 +19,10 @@ The rules (schemas/README.md gives the reasoning):
 | monitoring_assigned | a steering committee (`SC`) of the case's province or the central one (`00-SC`) |
 | every other event | a holder of the case at that time |
 
+And whoever emits it, no event of a case may happen before the case's (admitted) opening: a date
+before the opening is a back-dated write or a typing error, and either would move the event
+into a period where the case did not exist.
+
 Holders: the opener, plus every agency that *received* a transfer of the case (until it
 returns it). A case runs on parallel tracks (criminal at the police, party discipline at the
 party inspection commission, recovery at the opener), so a sender keeps acting on its own part
@@ -61,6 +65,7 @@ NOT_A_HOLDER = "not_a_holder"
 NOT_THE_ADDRESSEE = "not_the_addressee"
 TRANSFER_NOT_ADMITTED = "transfer_not_admitted"
 NOT_THE_STEERING_COMMITTEE = "not_the_steering_committee"
+BEFORE_THE_OPENING = "before_the_opening"
 
 
 @dataclass(frozen=True)
@@ -121,6 +126,13 @@ def judge(facts: Iterable[Fact]) -> Verdict:
 
     case_id = next(iter(unique)).case_id if unique else ""
     owner = case_owner(case_id)
+    openings = sorted(
+        (f for f in unique if f.event_type == "case_opened"), key=lambda f: f.order_key
+    )
+    opening = next(
+        (f for f in openings if owner is None or same_office(f.agency_id, owner, f.occurred_ms)),
+        None,
+    )
     opener: Fact | None = None
     holders: set[str] = set()
     admitted_transfers: set[str] = set()
@@ -138,6 +150,13 @@ def judge(facts: Iterable[Fact]) -> Verdict:
 
     for fact in sorted(unique, key=order):
         kind, agency, at = fact.event_type, fact.agency_id, fact.occurred_ms
+        if kind != "case_opened" and opening is not None and at < opening.occurred_ms:
+            refuse(
+                fact,
+                BEFORE_THE_OPENING,
+                f"dated {_when(at)}, before the case was opened at {_when(opening.occurred_ms)}",
+            )
+            continue
         if kind == "case_opened":
             if opener is not None:
                 refuse(

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -256,6 +257,29 @@ def test_request_limits_and_malformed_bodies(offline):
     for body, needle in [([], "got array"), ({"evts": []}, "'evts'"), ({"events": 3}, "number")]:
         r = client.post("/v1/events", json=body, headers=auth)
         assert r.status_code == 422 and needle in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.unit
+def test_events_older_than_the_horizon_and_implausible_amounts_are_refused_at_the_edge(offline):
+    client, _, token = offline
+    back_dated = {**_opened(), "occurred_at": "1970-01-01T00:00:01Z"}
+    six_years = (datetime.now(UTC) - timedelta(days=6 * 365)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    old = {**_opened(), "event_id": str(uuid.uuid4()), "occurred_at": six_years}
+    huge = _opened()
+    huge["event_id"] = str(uuid.uuid4())
+    huge["payload"] = {**huge["payload"], "damage_vnd": 10**15 + 1}
+    r = client.post("/v1/events", json={"events": [back_dated, old, huge]}, headers=_bearer(token))
+    assert r.status_code == 200
+    first, second, third = r.json()["results"]
+    for result, event in ((first, back_dated), (second, old)):
+        assert result["status"] == "rejected"
+        assert result["error"]["field"] == "occurred_at"
+        assert result["error"]["value"] == event["occurred_at"]
+        assert result["error"]["reason"].startswith("is more than 1827 days old")
+        assert "casestream publish FILE" in result["error"]["reason"]
+    assert third["error"]["field"] == "payload.damage_vnd"
+    assert third["error"]["value"] == 10**15 + 1
+    assert "not a plausible amount" in third["error"]["reason"]
 
 
 @pytest.mark.unit

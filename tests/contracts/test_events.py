@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from services.contracts.events import (
     CLOCK_SKEW,
     EVENT_TYPES,
+    MAX_PLAUSIBLE_VND,
     TOPIC_PATTERN,
     EventValidationError,
     agency_from_topic,
@@ -586,9 +587,11 @@ def valid_events(draw):
         event["sequence"] = draw(st.integers(0, 2**63 - 1))
     else:
         del event["sequence"]
-    for key in ("count", "identified_vnd", "recovered_vnd", "damage_vnd"):
+    if "count" in event["payload"]:
+        event["payload"]["count"] = draw(st.integers(0, 2**63 - 1))
+    for key in ("identified_vnd", "recovered_vnd", "damage_vnd"):
         if key in event["payload"]:
-            event["payload"][key] = draw(st.integers(0, 2**63 - 1))
+            event["payload"][key] = draw(st.integers(0, MAX_PLAUSIBLE_VND))
     for key in ("transfer_id", "appraisal_id"):
         if key in event["payload"]:
             event["payload"][key] = draw(_ids)
@@ -599,3 +602,15 @@ def valid_events(draw):
 @given(valid_events())
 def test_json_form_round_trip_property(event):
     assert to_json_form(parse_event(event, now=NOW)) == event
+
+
+@pytest.mark.parametrize("field", ["damage_vnd", "identified_vnd", "recovered_vnd"])
+def test_an_implausible_amount_is_refused_naming_the_field_and_the_bound(field):
+    kind = "case_opened" if field == "damage_vnd" else "assets_recovered"
+    extra = {} if kind == "case_opened" else {"identified_vnd": 0, "recovered_vnd": 0}
+    assert parse_event(with_payload(kind, **{**extra, field: MAX_PLAUSIBLE_VND}), now=NOW)
+    with pytest.raises(EventValidationError) as err:
+        parse_event(with_payload(kind, **{**extra, field: MAX_PLAUSIBLE_VND + 1}), now=NOW)
+    assert err.value.field == f"payload.{field}"
+    assert err.value.value == MAX_PLAUSIBLE_VND + 1
+    assert "not a plausible amount (above 1,000,000,000,000,000 VND)" in err.value.reason

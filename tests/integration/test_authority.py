@@ -8,6 +8,7 @@ with and without the forgeries, duplicated and shuffled.
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import date
 
 import pytest
@@ -100,13 +101,30 @@ def test_forgeries_through_the_gateway_are_listed_and_leave_the_case_as_it_was(
     }
     config = GatewayConfig(outbox_dir=tmp_path / "outbox")
     with TestClient(create_app(stack, store, config=config)) as client:
-        for event in honest + forged:
+
+        def post(event: dict) -> dict:
             r = client.post(
                 "/v1/events?wait=true&timeout=30",
                 json={"events": [event]},
                 headers={"Authorization": f"Bearer {tokens[event['agency_id']]}"},
             )
-            assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+            assert r.status_code == 200, r.text
+            return r.json()
+
+        # The gateway refuses the opening back-dated to 1970 at the edge (five-year horizon) …
+        back_dated = forged[0]
+        refused = post(back_dated)["results"][0]
+        assert refused["status"] == "rejected"
+        assert refused["error"]["field"] == "occurred_at"
+        assert "more than 1827 days old" in refused["error"]["reason"]
+        # … so the dishonest agency dates its opening plausibly; the worker lists it.
+        forged[0] = {
+            **back_dated,
+            "event_id": str(uuid.uuid4()),
+            "occurred_at": "2024-02-01T09:00:00+07:00",
+        }
+        for event in honest + forged:
+            assert post(event)["accepted"] == 1
 
     def violations() -> set[tuple[str, str]] | None:
         rows = ch.query(

@@ -180,3 +180,17 @@ def test_every_fact_of_a_case_forged_leaves_a_row_that_claims_nothing():
     rows = derive_rows(facts)
     assert rows.case[11] == "" and rows.case[12] == "" and rows.case[-2] == 0  # event_count
     assert [r[5] for r in rows.violations] == [authority.NOT_A_HOLDER]
+
+
+def test_an_event_dated_before_the_opening_is_a_violation_whoever_emits_it():
+    facts = [
+        opened(day="2024-03-01"),
+        fact("stage_changed", "20-POLICE", "2024-02-01", stage="investigation_opened"),
+        fact("monitoring_assigned", "00-SC", "2023-12-31", level="central"),
+    ]
+    assert sorted(rules(facts)) == [
+        ("monitoring_assigned", "00-SC", authority.BEFORE_THE_OPENING),
+        ("stage_changed", "20-POLICE", authority.BEFORE_THE_OPENING),
+    ]
+    (first, *_) = judge(facts).violations
+    assert "before the case was opened at 2024-03-01" in first.detail

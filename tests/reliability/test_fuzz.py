@@ -233,6 +233,7 @@ def gateway(tmp_path_factory):
     config = GatewayConfig(
         max_body_bytes=256 * 1024,
         max_events=50,
+        max_event_age_days=0,  # valid events are drawn from 2001 on: the age limit is off
         outbox_dir=home / "outbox",
         shutdown_flush_seconds=0.5,
     )
