@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -111,7 +112,12 @@ def delete_first_record(settings: Settings, topic: str, partition: int) -> None:
 
 
 def run_cli(settings: Settings, *args: str) -> tuple[int, dict]:
-    env = {**os.environ, "CASESTREAM_CLICKHOUSE_DATABASE": settings.clickhouse_database}
+    env = {
+        **os.environ,
+        "CASESTREAM_HOME": str(settings.home),
+        "CASESTREAM_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "CASESTREAM_CLICKHOUSE_DATABASE": settings.clickhouse_database,
+    }
     proc = subprocess.run(
         [sys.executable, "-m", "services.cli", "verify", "--json", *args],
         cwd=REPO,
@@ -124,14 +130,36 @@ def run_cli(settings: Settings, *args: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
-@pytest.fixture
-def own_database(stack: Settings) -> Settings:
-    """The stack with a database of its own: a tampered run must not fail the session's health."""
-    from services.serving.migrations import migrate
+@pytest.fixture(scope="module")
+def own_database(stack: Settings, tmp_path_factory) -> Iterator[Settings]:
+    """The session's registry and ClickHouse, with a Kafka broker and a database of its own.
 
-    settings = dataclasses.replace(stack, clickhouse_database=f"verify_{new_tag()}")
-    migrate(settings, log=lambda m: None)
-    return settings
+    The attack rewrites, inserts and deletes records: on the session's broker it would change
+    what every later test reads from the record (a rebuild replaying the topics no longer
+    reproduced the live tables), and a tampered run stored in the session's database would
+    fail its health.
+    """
+    from unittest import mock
+
+    from services.serving.migrations import migrate
+    from services.stack import manager
+    from tests.conftest import stack_env
+
+    home = tmp_path_factory.mktemp("verify-kafka")
+    with mock.patch.dict(os.environ, {**stack_env(), "CASESTREAM_HOME": str(home)}):
+        broker = Settings.from_env()
+    manager.up(broker, log=lambda m: None, parts=["kafka"])
+    try:
+        settings = dataclasses.replace(
+            stack,
+            home=home,
+            kafka_bootstrap=broker.kafka_bootstrap,
+            clickhouse_database=f"verify_{new_tag()}",
+        )
+        migrate(settings, log=lambda m: None)
+        yield settings
+    finally:
+        manager.down(broker, log=lambda m: None, parts=["kafka"])
 
 
 def test_verify_finds_a_rewritten_a_deleted_and_an_inserted_event(own_database: Settings):
