@@ -6,6 +6,7 @@ The model (enforced by the broker's ``StandardAuthorizer``, deny by default):
 | --- | --- | --- |
 | ``User:agency-<agency_id>`` | WRITE (and so DESCRIBE) its own topic ``agency.<agency_id>.events`` | read anything, write any other topic, create topics, join groups |
 | ``User:casestream-worker`` | READ every ``agency.*`` topic; READ/WRITE/CREATE its internal topics (``casestream.*``, ``<app_id>-*``); its consumer groups (``<app_id>*``) | write agency topics |
+| ``User:casestream-gateway`` | WRITE the topics of the agencies it holds tokens for (one literal ACL each) | read anything, write any other agency's topic, create topics, join groups |
 | ``User:admin`` (super user) | everything: creating agency topics, users and ACLs | |
 
 Credentials are SCRAM-SHA-512. The admin's is written into the cluster metadata when the storage
@@ -51,6 +52,7 @@ from services.contracts.events import topic_for_agency
 SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 WORKER_PRINCIPAL = "casestream-worker"
+GATEWAY_PRINCIPAL = "casestream-gateway"
 ADMIN_PRINCIPAL = "admin"
 AGENCY_TOPIC_PREFIX = "agency."
 INTERNAL_TOPIC_PREFIX = "casestream."  # dlq, probe
@@ -139,6 +141,17 @@ def agency_acls(agency_id: str, principal: str | None = None) -> list[AclBinding
         ResourcePatternType.LITERAL,
         [AclOperation.WRITE],
     )
+
+
+def gateway_acls(agency_ids: Iterable[str], principal: str = GATEWAY_PRINCIPAL) -> list[AclBinding]:
+    """The HTTP gateway writes the topics of its token holders' agencies, and nothing else.
+
+    Its own principal, not an agency's nor the admin's: a gateway host that is broken into can
+    then write only for the agencies it serves (still checked event by event against the
+    token's agency), never read the record or create topics. Grant it one agency at a time, as
+    tokens are issued.
+    """
+    return [binding for agency_id in agency_ids for binding in agency_acls(agency_id, principal)]
 
 
 def worker_acls(

@@ -73,6 +73,7 @@ def principals(secure: SecureKafka, tmp_path_factory) -> dict[str, Principal]:
         ("agency", kafka_security.agency_principal(AGENCY)),
         ("other", kafka_security.agency_principal(OTHER_AGENCY)),
         ("worker", kafka_security.WORKER_PRINCIPAL),
+        ("gateway", kafka_security.GATEWAY_PRINCIPAL),
     ]:
         password = secrets.token_urlsafe(18)
         path = secret_dir / name
@@ -84,6 +85,7 @@ def principals(secure: SecureKafka, tmp_path_factory) -> dict[str, Principal]:
         kafka_security.agency_acls(AGENCY)
         + kafka_security.agency_acls(OTHER_AGENCY)
         + kafka_security.worker_acls(app_id=WORKER_APP_ID)
+        + kafka_security.gateway_acls([AGENCY])  # it holds tokens for AGENCY only
     )
     secure.create_topics({f"agency.{a}.events": 4 for a in (AGENCY, OTHER_AGENCY, "00-SC")})
     return found
@@ -214,6 +216,66 @@ def test_worker_principal_reads_every_agency_topic_but_writes_none(secure, princ
 
     refused = _produce(_config(secure, worker), topics[0], b"worker must not write here")
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_gateway_principal_writes_only_its_token_holders_topics(secure, principals):
+    gateway = principals["gateway"]
+    own, other = f"agency.{AGENCY}.events", f"agency.{OTHER_AGENCY}.events"
+    assert _produce(_config(secure, gateway), own, b"for a token holder") is None
+    refused = _produce(_config(secure, gateway), other, b"no token for this agency")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    values, errors = _read(
+        _config(secure, gateway, **{"group.id": "gateway-reader"}), [own], seconds=8
+    )
+    assert values == []
+    assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
+    admin = AdminClient(_config(secure, gateway))  # referenced until the future is done
+    future = admin.create_topics([NewTopic("agency.20-COURT.events", 1, 1)])[
+        "agency.20-COURT.events"
+    ]
+    with pytest.raises(Exception) as refused_create:
+        future.result()
+    assert refused_create.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_gateway_publishes_for_its_token_holders_with_its_own_principal(
+    stack, secure, principals, monkeypatch, tmp_path
+):
+    from fastapi.testclient import TestClient
+
+    from services.agency.gateway import GatewayConfig, create_app
+    from services.agency.tokens import TokenStore
+
+    for key, value in _secured_env(secure, principals["gateway"]).items():
+        monkeypatch.setenv(key, value)
+    settings = Settings.from_env()
+    assert settings.kafka_sasl_username == kafka_security.GATEWAY_PRINCIPAL
+    store = TokenStore(tmp_path / "tokens.json")
+    token = store.create(AGENCY)[0]
+    case = f"{new_tag()}:{AGENCY}/2024/9"
+    event = make_event(
+        "case_opened",
+        AGENCY,
+        case,
+        "2024-03-05T09:30:00+07:00",
+        {"origin": "inspection", "field": "land", "subject_kind": "official", "prominent": False},
+    )
+    config = GatewayConfig(outbox_dir=tmp_path / "outbox", shutdown_flush_seconds=1.0)
+    with TestClient(create_app(settings, store, config=config)) as client:
+        r = client.post(
+            "/v1/events?wait=true&timeout=60",
+            json={"events": [event]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    assert r.status_code == 200 and r.json()["delivered"] == 1, r.text
+    values, errors = _read(
+        secure.client_config(logger=_QUIET, **{"group.id": "admin-gateway-check"}),
+        [f"agency.{AGENCY}.events"],
+        seconds=30,
+        want=10_000,
+        until=lambda vs: any(case.encode() in v for v in vs),
+    )
+    assert not errors and any(case.encode() in v for v in values)
 
 
 @pytest.mark.parametrize("who", ["wrong password", "unknown user"])
