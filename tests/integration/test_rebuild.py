@@ -9,7 +9,7 @@ import pytest
 from services.agency.publisher import Publisher
 from services.ops.consumer_lag import wait_caught_up
 from services.ops.rebuild import rebuild, table_digests
-from tests.helpers import case_sent_to_police, new_tag, wait_for
+from tests.helpers import case_sent_to_police, make_event, new_tag, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,10 +28,24 @@ def _cases(tag: str, n: int, month: int) -> list[dict]:
     return events
 
 
+def _forged(tag: str, n: int) -> list[dict]:
+    """A court resolving cases it was never sent: authority violations the rebuild must list too."""
+    return [
+        make_event(
+            "case_resolved",
+            "20-COURT",
+            f"{tag}:20-INSP/2017/{i:04d}",
+            "2017-01-28T08:00:00+07:00",
+            {"outcome": "convicted"},
+        )
+        for i in range(n)
+    ]
+
+
 def test_rebuild_reproduces_the_live_tables_without_disturbing_them(stack, worker, ch):
     tag = new_tag()
     with Publisher(None, stack) as operator:
-        operator.publish_many(_cases(tag, 200, month=1))
+        operator.publish_many(_cases(tag, 200, month=1) + _forged(tag, 10))
     wait_caught_up(stack, timeout=300)
     live_before = table_digests(ch, stack.clickhouse_database)
 
@@ -60,6 +74,7 @@ def test_rebuild_reproduces_the_live_tables_without_disturbing_them(stack, worke
 
     result = outcome["result"]
     assert result.equal, (result.live, result.rebuilt)
+    assert result.rebuilt["integrity_violations"][0] >= 10  # the forged resolutions, listed
     assert result.rebuilt["events"][0] >= live_before["events"][0] + len(late)
     assert not result.switched
 
