@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from services.agency import import_audit
 from services.contracts.events import EventValidationError, parse_event, validate_publisher
 from services.settings import Settings
 
@@ -55,6 +56,8 @@ class ImportSummary:
     errors: list[LineError] = field(default_factory=list)
     by_agency: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     seconds: float = 0.0
+    audit: Path | None = None  # the audit file the import's record was appended to
+    import_id: str = ""
 
 
 def _coerce(name: str, value: str) -> Any:
@@ -145,6 +148,7 @@ def import_file(
     if not path.exists():
         raise FileNotFoundError(f"no such file: {path}")
     settings = settings or Settings.from_env()
+    record = import_audit.begin(path, settings.kafka_sasl_username)
     publisher = (publisher_factory or (lambda: Publisher(only_agency, settings)))()
     batch: list[dict[str, Any]] = []
     summary = ImportSummary()
@@ -183,6 +187,8 @@ def import_file(
     send()
     summary.pending = publisher.close(flush_timeout)
     summary.seconds = time.monotonic() - started
+    summary.import_id = record.import_id
+    summary.audit = import_audit.finish(record, settings.home, summary)
     return summary
 
 
@@ -209,4 +215,6 @@ def format_summary(summary: ImportSummary, max_errors: int = 50) -> str:
         f"{summary.seconds:.1f}s",
         file=out,
     )
+    if summary.audit is not None:
+        print(f"audit: import {summary.import_id} recorded in {summary.audit}", file=out)
     return out.getvalue()

@@ -7,6 +7,7 @@ The model (enforced by the broker's ``StandardAuthorizer``, deny by default):
 | ``User:agency-<agency_id>`` | WRITE (and so DESCRIBE) its own topic ``agency.<agency_id>.events`` | read anything, write any other topic, create topics, join groups |
 | ``User:casestream-worker`` | READ every ``agency.*`` topic; READ/WRITE/CREATE its internal topics (``casestream.*``, ``<app_id>-*``); its consumer groups (``<app_id>*``) | write agency topics |
 | ``User:casestream-gateway`` | WRITE the topics of the agencies it holds tokens for (one literal ACL each) | read anything, write any other agency's topic, create topics, join groups |
+| ``User:casestream-import`` | WRITE every agency topic (digitised records of any agency, each import recorded in ``<home>/imports/audit.jsonl``) | read anything, create topics, join groups |
 | ``User:admin`` (super user) | everything: creating agency topics, users and ACLs | |
 
 Credentials are SCRAM-SHA-512. The admin's is written into the cluster metadata when the storage
@@ -53,6 +54,7 @@ SCRAM_MECHANISM = "SCRAM-SHA-512"
 SCRAM_ITERATIONS = 8192
 WORKER_PRINCIPAL = "casestream-worker"
 GATEWAY_PRINCIPAL = "casestream-gateway"
+IMPORT_PRINCIPAL = "casestream-import"
 ADMIN_PRINCIPAL = "admin"
 AGENCY_TOPIC_PREFIX = "agency."
 INTERNAL_TOPIC_PREFIX = "casestream."  # dlq, probe
@@ -152,6 +154,22 @@ def gateway_acls(agency_ids: Iterable[str], principal: str = GATEWAY_PRINCIPAL) 
     tokens are issued.
     """
     return [binding for agency_id in agency_ids for binding in agency_acls(agency_id, principal)]
+
+
+def import_acls(principal: str = IMPORT_PRINCIPAL) -> list[AclBinding]:
+    """The operator who imports digitised records writes every agency's topic, nothing else.
+
+    A principal of its own, so the broker's log names who wrote, and the import's audit record
+    (services/agency/import_audit.py) says which file; its events meet the same validation and
+    authority rules as live ones, only the gateway's age limit does not apply.
+    """
+    return _allow(
+        principal,
+        ResourceType.TOPIC,
+        AGENCY_TOPIC_PREFIX,
+        ResourcePatternType.PREFIXED,
+        [AclOperation.WRITE],
+    )
 
 
 def worker_acls(

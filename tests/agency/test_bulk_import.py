@@ -228,6 +228,38 @@ class MemoryPublisher:
 # =========================================================================== unit
 
 
+@pytest.fixture(autouse=True)
+def _audit_in_tmp(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> None:
+    """Unit imports build their settings from the environment: keep their audit record in tmp."""
+    if request.node.get_closest_marker("unit"):
+        monkeypatch.setenv("CASESTREAM_HOME", str(tmp_path / "home"))
+
+
+@pytest.mark.unit
+def test_every_import_is_recorded_for_audit_with_operator_file_hash_and_counts(
+    tmp_path, monkeypatch
+):
+    import hashlib
+
+    from services.agency.import_audit import read_records
+
+    monkeypatch.setenv("CASESTREAM_OPERATOR", "nguyen.van.a")
+    path = tmp_path / "records.jsonl"
+    jsonl_file(path, "a")
+    summary = import_file(path, publisher_factory=MemoryPublisher)
+    again = import_file(path, publisher_factory=MemoryPublisher)
+    records = read_records(tmp_path / "home")
+    assert [r["import_id"] for r in records] == [summary.import_id, again.import_id]
+    first = records[0]
+    assert first["operator"] == "nguyen.van.a"
+    assert first["file"] == str(path.resolve())
+    assert first["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (first["lines"], first["accepted"], first["rejected"]) == (11, 4, 6)
+    assert first["by_agency"] == {"20-INSP": 2, "20-POLICE": 2}
+    assert first["started_at"] <= first["finished_at"]
+    assert f"audit: import {summary.import_id} recorded in " in format_summary(summary)
+
+
 @pytest.mark.unit
 def test_jsonl_bad_rows_are_reported_by_line_field_and_value(tmp_path):
     path = tmp_path / "records.jsonl"

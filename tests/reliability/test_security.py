@@ -74,6 +74,7 @@ def principals(secure: SecureKafka, tmp_path_factory) -> dict[str, Principal]:
         ("other", kafka_security.agency_principal(OTHER_AGENCY)),
         ("worker", kafka_security.WORKER_PRINCIPAL),
         ("gateway", kafka_security.GATEWAY_PRINCIPAL),
+        ("import", kafka_security.IMPORT_PRINCIPAL),
     ]:
         password = secrets.token_urlsafe(18)
         path = secret_dir / name
@@ -86,6 +87,7 @@ def principals(secure: SecureKafka, tmp_path_factory) -> dict[str, Principal]:
         + kafka_security.agency_acls(OTHER_AGENCY)
         + kafka_security.worker_acls(app_id=WORKER_APP_ID)
         + kafka_security.gateway_acls([AGENCY])  # it holds tokens for AGENCY only
+        + kafka_security.import_acls()
     )
     secure.create_topics({f"agency.{a}.events": 4 for a in (AGENCY, OTHER_AGENCY, "00-SC")})
     return found
@@ -236,6 +238,21 @@ def test_gateway_principal_writes_only_its_token_holders_topics(secure, principa
     with pytest.raises(Exception) as refused_create:
         future.result()
     assert refused_create.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def test_import_principal_writes_every_agency_topic_and_reads_none(secure, principals):
+    importer = principals["import"]
+    for agency in (AGENCY, OTHER_AGENCY, "00-SC"):
+        assert _produce(_config(secure, importer), f"agency.{agency}.events", b"digitised") is None
+    refused = _produce(_config(secure, importer), "casestream.dlq", b"not an agency topic")
+    assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    values, errors = _read(
+        _config(secure, importer, **{"group.id": "import-reader"}),
+        [f"agency.{AGENCY}.events"],
+        seconds=8,
+    )
+    assert values == []
+    assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
 
 
 def test_gateway_publishes_for_its_token_holders_with_its_own_principal(
