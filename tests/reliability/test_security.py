@@ -131,6 +131,22 @@ def _read(config: dict, topics: list[str], *, seconds: float, want: int = 1, unt
     return values, errors
 
 
+def _assert_reads_refused(secure: SecureKafka, who: Principal, topics: list[str], group: str):
+    values, errors = _read(_config(secure, who, **{"group.id": group}), topics, seconds=8)
+    assert values == [], topics
+    assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
+
+
+def _assert_topic_creation_refused(secure: SecureKafka, who: Principal) -> None:
+    admin = AdminClient(_config(secure, who))  # referenced until the future is done
+    future = admin.create_topics([NewTopic("agency.20-COURT.events", 1, 1)])[
+        "agency.20-COURT.events"
+    ]
+    with pytest.raises(Exception) as refused_create:
+        future.result()
+    assert refused_create.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
 def _secured_env(secure: SecureKafka, who: Principal) -> dict[str, str]:
     return secure.client_env(who.name, who.password_file)
 
@@ -183,19 +199,8 @@ def test_agency_cannot_write_other_topics_read_anything_or_create_topics(secure,
 
     # Reading is refused everywhere, its own topic included.
     for topics in ([own], [other], ["agency.00-SC.events"]):
-        values, errors = _read(
-            _config(secure, agency, **{"group.id": "agency-reader"}), topics, seconds=8
-        )
-        assert values == [], topics
-        assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
-
-    admin = AdminClient(_config(secure, agency))
-    future = admin.create_topics([NewTopic("agency.20-COURT.events", 1, 1)])[
-        "agency.20-COURT.events"
-    ]
-    with pytest.raises(Exception) as refused_create:
-        future.result()
-    assert refused_create.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+        _assert_reads_refused(secure, agency, topics, "agency-reader")
+    _assert_topic_creation_refused(secure, agency)
 
 
 def test_worker_principal_reads_every_agency_topic_but_writes_none(secure, principals):
@@ -226,18 +231,8 @@ def test_gateway_principal_writes_only_its_token_holders_topics(secure, principa
     assert _produce(_config(secure, gateway), own, b"for a token holder") is None
     refused = _produce(_config(secure, gateway), other, b"no token for this agency")
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    values, errors = _read(
-        _config(secure, gateway, **{"group.id": "gateway-reader"}), [own], seconds=8
-    )
-    assert values == []
-    assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
-    admin = AdminClient(_config(secure, gateway))  # referenced until the future is done
-    future = admin.create_topics([NewTopic("agency.20-COURT.events", 1, 1)])[
-        "agency.20-COURT.events"
-    ]
-    with pytest.raises(Exception) as refused_create:
-        future.result()
-    assert refused_create.value.args[0].code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    _assert_reads_refused(secure, gateway, [own], "gateway-reader")
+    _assert_topic_creation_refused(secure, gateway)
 
 
 def test_import_principal_writes_every_agency_topic_and_reads_none(secure, principals):
@@ -246,13 +241,7 @@ def test_import_principal_writes_every_agency_topic_and_reads_none(secure, princ
         assert _produce(_config(secure, importer), f"agency.{agency}.events", b"digitised") is None
     refused = _produce(_config(secure, importer), "casestream.dlq", b"not an agency topic")
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
-    values, errors = _read(
-        _config(secure, importer, **{"group.id": "import-reader"}),
-        [f"agency.{AGENCY}.events"],
-        seconds=8,
-    )
-    assert values == []
-    assert errors and errors <= {"TOPIC_AUTHORIZATION_FAILED", "GROUP_AUTHORIZATION_FAILED"}
+    _assert_reads_refused(secure, importer, [f"agency.{AGENCY}.events"], "import-reader")
 
 
 def test_gateway_publishes_for_its_token_holders_with_its_own_principal(
