@@ -140,12 +140,47 @@ def build_rollups(
 WATERMARK_FLOW = "refresh-watermark"
 
 
+#: The first day whose figures events ingested since the watermark may change: their own dates,
+#: and the dates of every event of their cases that is, or ever was, a violation. A late fact
+#: can change whether an *earlier-dated* fact counts (a late opening makes the case's earlier
+#: facts "before the opening"; a late transfer lifts a receiver's earlier-ingested acts), and
+#: with only the new events' dates those earlier periods kept their old figures. Periods before
+#: the first one ever built hold no rollup rows to correct, so a forged 1970 date drags nothing.
+_EARLIEST_TOUCHED = """
+    SELECT toDate(min(at), {tz:String}), count() FROM (
+        SELECT occurred_at AS at FROM events WHERE ingested_at > {since:DateTime64(3)}
+        UNION ALL
+        SELECT occurred_at AS at FROM integrity_violations_state
+        WHERE case_id IN (SELECT case_id FROM events WHERE ingested_at > {since:DateTime64(3)})
+    )
+"""
+
+
+def _earliest_touched(client: Any, since: Any) -> date | None:
+    """The first day to rebuild from (`_EARLIEST_TOUCHED`), or None when nothing new arrived."""
+    built_from = client.query(
+        "SELECT min(first_period) FROM rollup_runs WHERE flow != {f:String}",
+        parameters={"f": WATERMARK_FLOW},
+    ).result_rows[0][0]
+    rows = client.query(
+        _EARLIEST_TOUCHED, parameters={"tz": REPORTING_TZ, "since": since}
+    ).result_rows
+    if not rows or not rows[0][1]:
+        return None
+    earliest: date = rows[0][0]
+    if not isinstance(built_from, date) or built_from.year == 1970:  # nothing built yet
+        built_from = _history_start(client) or earliest
+    return max(earliest, built_from)
+
+
 @flow(name="refresh-recent-rollups")
 def refresh_recent() -> dict[str, int]:
     """Scheduled refresh: rebuild every period that events ingested since the last refresh touch.
 
     A late event re-opens its own periods and, because pending/monitored are stocks, every later
-    one; so the rebuild runs from the earliest touched period to today.
+    one; so the rebuild runs from the earliest touched period to today. A late event can also
+    change which earlier facts of its case count (the authority rules judge a case's facts as a
+    whole), so their periods are touched too (`_EARLIEST_TOUCHED`).
     """
     logger = get_run_logger()
     settings = Settings.from_env()
@@ -155,14 +190,9 @@ def refresh_recent() -> dict[str, int]:
         "SELECT max(finished_at) FROM rollup_runs WHERE flow = {f:String}",
         parameters={"f": WATERMARK_FLOW},
     )
-    earliest = client.command(
-        "SELECT toDate(min(occurred_at), {tz:String}) FROM events "
-        "WHERE ingested_at > {since:DateTime64(3)}",
-        parameters={"tz": REPORTING_TZ, "since": since},
-    )
+    first = _earliest_touched(client, since)
     written: dict[str, int] = {}
-    if earliest and not str(earliest).startswith("1970"):
-        first = date.fromisoformat(str(earliest))
+    if first is not None:
         logger.info("events ingested since %s touch periods from %s on", since, first)
         written = build_rollups(first, date.today())
     _record_run(client, WATERMARK_FLOW, "", date.today(), date.today(), 0, started)

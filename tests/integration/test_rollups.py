@@ -321,3 +321,51 @@ def _late_event_changes_exactly_its_periods(own: OwnDatabase, tag: str, ch, refr
             flows = {k: v for k, v in row.items() if k not in stocks}
             assert {k: v for k, v in after[month].items() if k not in stocks} == flows, month
             assert after[month]["pending_end"] == row["pending_end"] - 1, month
+
+
+def test_a_late_fact_that_makes_an_earlier_fact_a_violation_corrects_its_period(stack):
+    """A late opening makes the case's earlier-dated facts "before the opening": the refresh must
+    rebuild *their* periods, not only the opening's (on a copy of the module's data)."""
+    from flows.rollups import refresh_recent
+
+    tag = new_tag()
+    own = _derived(stack, tag)
+    ch = own.client()
+    case = f"{tag}:C7"  # no agency in the id: until an opening arrives, nobody can be judged
+    try:
+        with own.selected():
+            july_before = _national(ch, "month", "2011-07-01")
+            own.derive(
+                [
+                    make_event(
+                        "assets_recovered",
+                        "20-INSP",
+                        case,
+                        "2011-07-10T09:00:00+07:00",
+                        {"identified_vnd": 500, "recovered_vnd": 200},
+                    )
+                ]
+            )
+            refresh_recent()
+            july_counted = _national(ch, "month", "2011-07-01")
+            assert (
+                july_counted["assets_identified_vnd"] == july_before["assets_identified_vnd"] + 500
+            )
+            september_before = _national(ch, "month", "2011-09-01")
+
+            own.derive(
+                [make_event("case_opened", "20-INSP", case, "2011-09-01T09:00:00+07:00", OPENED)]
+            )
+            assert (
+                ch.command(
+                    "SELECT rule FROM integrity_violations WHERE case_id = {c:String}",
+                    parameters={"c": case},
+                )
+                == "before_the_opening"
+            )
+            refresh_recent()
+            assert _national(ch, "month", "2011-07-01") == july_before
+            september = _national(ch, "month", "2011-09-01")
+            assert september["cases_opened"] == september_before["cases_opened"] + 1
+    finally:
+        own.drop()
