@@ -147,6 +147,25 @@ def test_forgeries_through_the_gateway_are_listed_and_leave_the_case_as_it_was(
     assert ch.command(
         "SELECT count() FROM events WHERE case_id = {c:String}", parameters={"c": case}
     ) == len(honest + forged)
+    # Everything the rollups read of this case, as the real worker wrote it from Kafka, equals
+    # what the honest history alone derives to (the next test shows equal inputs, equal rollups).
+    with OwnDatabase(stack, "authority") as own:
+        own.derive(honest)
+        assert _rollup_inputs(ch, case) == _rollup_inputs(own.client(), case)
+
+
+def _rollup_inputs(client, case: str) -> dict[str, list[tuple]]:
+    """The rows of one case the rollups are computed from (events: those that count)."""
+    queries = {
+        "cases": "SELECT * FROM cases WHERE case_id = {c:String}",
+        "transfers": "SELECT * FROM transfers WHERE case_id = {c:String} ORDER BY transfer_id",
+        "appraisals": "SELECT * FROM appraisals WHERE case_id = {c:String} ORDER BY appraisal_id",
+        "events": "SELECT * EXCEPT (ingested_at) FROM events FINAL WHERE case_id = {c:String} "
+        "AND event_id NOT IN (SELECT event_id FROM violating_events) ORDER BY event_id",
+    }
+    return {
+        name: client.query(sql, parameters={"c": case}).result_rows for name, sql in queries.items()
+    }
 
 
 ROLLUP_QUERIES = {
