@@ -17,6 +17,8 @@ The rules (schemas/README.md gives the reasoning):
 | case_opened | the agency the case id names (`<agency_id>/<year>/<n>`), once; any agency for ids outside that convention, once |
 | transfer_received, transfer_returned | the transfer's `to_agency_id` (or its successor after a province merger) |
 | monitoring_assigned | a steering committee (`SC`) of the case's province or the central one (`00-SC`) |
+| appraisal_requested, appraisal_completed | a holder of one of the `APPRAISERS` types |
+| assets_recovered | a holder of one of the `ASSET_RECOVERERS` types |
 | every other event | a holder of the case at that time |
 
 And whoever emits it, no event of a case may happen before the case's (admitted) opening: a date
@@ -58,10 +60,27 @@ RULES: dict[str, str] = {
     "monitoring_assigned": "steering_committee",
 }
 
+#: Agency types that request judicial appraisals (and record their completion): the bodies that
+#: conduct proceedings or inspections. Not the party's commissions (PIC, IAC), which decide party
+#: discipline, nor the steering committees (SC), which direct, nor judgment enforcement (CJE).
+APPRAISERS = frozenset(
+    {"INSP", "AUDIT", "POLICE", "PROC", "COURT", "CUSTOMS", "TAX", "MARKET", "FOREST"}
+)
+#: Agency types that identify and recover assets: the appraisers plus judgment enforcement (CJE),
+#: which recovers what a judgment orders.
+ASSET_RECOVERERS = APPRAISERS | {"CJE"}
+#: event type → the agency types that may emit it (on top of being a holder).
+AGENCY_TYPES: dict[str, frozenset[str]] = {
+    "appraisal_requested": APPRAISERS,
+    "appraisal_completed": APPRAISERS,
+    "assets_recovered": ASSET_RECOVERERS,
+}
+
 #: rule names as listed in `integrity_violations.rule`.
 OPENED_BY_ANOTHER = "opened_by_another_agency"
 OPENED_TWICE = "opened_twice"
 NOT_A_HOLDER = "not_a_holder"
+WRONG_AGENCY_TYPE = "wrong_agency_type"
 NOT_THE_ADDRESSEE = "not_the_addressee"
 TRANSFER_NOT_ADMITTED = "transfer_not_admitted"
 NOT_THE_STEERING_COMMITTEE = "not_the_steering_committee"
@@ -208,6 +227,14 @@ def judge(facts: Iterable[Fact]) -> Verdict:
                 )
                 continue
         else:
+            allowed = AGENCY_TYPES.get(kind)
+            if allowed is not None and agency_type_of(agency) not in allowed:
+                refuse(
+                    fact,
+                    WRONG_AGENCY_TYPE,
+                    f"{kind} is recorded by {', '.join(sorted(allowed))}, not {agency}",
+                )
+                continue
             verdict = holds(agency, at)
             if verdict is False:
                 held_by = ", ".join(sorted(holders or {owner or ""}))

@@ -22,7 +22,7 @@ def ms(day: str) -> int:
     return int(datetime.fromisoformat(day).replace(tzinfo=UTC).timestamp() * 1000)
 
 
-def fact(kind: str, agency: str, day: str, case_id: str = POLICE_CASE, **payload) -> Fact:
+def fact(kind: str, agency: str, day: str, case_id: str = POLICE_CASE, /, **payload) -> Fact:
     return Fact(str(uuid.uuid4()), kind, case_id, agency, ms(day), 420, None, payload)
 
 
@@ -159,7 +159,7 @@ def test_a_case_is_opened_once():
 
 
 def test_without_an_opening_or_an_owner_nothing_can_be_judged_yet():
-    facts = [fact("case_resolved", "30-INSP", "2024-01-01", case_id="free-form-2", outcome="other")]
+    facts = [fact("case_resolved", "30-INSP", "2024-01-01", "free-form-2", outcome="other")]
     assert rules(facts) == []
     assert derive_rows(facts).case[11] == "resolved"
 
@@ -194,3 +194,33 @@ def test_an_event_dated_before_the_opening_is_a_violation_whoever_emits_it():
     ]
     (first, *_) = judge(facts).violations
     assert "before the case was opened at 2024-03-01" in first.detail
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload"),
+    [
+        ("appraisal_requested", {"appraisal_id": "A1", "kind": "valuation"}),
+        ("appraisal_completed", {"appraisal_id": "A1", "kind": "valuation"}),
+        ("assets_recovered", {"identified_vnd": 100, "recovered_vnd": 10}),
+    ],
+)
+def test_appraisals_and_asset_recovery_only_by_the_agency_types_that_do_them(kind, payload):
+    """Holding the case is not enough: a party commission that received it records neither."""
+    base = [opened(), sent("20-POLICE", "20-PIC", "2024-03-10"), received("20-PIC", "2024-03-11")]
+    by_police = fact(kind, "20-POLICE", "2024-03-12", **payload)
+    by_commission = fact(kind, "20-PIC", "2024-03-12", **payload)
+    assert rules([*base, by_police]) == []
+    assert rules([*base, by_commission]) == [(kind, "20-PIC", authority.WRONG_AGENCY_TYPE)]
+    reason = judge([*base, by_commission]).violations[0].detail
+    assert "not 20-PIC" in reason and "POLICE" in reason
+
+
+def test_judgment_enforcement_recovers_assets_but_requests_no_appraisal():
+    base = [opened(), sent("20-POLICE", "20-CJE", "2024-03-10"), received("20-CJE", "2024-03-11")]
+    assets = fact("assets_recovered", "20-CJE", "2024-04-01", identified_vnd=5, recovered_vnd=5)
+    appraisal = fact(
+        "appraisal_requested", "20-CJE", "2024-04-01", appraisal_id="A", kind="technical"
+    )
+    assert rules([*base, assets, appraisal]) == [
+        ("appraisal_requested", "20-CJE", authority.WRONG_AGENCY_TYPE)
+    ]
