@@ -240,6 +240,8 @@ class ServerInfo:
     timezone: str
     http_compression_default: bool
     setting_names: frozenset[str]
+    # Lowercased names of the engine's table functions (the query policy refuses unknown ones).
+    table_functions: frozenset[str] = frozenset()
 
 
 class Engine:
@@ -267,11 +269,15 @@ class Engine:
         ).data
         info = json.loads(row)
         names = anchor.execute("SELECT name FROM system.settings", "TabSeparatedRaw").data
+        functions = anchor.execute(
+            "SELECT lower(name) FROM system.table_functions", "TabSeparatedRaw"
+        ).data
         self.info = ServerInfo(
             version=str(info["version"]),
             timezone=str(info["timezone"]),
             http_compression_default=str(info["compression"]).lower() in ("1", "true"),
             setting_names=frozenset(names.decode("utf-8").split()),
+            table_functions=frozenset(functions.decode("utf-8").split()),
         )
 
     def connect(self) -> EngineConnection:

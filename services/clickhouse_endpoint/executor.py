@@ -15,15 +15,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from itertools import chain
 
-from . import sql
+from . import policy, sql
 from .auth import User
 from .engine import Engine, EngineConnection, Outcome
 from .errors import ClickHouseError, readonly_error
+from .processes import Registry, RunningQuery
 from .request import RequestBody, is_true, split_params
 from .sessions import Session, SessionManager, parse_timeout
 
@@ -31,39 +35,6 @@ log = logging.getLogger(__name__)
 
 # Largest SQL text (not counting INSERT data) accepted in one request.
 MAX_QUERY_BYTES = 64 << 20
-
-# Settings a read-only user may still change (per request, or by SET in a session): they only
-# shape results or limit work. Everything else is refused like ClickHouse's readonly=1 does.
-READONLY_SETTINGS = frozenset(
-    {
-        "max_block_size",
-        "max_threads",
-        "max_execution_time",
-        "max_result_rows",
-        "max_result_bytes",
-        "max_rows_to_read",
-        "max_bytes_to_read",
-        "result_overflow_mode",
-        "read_overflow_mode",
-        "timeout_overflow_mode",
-        "max_memory_usage",
-        "limit",
-        "offset",
-        "extremes",
-        "join_use_nulls",
-        "session_timezone",
-        "date_time_input_format",
-        "date_time_output_format",
-        "enable_http_compression",
-        "http_zlib_compression_level",
-        "send_progress_in_http_headers",
-        "http_headers_progress_interval_ms",
-        "cancel_http_readonly_queries_on_client_close",
-        "cast_string_to_dynamic_use_inference",
-        "log_comment",
-    }
-)
-READONLY_SETTING_PREFIXES = ("output_format_", "format_")
 
 # HTTP-server settings that clients (clickhouse-connect among them) send routinely. They mean
 # nothing to an embedded engine, so if a chDB build does not know one it is dropped instead of
@@ -141,10 +112,6 @@ def content_type_for(fmt: str | None) -> str:
     return "text/plain; charset=UTF-8"
 
 
-def readonly_setting_allowed(name: str) -> bool:
-    return name in READONLY_SETTINGS or name.startswith(READONLY_SETTING_PREFIXES)
-
-
 @dataclass
 class HttpQuery:
     """The HTTP-level inputs of one query request."""
@@ -218,20 +185,59 @@ def read_input(query_param: str | None, body: RequestBody | None) -> _Input:
     return _Input(sql.parse_statement(text), None, iter(()))
 
 
+# How long the list of databases is trusted before it is read again (it is also re-read after
+# any CREATE/DROP/RENAME/ATTACH/DETACH run through this endpoint).
+DATABASES_TTL_S = 2.0
+
+
 class Executor:
-    def __init__(self, engine: Engine, sessions: SessionManager) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        sessions: SessionManager,
+        grants: Mapping[str, policy.Grants] | None = None,
+    ) -> None:
         self.engine = engine
         self.sessions = sessions
+        self.grants: Mapping[str, policy.Grants] = dict(grants or {})
+        self.registry = Registry()
+        self._databases: frozenset[str] = frozenset()
+        self._databases_read_at = float("-inf")
+        self._databases_lock = threading.Lock()
+
+    def grants_for(self, user: User) -> policy.Grants:
+        grants = self.grants.get(user.name)
+        if grants is None:
+            return policy.Grants(None, policy.default_limits(user.readonly))
+        return grants
 
     def run(self, request: HttpQuery, user: User) -> Reply:
         stack = ExitStack()
         try:
             reply = self._run(request, user, stack)
+        except ClickHouseError as exc:
+            stack.close()
+            self.registry.record_error(user.name, exc.name, exc.code, exc.message)
+            raise
         except BaseException:
             stack.close()
             raise
         reply._cleanup = stack
         return reply
+
+    def _known_databases(self, conn: EngineConnection) -> frozenset[str]:
+        with self._databases_lock:
+            if time.monotonic() - self._databases_read_at < DATABASES_TTL_S:
+                return self._databases
+        names = conn.execute("SELECT name FROM system.databases", "TabSeparatedRaw").data
+        databases = frozenset(names.decode("utf-8").splitlines())
+        with self._databases_lock:
+            self._databases, self._databases_read_at = databases, time.monotonic()
+        return databases
+
+    def _forget_databases(self) -> None:
+        with self._databases_lock:
+            self._databases_read_at = float("-inf")
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -263,10 +269,14 @@ class Executor:
                 "endpoint because it would terminate the process hosting chDB",
                 "ACCESS_DENIED",
             )
-        if user.readonly:
-            for name in settings:
-                if not readonly_setting_allowed(name):
-                    raise readonly_error(f"Cannot modify '{name}' setting in readonly mode")
+        grants = self.grants_for(user)
+        for name, value in settings.items():
+            policy.check_setting(user.name, user.readonly, grants.limits, name, value)
+        policy.check_format(user.name, params.get("default_format"))
+        if source.insert is not None:
+            policy.check_format(user.name, source.insert.input_format)
+        for name in request.files:
+            policy.check_format(user.name, params.get(f"{name}_format"))
         if readonly_reason is not None:
             self._check_read_statement(statement, source.insert is not None, user, readonly_reason)
 
@@ -281,18 +291,8 @@ class Executor:
         if statement.kind == "USE":
             return
         if statement.kind == "SET":
-            assignments = sql.parse_set(statement.text)
-            if assignments is None:
+            if sql.parse_set(statement.text) is None:
                 raise refuse()
-            if user.readonly:
-                for assignment in assignments:
-                    if (
-                        not readonly_setting_allowed(assignment.name)
-                        or assignment.name == "readonly"
-                    ):
-                        raise readonly_error(
-                            f"Cannot modify '{assignment.name}' setting in readonly mode"
-                        )
             return
         if not statement.is_read:
             raise refuse()
@@ -312,6 +312,105 @@ class Executor:
         ):
             raise _readonly_refusal(user, readonly_reason)
 
+    # -- query policy -----------------------------------------------------------------------
+
+    def _check_policy(self, user: User, grants: policy.Grants, source: _Input) -> policy.Scan:
+        """Refuse what reaches outside the engine; check SET/SETTINGS and databases named."""
+        statement = source.statement
+        text = source.insert.statement if source.insert is not None else statement.text
+        tokens = sql.significant_tokens(text)
+        scan = policy.scan_statement(
+            user.name,
+            tokens,
+            text,
+            self.engine.info.table_functions,
+            restricted=grants.databases is not None,
+        )
+        assignments = [(a.name, a.value_sql) for a in sql.parse_set(text) or []]
+        for name, value in assignments + scan.settings:
+            policy.check_setting(user.name, user.readonly, grants.limits, name, value)
+        if statement.kind == "USE":
+            target = sql.parse_use(statement.text)
+            if target is not None and not grants.may_use(target):
+                raise policy.access_denied(user.name, f"Database {target} is not granted")
+        return scan
+
+    def _apply_database_policy(
+        self,
+        conn: EngineConnection,
+        user: User,
+        grants: policy.Grants,
+        source: _Input,
+        scan: policy.Scan,
+    ) -> tuple[_Input, sql.Statement]:
+        """Check databases named by the statement; swap in per-user system views.
+
+        ``system.processes``/``system.errors`` become the user's own entries for everyone;
+        tables holding other users' query texts are refused to everyone; a user with
+        database grants reads only its databases and the system tables clients need, with
+        ``system.tables``/``columns``/... filtered to its databases.
+        """
+        statement = source.statement
+        known = self._known_databases(conn)
+        if scan.show_database and not grants.may_use(scan.show_database):
+            raise policy.access_denied(user.name, f"Database {scan.show_database} is not granted")
+        replacements: list[tuple[int, int, str]] = []
+        for database, table, first, last in scan.qualified:
+            if database not in known:
+                continue  # a table alias or a tuple, not a database
+            if database == "system":
+                lowered = table.lower()
+                if lowered in policy.QUERY_TEXT_TABLES:
+                    raise policy.access_denied(
+                        user.name, f"system.{table} shows other users' queries or secrets"
+                    )
+                if lowered == "processes":
+                    view = self.registry.processes_view(user.name)
+                elif lowered == "errors":
+                    view = self.registry.errors_view(user.name)
+                elif grants.databases is None or lowered in policy.SAFE_SYSTEM_TABLES:
+                    continue
+                elif lowered in policy.FILTERED_SYSTEM_TABLES:
+                    column = "name" if lowered == "databases" else "database"
+                    allowed = ", ".join(sql.quote_string(d) for d in sorted(grants.databases))
+                    view = f"(SELECT * FROM system.{lowered} WHERE {column} IN ({allowed}))"
+                else:
+                    raise policy.access_denied(user.name, f"system.{table} is not granted")
+                replacements.append((first.start, last.end, view))
+            elif not grants.may_use(database):
+                raise policy.access_denied(user.name, f"Database {database} is not granted")
+        if not replacements or source.insert is not None:
+            if replacements:
+                raise policy.access_denied(user.name, "system views cannot be inserted from")
+            return source, statement
+        text = statement.text
+        for start, end, view in sorted(replacements, reverse=True):
+            text = text[:start] + view + text[end:]
+        rewritten = sql.Statement(text, statement.keywords)
+        return _Input(rewritten, None, source.data), rewritten
+
+    def _limit_settings(
+        self, grants: policy.Grants, settings: Mapping[str, str], session: Session | None
+    ) -> dict[str, str]:
+        """The user's limits, unless this request or its session already set them lower."""
+        chosen = set(settings)
+        if session is not None:
+            chosen |= set(session.settings) | session.set_names
+        return {k: v for k, v in grants.limits.settings().items() if k not in chosen}
+
+    def _kill(self, user: User, query_ids: set[str], params: Mapping[str, str]) -> Reply:
+        """KILL QUERY WHERE query_id = ...: cancels the user's own matching queries only.
+
+        chDB's own KILL would reach every user's queries, so it never gets the statement.
+        A streamed query stops at its next block; ``max_execution_time`` bounds the rest.
+        """
+        killed = self.registry.kill(user.name, query_ids)
+        rows = "".join(
+            "\t".join(("cancel_requested", q.query_id, q.user, _tsv_escape(q.query))) + "\n"
+            for q in killed
+        )
+        return Reply(format="TabSeparated", body=rows.encode("utf-8"), statement_kind="KILL")
+
     # -- execution --------------------------------------------------------------------------
 
     def _run(self, request: HttpQuery, user: User, stack: ExitStack) -> Reply:
@@ -324,8 +423,13 @@ class Executor:
                 settings.pop(name + suffix, None)
         lock_level, readonly_reason = _readonly_mode(user, request.method, settings)
         source = read_input(params.get("query"), request.body)
+        grants = self.grants_for(user)
+        kill = _kill_query_ids(source.statement) if source.insert is None else None
+        if kill is not None:
+            return self._kill(user, kill, params)
         self._check_request(request, user, source, settings, readonly_reason)
         statement = source.statement
+        scan = self._check_policy(user, grants, source)
 
         session: Session | None = None
         session_id = params.get("session_id") or None
@@ -341,6 +445,16 @@ class Executor:
             )
 
         database = params.get("database") or None
+        if (
+            database is None
+            and grants.databases is not None
+            and (session is None or session.database is None)
+        ):
+            database = grants.default_database
+        for name in (database, session.database if session else None):
+            if name and not grants.may_use(name):
+                raise policy.access_denied(user.name, f"Database {name} is not granted")
+        settings = {**self._limit_settings(grants, settings, session), **settings}
         on_session_connection = session is not None and session.connection is not None
         if session is not None and session.connection is not None:
             conn = session.connection
@@ -359,6 +473,15 @@ class Executor:
         if request.files:
             self._load_external_tables(conn, request.files, params, stack)
         self._check_with_engine(conn, source, user, readonly_reason)
+        if scan.qualified or scan.show_database:
+            source, statement = self._apply_database_policy(conn, user, grants, source, scan)
+        entry = RunningQuery(
+            user.name,
+            params.get("query_id") or str(uuid.uuid4()),
+            statement.text,
+            database or (session.database if session and session.database else ""),
+        )
+        stack.enter_context(self.registry.running(entry))
         timezone = self._timezone(conn, settings, session) if statement.returns_rows else ""
 
         if user.readonly:
@@ -369,7 +492,9 @@ class Executor:
             # chDB itself now refuses any write, whatever our own checks missed.
             conn.execute(f"SET readonly = {sql.quote_string(lock_level)}")
 
-        reply = self._execute(conn, source, binds, params, stack)
+        reply = self._execute(conn, source, binds, params, stack, entry)
+        if statement.kind in ("CREATE", "DROP", "RENAME", "ATTACH", "DETACH", "EXCHANGE"):
+            self._forget_databases()
         reply.timezone = timezone
         reply.statement_kind = statement.kind
         return reply
@@ -468,6 +593,7 @@ class Executor:
         binds: Mapping[str, str],
         params: Mapping[str, str],
         stack: ExitStack,
+        entry: RunningQuery,
     ) -> Reply:
         statement = source.statement
         if source.insert is not None:
@@ -488,9 +614,11 @@ class Executor:
         if statement.streamable and not wait:
             lowered = fmt.lower()
             if lowered in STREAMABLE_FORMATS:
-                return self._stream_reply(conn, statement, fmt, binds, stack, None)
+                return self._stream_reply(conn, statement, fmt, binds, stack, None, entry)
             if lowered == "arrowstream":
-                return self._stream_reply(conn, statement, fmt, binds, stack, _merge_arrow_streams)
+                return self._stream_reply(
+                    conn, statement, fmt, binds, stack, _merge_arrow_streams, entry
+                )
         outcome = conn.execute(statement.text, fmt, binds)
         body = outcome.data or self._empty_result_header(conn, statement, fmt, binds)
         return Reply(format=fmt, body=body, outcome=outcome)
@@ -526,10 +654,11 @@ class Executor:
         binds: Mapping[str, str],
         stack: ExitStack,
         transform: Callable[[Iterator[bytes]], Iterator[bytes]] | None,
+        entry: RunningQuery,
     ) -> Reply:
         stream = conn.stream(statement.text, fmt, binds)
         stack.callback(stream.close)
-        chunks: Iterator[bytes] = transform(stream) if transform else stream
+        chunks: Iterator[bytes] = _until_killed(transform(stream) if transform else stream, entry)
         # Pull the first block before any header is sent, so that errors which happen
         # immediately (most of them) still get a proper HTTP status.
         first = next(chunks, None)
@@ -656,3 +785,40 @@ def _merge_arrow_streams(chunks: Iterator[bytes]) -> Iterator[bytes]:
         writer.close()
         if data := sink.take():
             yield data
+
+
+def _kill_query_ids(statement: sql.Statement) -> set[str] | None:
+    """The ids of ``KILL QUERY WHERE query_id = 'x' [SYNC|ASYNC|TEST]`` (or ``IN (...)``)."""
+    if statement.keywords[:3] != ("KILL", "QUERY", "WHERE"):
+        return None
+    tokens = sql.significant_tokens(statement.text)[3:]
+    while tokens and tokens[-1].is_word("SYNC", "ASYNC", "TEST"):
+        tokens.pop()
+    if len(tokens) < 3 or not tokens[0].is_word("QUERY_ID"):
+        return None
+    rest = tokens[1:]
+    if rest[0].text == "=" and len(rest) == 2:
+        literals = rest[1:]
+    elif rest[0].is_word("IN") and rest[1].text == "(" and rest[-1].text == ")":
+        literals = [t for t in rest[2:-1] if t.text != ","]
+    else:
+        return None
+    ids: set[str] = set()
+    for token in literals:
+        if token.kind is not sql.Kind.STRING or not token.text.startswith("'"):
+            return None
+        ids.add(token.text[1:-1].replace("\\'", "'").replace("''", "'"))
+    return ids
+
+
+def _until_killed(chunks: Iterator[bytes], entry: RunningQuery) -> Iterator[bytes]:
+    for chunk in chunks:
+        if entry.cancelled.is_set():
+            raise ClickHouseError(
+                394, f"Query {entry.query_id} was cancelled", "QUERY_WAS_CANCELLED"
+            )
+        yield chunk
+
+
+def _tsv_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")

@@ -27,6 +27,7 @@ from .compression import Encoder, choose_response_encoding, make_encoder
 from .engine import Engine
 from .errors import ClickHouseError
 from .executor import MAX_QUERY_BYTES, Executor, HttpQuery, Reply, content_type_for
+from .policy import grants_from_users_file
 from .request import RequestBody, is_true, parse_multipart, parse_query_string
 from .sessions import SessionManager
 
@@ -345,8 +346,10 @@ def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
     users = UserDirectory.from_file(users_file)
+    grants = grants_from_users_file(users_file)
     engine = Engine(data_dir)
     app = EndpointApp(engine, users)
+    app.executor.grants = grants
     try:
         server = EndpointServer((host, port), app)
     except OSError:

@@ -28,8 +28,18 @@ def write_users_file(settings: Settings):
     users = {
         "users": {
             settings.clickhouse_user: {"password": settings.clickhouse_password, "readonly": False},
-            settings.analyst_user: {"password": settings.analyst_password, "readonly": True},
-            "default": {"password": "", "readonly": True},
+            # Read-only users reach only the platform's database (and the system tables
+            # clients need); the endpoint's query policy enforces it.
+            settings.analyst_user: {
+                "password": settings.analyst_password,
+                "readonly": True,
+                "databases": [settings.clickhouse_database],
+            },
+            "default": {
+                "password": "",
+                "readonly": True,
+                "databases": [settings.clickhouse_database],
+            },
         }
     }
     path.write_text(json.dumps(users, indent=2))

@@ -166,8 +166,9 @@ def test_readonly_user_cannot_write(endpoint, analyst, shared_table, statement) 
     headers = {"X-ClickHouse-User": "analyst", "X-ClickHouse-Key": "look-only"}
     status, response_headers, body = raw(endpoint, statement, headers=headers)
     # Several statements in one request are a syntax error (62) before anything else; any single
-    # statement that writes or changes a setting is READONLY (164).
-    code = 62 if "; " in statement else 164
+    # statement that writes or changes a setting is READONLY (164); writing a file is refused to
+    # every user by the query policy (ACCESS_DENIED, 497).
+    code = 62 if "; " in statement else 497 if "OUTFILE" in statement else 164
     assert (status, response_headers["X-ClickHouse-Exception-Code"]) == (
         http_status_for(code),
         str(code),
