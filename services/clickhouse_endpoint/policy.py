@@ -504,6 +504,10 @@ def scan_statement(
     if first in ("BACKUP", "RESTORE"):
         raise access_denied(user, f"{first} writes or reads files outside the engine")
     head = words[:5]
+    if first == "KILL":
+        raise access_denied(
+            user, "KILL is supported only as KILL QUERY WHERE query_id = '...' on one's own queries"
+        )
     if first in ("CREATE", "ATTACH", "REPLACE") and "DICTIONARY" in head:
         raise access_denied(user, "Dictionaries read from files, URLs or commands")
     if first in ("CREATE", "ALTER", "DROP") and "COLLECTION" in head:
