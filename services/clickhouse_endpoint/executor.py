@@ -27,11 +27,22 @@ from . import policy, sql
 from .auth import User
 from .engine import Engine, EngineConnection, Outcome
 from .errors import ClickHouseError, readonly_error
+from .policy import readonly_setting_allowed
 from .processes import Registry, RunningQuery
 from .request import RequestBody, is_true, split_params
 from .sessions import Session, SessionManager, parse_timeout
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAX_QUERY_BYTES",
+    "Executor",
+    "HttpQuery",
+    "Reply",
+    "content_type_for",
+    "read_input",
+    "readonly_setting_allowed",
+]
 
 # Largest SQL text (not counting INSERT data) accepted in one request.
 MAX_QUERY_BYTES = 64 << 20
@@ -314,10 +325,20 @@ class Executor:
 
     # -- query policy -----------------------------------------------------------------------
 
-    def _check_policy(self, user: User, grants: policy.Grants, source: _Input) -> policy.Scan:
-        """Refuse what reaches outside the engine; check SET/SETTINGS and databases named."""
+    def _check_policy(
+        self, user: User, grants: policy.Grants, source: _Input, binds: Mapping[str, str]
+    ) -> tuple[_Input, policy.Scan]:
+        """Refuse what reaches outside the engine; check SET/SETTINGS and databases named.
+
+        ``{name:Identifier}`` parameters are substituted first so the names they carry are
+        checked; a statement that had any then runs in its substituted form.
+        """
         statement = source.statement
-        text = source.insert.statement if source.insert is not None else statement.text
+        original = source.insert.statement if source.insert is not None else statement.text
+        text = policy.substitute_identifier_parameters(original, binds)
+        if text != original and source.insert is None:
+            statement = sql.Statement(text, statement.keywords)
+            source = _Input(statement, None, source.data)
         tokens = sql.significant_tokens(text)
         scan = policy.scan_statement(
             user.name,
@@ -331,9 +352,9 @@ class Executor:
             policy.check_setting(user.name, user.readonly, grants.limits, name, value)
         if statement.kind == "USE":
             target = sql.parse_use(statement.text)
-            if target is not None and not grants.may_use(target):
-                raise policy.access_denied(user.name, f"Database {target} is not granted")
-        return scan
+            if target is not None:
+                _check_database(user, grants, target)
+        return source, scan
 
     def _apply_database_policy(
         self,
@@ -352,8 +373,9 @@ class Executor:
         """
         statement = source.statement
         known = self._known_databases(conn)
-        if scan.show_database and not grants.may_use(scan.show_database):
-            raise policy.access_denied(user.name, f"Database {scan.show_database} is not granted")
+        for name in scan.show_names:
+            if name in known and not grants.may_use(name):
+                raise policy.access_denied(user.name, f"Database {name} is not granted")
         replacements: list[tuple[int, int, str]] = []
         for database, table, first, last in scan.qualified:
             if database not in known:
@@ -428,8 +450,8 @@ class Executor:
         if kill is not None:
             return self._kill(user, kill, params)
         self._check_request(request, user, source, settings, readonly_reason)
+        source, scan = self._check_policy(user, grants, source, binds)
         statement = source.statement
-        scan = self._check_policy(user, grants, source)
 
         session: Session | None = None
         session_id = params.get("session_id") or None
@@ -452,8 +474,8 @@ class Executor:
         ):
             database = grants.default_database
         for name in (database, session.database if session else None):
-            if name and not grants.may_use(name):
-                raise policy.access_denied(user.name, f"Database {name} is not granted")
+            if name:
+                _check_database(user, grants, name)
         settings = {**self._limit_settings(grants, settings, session), **settings}
         on_session_connection = session is not None and session.connection is not None
         if session is not None and session.connection is not None:
@@ -473,7 +495,7 @@ class Executor:
         if request.files:
             self._load_external_tables(conn, request.files, params, stack)
         self._check_with_engine(conn, source, user, readonly_reason)
-        if scan.qualified or scan.show_database:
+        if scan.qualified or scan.show_names:
             source, statement = self._apply_database_policy(conn, user, grants, source, scan)
         entry = RunningQuery(
             user.name,
@@ -822,3 +844,14 @@ def _until_killed(chunks: Iterator[bytes], entry: RunningQuery) -> Iterator[byte
 
 def _tsv_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
+
+
+def _check_database(user: User, grants: policy.Grants, name: str) -> None:
+    """A database the user may make current (USE, ``database=``, a session's database)."""
+    if name in policy.UNUSABLE_DATABASES:
+        raise policy.access_denied(
+            user.name,
+            f"Database {name} cannot be the current database; name its tables as {name}.x",
+        )
+    if not grants.may_use(name):
+        raise policy.access_denied(user.name, f"Database {name} is not granted")

@@ -425,11 +425,16 @@ def setting_denied(name: str) -> bool:
     return lowered in DENIED_SETTINGS or bool(_DENIED_SETTING_PATTERN.search(lowered))
 
 
+def readonly_setting_allowed(name: str) -> bool:
+    """May a read-only user change this setting at all (whatever the value)?"""
+    return name != "readonly" and name in READONLY_SETTINGS and not setting_denied(name)
+
+
 def check_setting(user: str, readonly: bool, limits: Limits, name: str, value: str) -> None:
     """Refuse a setting change the user may not make (URL parameter, SET or SETTINGS clause)."""
     if setting_denied(name):
         raise access_denied(user, f"Setting '{name}' reaches files or the network on this endpoint")
-    if readonly and (name == "readonly" or name not in READONLY_SETTINGS):
+    if readonly and not readonly_setting_allowed(name):
         raise readonly_setting_error(name)
     cap = limits.cap(name)
     if cap is not None:
@@ -478,7 +483,8 @@ class Scan:
     settings: list[tuple[str, str]] = field(default_factory=list)
     # (database, table) pairs named with a qualifier.
     qualified: list[tuple[str, str, sql.Token, sql.Token]] = field(default_factory=list)
-    show_database: str | None = None
+    # Names following FROM/IN in a SHOW statement (databases, or a table for SHOW COLUMNS).
+    show_names: list[str] = field(default_factory=list)
 
 
 def scan_statement(
@@ -495,8 +501,8 @@ def scan_statement(
     """
     refused_calls = IO_TABLE_FUNCTIONS | (set(table_functions) - ALLOWED_TABLE_FUNCTIONS)
     if restricted:
-        # merge() reads tables of any database matching a regular expression.
-        refused_calls = refused_calls | {"merge"}
+        # merge() and loop() name a database as a plain argument (merge(db, re), loop(db, t)).
+        refused_calls = refused_calls | {"merge", "loop"}
     scan = Scan()
     n = len(tokens)
     words = [t.upper if t.kind is sql.Kind.WORD else "" for t in tokens]
@@ -562,10 +568,51 @@ def scan_statement(
             scan.qualified.append((name, table, token, tokens[i + 2]))
     if first == "SHOW":
         for i, word in enumerate(words[:-1]):
-            if word in ("FROM", "IN"):
-                scan.show_database = _identifier(tokens[i + 1])
-                break
+            if word in ("FROM", "IN") and (shown := _identifier(tokens[i + 1])) is not None:
+                scan.show_names.append(shown)
     return scan
+
+
+# Databases no one may make current (USE, ``database=``): unqualified names there would reach
+# system tables past the per-user views and refusals, which only see ``system.x``.
+UNUSABLE_DATABASES = frozenset({"system", "information_schema", "INFORMATION_SCHEMA"})
+
+_IDENTIFIER_PARAMETER = re.compile(r"\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*:\s*Identifier\s*\}")
+
+
+def substitute_identifier_parameters(text: str, binds: Mapping[str, str]) -> str:
+    """The text with ``{name:Identifier}`` placeholders replaced by their quoted values.
+
+    Done by the endpoint (as chDB would) so that the policy sees the names a query really
+    reaches: ``SELECT * FROM {db:Identifier}.t`` with ``param_db=secret`` names ``secret``.
+    Placeholders inside literals are left alone (the lexer decides what is a literal).
+    """
+    if "Identifier" not in text:
+        return text
+    joined = text
+    pieces: list[str] = []
+    position = 0
+    literal_spans = [
+        (t.start, t.end)
+        for t in sql.tokenize(joined)
+        if t.kind in (sql.Kind.STRING, sql.Kind.COMMENT, sql.Kind.QUOTED_IDENTIFIER)
+    ]
+    for match in _IDENTIFIER_PARAMETER.finditer(joined):
+        if any(start <= match.start() < end for start, end in literal_spans):
+            continue
+        name = match.group(1)
+        if name not in binds:
+            continue
+        pieces.append(joined[position : match.start()])
+        pieces.append(_quote_compound(binds[name]))
+        position = match.end()
+    pieces.append(joined[position:])
+    return "".join(pieces)
+
+
+def _quote_compound(value: str) -> str:
+    """An Identifier parameter may be ``db.table``; each part is quoted on its own."""
+    return ".".join(sql.quote_identifier(part) for part in value.split("."))
 
 
 def _settings_clause(tokens: list[sql.Token], start: int, text: str) -> list[tuple[str, str]]:

@@ -339,3 +339,47 @@ def test_processes_and_errors_show_only_ones_own_queries(ep) -> None:
 def test_kill_query_of_others_or_all_is_refused(ep) -> None:
     refused(ep, "KILL QUERY WHERE 1", ANALYST, 164)
     refused(ep, "KILL QUERY WHERE user = 'analyst'", RW, 497)
+
+
+def test_databases_hidden_in_arguments_and_parameters_are_refused(ep) -> None:
+    for sql, params in [
+        ("SELECT * FROM loop(secret, keys) LIMIT 1", {}),
+        ("SELECT * FROM {db:Identifier}.keys", {"param_db": "secret"}),
+        ("SELECT * FROM {t:Identifier}", {"param_t": "secret.keys"}),
+        ("SELECT * FROM {t:Identifier}", {"param_t": "system.users"}),
+        ("SHOW COLUMNS FROM keys FROM secret", {}),
+    ]:
+        body = refused(ep, sql, ANALYST, 497, params)
+        assert "top-secret" not in body
+    status, _, body = query(ep, "SELECT count() FROM {t:Identifier}", ANALYST, {"param_t": "cases"})
+    assert (status, body) == (200, "2\n")
+    status, _, body = query(ep, "SHOW COLUMNS FROM cases", ANALYST)
+    assert status == 200 and "name" in body, body
+
+
+@pytest.mark.parametrize("who", [RW, ANALYST], ids=["rw", "analyst"])
+def test_system_cannot_become_the_current_database(ep, who) -> None:
+    # Unqualified names there would reach system.processes/users past the per-user views.
+    refused(ep, "SELECT query FROM processes", who, 497, {"database": "system"})
+    refused(ep, "USE system", who, 497, {"session_id": f"use-system-{who[0]}"})
+    refused(ep, "SELECT 1", who, 497, {"database": "INFORMATION_SCHEMA"})
+
+
+def test_a_streamed_query_stops_when_its_client_leaves(ep) -> None:
+    sql = "SELECT 'left-behind', number FROM numbers(1e12) WHERE sleepEachRow(0.001) = 0"
+    params = {"query_id": "client-leaves-1", "max_block_size": "10"}
+    token = base64.b64encode(b"analyst:look").decode()
+    request = (
+        f"POST /?{urlencode(params)} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+        f"Content-Length: {len(sql)}\r\n\r\n{sql}"
+    )
+    with socket.create_connection((ep.host, ep.port), timeout=60) as sock:
+        sock.sendall(request.encode())
+        assert b"200 OK" in sock.recv(4096)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        seen = query(ep, "SELECT query_id FROM system.processes", ANALYST)[2]
+        if "client-leaves-1" not in seen:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the query ran on after its client left: {seen}")
