@@ -383,3 +383,17 @@ def test_a_streamed_query_stops_when_its_client_leaves(ep) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"the query ran on after its client left: {seen}")
+
+
+@pytest.mark.parametrize(
+    "table",
+    ["user_processes", "query_cache", "session_query_ids", "stack_trace", "users", "disks"],
+)
+def test_tables_with_other_users_queries_or_secrets_are_refused_to_everyone(ep, table) -> None:
+    outcome = _slow_query_in_background(ep, ANALYST, f"hidden-{table}", "Suspect Hidden")
+    try:
+        body = refused(ep, f"SELECT * FROM system.{table}", RW, 497)
+        assert "Suspect Hidden" not in body
+    finally:
+        query(ep, f"KILL QUERY WHERE query_id = 'hidden-{table}'", ANALYST)
+        outcome["thread"].join(60)
