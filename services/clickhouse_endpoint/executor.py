@@ -334,6 +334,18 @@ class Executor:
         checked; a statement that had any then runs in its substituted form.
         """
         statement = source.statement
+        if statement.kind == "SHOW" and source.insert is None:
+            shown = [k for k in statement.keywords[1:4] if k not in ("FULL", "CREATE")]
+            if shown[:2] == ["SETTINGS", "PROFILES"] or shown[:2] == ["SETTINGS", "PROFILE"]:
+                shown = ["PROFILES"]
+            if shown[:1] == ["PROCESSLIST"]:
+                # Same as SELECT * FROM system.processes, which the per-user view replaces.
+                statement = sql.parse_statement("SELECT * FROM system.processes")
+                source = _Input(statement, None, source.data)
+            elif shown[:1] and shown[0] in policy.REFUSED_SHOW:
+                raise policy.access_denied(
+                    user.name, f"SHOW {shown[0]} reveals users, grants or server storage"
+                )
         original = source.insert.statement if source.insert is not None else statement.text
         text = policy.substitute_identifier_parameters(original, binds)
         if text != original and source.insert is None:

@@ -298,6 +298,34 @@ QUERY_TEXT_TABLES = frozenset(
     }
 )
 
+# SHOW statements over the access-control and storage tables chDB would answer for everyone.
+REFUSED_SHOW = frozenset(
+    {
+        "USERS",
+        "USER",
+        "ROLES",
+        "ROLE",
+        "GRANTS",
+        "ACCESS",
+        "QUOTAS",
+        "QUOTA",
+        "PROFILES",
+        "PROFILE",
+        "POLICY",
+        "POLICIES",
+        "ROW",
+        "CURRENT",
+        "ENABLED",
+        "PRIVILEGES",
+        "FILESYSTEM",
+        "CLUSTER",
+        "CLUSTERS",
+        "MERGES",
+        "DISKS",
+        "QUERY",
+    }
+)
+
 
 @dataclass(frozen=True)
 class Limits:

@@ -397,3 +397,24 @@ def test_tables_with_other_users_queries_or_secrets_are_refused_to_everyone(ep, 
     finally:
         query(ep, f"KILL QUERY WHERE query_id = 'hidden-{table}'", ANALYST)
         outcome["thread"].join(60)
+
+
+def test_show_processlist_is_the_per_user_view(ep) -> None:
+    outcome = _slow_query_in_background(ep, ANALYST, "show-processlist-1", "Suspect Shown")
+    try:
+        assert "Suspect Shown" in query(ep, "SHOW PROCESSLIST", ANALYST)[2]
+        for who in (RW, ANALYST2):
+            status, _, body = query(ep, "SHOW FULL PROCESSLIST", who)
+            assert status == 200 and "Suspect Shown" not in body, body
+    finally:
+        query(ep, "KILL QUERY WHERE query_id = 'show-processlist-1'", ANALYST)
+        outcome["thread"].join(60)
+
+
+@pytest.mark.parametrize(
+    "sql", ["SHOW USERS", "SHOW GRANTS", "SHOW CREATE USER default", "SHOW ACCESS", "SHOW QUOTAS"]
+)
+def test_show_of_users_and_grants_is_refused(ep, sql) -> None:
+    refused(ep, sql, RW, 497)
+    status, _, body = query(ep, sql, ANALYST)
+    assert status != 200 and "password" not in body.lower()
