@@ -380,21 +380,28 @@ def test_worker_runs_against_the_secured_broker_by_configuration_only(
 
 def test_analyst_user_is_read_only(stack):
     scratch = f"readonly_{new_tag()}"
+    database = stack.clickhouse_database
     platform = stack.clickhouse_client(database="default")
     platform.command(f"CREATE DATABASE {scratch}")
     platform.command(f"CREATE TABLE {scratch}.t (x UInt8) ENGINE = MergeTree ORDER BY x")
     platform.insert(f"{scratch}.t", [[1]], column_names=["x"])
-    analyst = stack.clickhouse_client(analyst=True, database="default")
-    assert analyst.command(f"SELECT count() FROM {scratch}.t") == 1  # reading is fine
+    platform.command(f"CREATE TABLE {database}.{scratch} (x UInt8) ENGINE = MergeTree ORDER BY x")
+    platform.insert(f"{database}.{scratch}", [[1]], column_names=["x"])
+    # The analyst reads the platform's database (its default) and no other.
+    analyst = stack.clickhouse_client(analyst=True)
+    assert analyst.command(f"SELECT count() FROM {scratch}") == 1  # reading is fine
+    with pytest.raises(DatabaseError) as refused:
+        analyst.command(f"SELECT count() FROM {scratch}.t")
+    assert "Code: 497" in str(refused.value), str(refused.value)[:300]
 
     attempts = {
-        "insert": lambda: analyst.insert(f"{scratch}.t", [[2]], column_names=["x"]),
-        "insert sql": lambda: analyst.command(f"INSERT INTO {scratch}.t VALUES (3)"),
+        "insert": lambda: analyst.insert(scratch, [[2]], column_names=["x"]),
+        "insert sql": lambda: analyst.command(f"INSERT INTO {scratch} VALUES (3)"),
         "create": lambda: analyst.command(
-            f"CREATE TABLE {scratch}.u (x UInt8) ENGINE = MergeTree ORDER BY x"
+            f"CREATE TABLE {scratch}_u (x UInt8) ENGINE = MergeTree ORDER BY x"
         ),
-        "drop": lambda: analyst.command(f"DROP TABLE {scratch}.t"),
-        "truncate": lambda: analyst.command(f"TRUNCATE TABLE {scratch}.t"),
+        "drop": lambda: analyst.command(f"DROP TABLE {scratch}"),
+        "truncate": lambda: analyst.command(f"TRUNCATE TABLE {scratch}"),
         "drop database": lambda: analyst.command(f"DROP DATABASE {scratch}"),
     }
     for what, attempt in attempts.items():
@@ -402,8 +409,9 @@ def test_analyst_user_is_read_only(stack):
             attempt()
         assert "Code: 164" in str(refused.value), (what, str(refused.value)[:300])
 
-    assert platform.query(f"SELECT x FROM {scratch}.t").result_rows == [(1,)]
-    assert not platform.command(f"EXISTS TABLE {scratch}.u")
+    assert platform.query(f"SELECT x FROM {database}.{scratch}").result_rows == [(1,)]
+    assert not platform.command(f"EXISTS TABLE {database}.{scratch}_u")
+    platform.command(f"DROP TABLE {database}.{scratch}")
     platform.command(f"DROP DATABASE {scratch}")
 
 
