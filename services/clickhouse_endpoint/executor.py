@@ -342,6 +342,14 @@ class Executor:
                 # Same as SELECT * FROM system.processes, which the per-user view replaces.
                 statement = sql.parse_statement("SELECT * FROM system.processes")
                 source = _Input(statement, None, source.data)
+            elif shown[:1] == ["DATABASES"] and grants.databases is not None:
+                # Only the granted databases (system.databases is filtered per user).
+                if len(sql.significant_tokens(statement.text)) > 2:
+                    raise policy.access_denied(
+                        user.name, "SHOW DATABASES takes no clauses here; query system.databases"
+                    )
+                statement = sql.parse_statement("SELECT name FROM system.databases")
+                source = _Input(statement, None, source.data)
             elif shown[:1] and shown[0] in policy.REFUSED_SHOW:
                 raise policy.access_denied(
                     user.name, f"SHOW {shown[0]} reveals users, grants or server storage"

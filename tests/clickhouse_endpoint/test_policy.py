@@ -255,6 +255,8 @@ def test_analyst_reads_only_the_platform_database(ep) -> None:
     assert body == f"{PLATFORM_DB}\n"
     status, _, body = query(ep, "SELECT name FROM system.databases", ANALYST)
     assert body == f"{PLATFORM_DB}\n"
+    status, _, body = query(ep, "SHOW DATABASES", ANALYST)
+    assert (status, body) == (200, f"{PLATFORM_DB}\n")
     # The writer still reaches every database.
     assert query(ep, "SELECT k FROM secret.keys", RW)[2] == "top-secret\n"
 
