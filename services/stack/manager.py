@@ -3,6 +3,10 @@
 Start order follows dependencies (the registry stores its schemas in Kafka); the servers that do
 not depend on each other start together so `up` on a cold machine waits for the slowest one, not
 for the sum. `down` stops in reverse order and leaves no process behind.
+
+`up` keeps the home private: the home is 0700, modes of a home made before that rule are
+repaired (group and other access taken away, idempotent), and everything `up` and its servers
+create is made under umask 077 (``services/private_files.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
+from services.private_files import private_dir, private_umask, repair
 from services.settings import Settings
 from services.stack import clickhouse, kafka, prefect, registry, worker
 from services.stack.process import wait_until
@@ -77,7 +82,15 @@ def _ready(settings: Settings, module: ModuleType) -> bool:
 
 def up(settings: Settings, log=print, parts: list[str] | None = None) -> None:
     """Start the wanted parts and wait until each answers; :class:`PartFailed` names the one that did not."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
+    repaired = repair(settings.home)
+    if repaired:
+        log(f"made {len(repaired)} files and directories under {settings.home} private (0600/0700)")
+    with private_umask():
+        _up(settings, log, parts)
+
+
+def _up(settings: Settings, log, parts: list[str] | None) -> None:
     wanted = [(m, t) for m, t in COMPONENTS if parts is None or m.NAME in parts]
     started = time.monotonic()
     # Kafka first: the registry keeps its storage there.
