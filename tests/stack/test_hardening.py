@@ -36,7 +36,10 @@ PLANTED = {
     "AWS_SECRET_ACCESS_KEY": "planted-aws-secret",
     "GITHUB_TOKEN": "planted-github-token",
     "PREFECT_API_KEY": "planted-prefect-cloud-key",
-    "KAFKA_OPTS": "-javaagent:/tmp/planted.jar",  # would make Kafka's JVM load a planted agent
+    "KAFKA_OPTS": "-Dplanted.kafka.opts=1",  # read by Kafka's scripts
+    # Read by every JVM itself: a leak lets whoever sets them load an agent into Kafka/Apicurio.
+    "JAVA_TOOL_OPTIONS": "-Dplanted.tool.options=1",
+    "_JAVA_OPTIONS": "-Dplanted.java.options=1",
     "LD_PRELOAD": "",  # (empty: harmless if it leaked, but it must not)
 }
 #: The platform's own secrets: only the worker (which connects with them) may have them.
