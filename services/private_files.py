@@ -78,12 +78,14 @@ def loose(mode: int) -> bool:
     return bool(mode & 0o077)
 
 
-def repair(root: Path) -> list[Path]:
+def repair(root: Path, entries: tuple[str, ...] | None = None) -> list[Path]:
     """Take group and other access away from ``root`` and everything under it; returns what changed.
 
-    Directories become 0700 and files lose their group/other bits (an owner's executable bit
-    stays). Symbolic links are not followed: a link out of the home is not ours to change.
-    Idempotent: a second call changes nothing.
+    With ``entries``, only those names under ``root`` are walked (``root`` itself is made 0700
+    too): a home pointed at a directory holding other things (``CASESTREAM_HOME=~``) must not
+    have all of them changed. Directories become 0700 and files lose their group/other bits (an
+    owner's executable bit stays). Symbolic links are not followed: a link out of the home is
+    not ours to change. Idempotent: a second call changes nothing.
     """
     root = Path(root)
     changed: list[Path] = []
@@ -105,10 +107,16 @@ def repair(root: Path) -> list[Path]:
                 changed.append(path)
 
     fix(root, True)
-    for directory, dirs, files in os.walk(root):
-        base = Path(directory)
-        for name in dirs:
-            fix(base / name, True)
-        for name in files:
-            fix(base / name, False)
+    tops = [root] if entries is None else [root / name for name in entries]
+    for top in tops:
+        if top != root:
+            if top.is_symlink() or not top.exists():
+                continue
+            fix(top, top.is_dir())
+        for directory, dirs, files in os.walk(top):
+            base = Path(directory)
+            for name in dirs:
+                fix(base / name, True)
+            for name in files:
+                fix(base / name, False)
     return changed

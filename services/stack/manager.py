@@ -22,6 +22,23 @@ from services.settings import Settings
 from services.stack import clickhouse, kafka, prefect, registry, worker
 from services.stack.process import wait_until
 
+#: What the platform keeps under CASESTREAM_HOME: `up` makes these private. Only these, not
+#: the whole home: it may be a directory holding other things too.
+HOME_ENTRIES = (
+    "kafka",
+    "clickhouse",
+    "registry",
+    "prefect",
+    "logs",
+    "run",
+    "outbox",
+    "chain",
+    "gateway",
+    "worker",
+    "imports",
+    "demo",
+)
+
 # (module, start-up timeout in seconds). A fresh Prefect database takes ~20 s to migrate and
 # Apicurio replays its KafkaSQL journal on start, hence the generous limits.
 COMPONENTS: list[tuple[ModuleType, float]] = [
@@ -83,7 +100,7 @@ def _ready(settings: Settings, module: ModuleType) -> bool:
 def up(settings: Settings, log=print, parts: list[str] | None = None) -> None:
     """Start the wanted parts and wait until each answers; :class:`PartFailed` names the one that did not."""
     private_dir(settings.home)
-    repaired = repair(settings.home)
+    repaired = repair(settings.home, HOME_ENTRIES)
     if repaired:
         log(f"made {len(repaired)} files and directories under {settings.home} private (0600/0700)")
     with private_umask():

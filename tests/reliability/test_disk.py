@@ -132,6 +132,23 @@ def test_repair_takes_group_and_other_access_away_and_is_idempotent(tmp_path, la
 
 
 @pytest.mark.unit
+def test_stack_up_repairs_only_what_the_platform_keeps_in_a_shared_home(tmp_path, lax_umask):
+    """``CASESTREAM_HOME=~``: the operator's own files there are not the platform's to change."""
+    from services.stack.manager import HOME_ENTRIES
+
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "00.log").write_text("events")
+    (tmp_path / "public_html").mkdir()
+    (tmp_path / "public_html" / "index.html").write_text("hello")
+
+    repair(tmp_path, HOME_ENTRIES)
+
+    assert loose_paths(tmp_path / "kafka") == [] and _mode(tmp_path) == 0o700
+    assert _mode(tmp_path / "public_html") == 0o755
+    assert _mode(tmp_path / "public_html" / "index.html") == 0o644
+
+
+@pytest.mark.unit
 def test_private_file_refuses_to_follow_a_planted_symlink(tmp_path):
     """A user who can write the directory plants a link to make us chmod or write elsewhere."""
     target = tmp_path / "victim"
