@@ -78,7 +78,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     env = prefect_env(_settings())
     # Prefect warns on every command when its home does not exist yet (a fresh CASESTREAM_HOME).
     # Private (0700): it holds Prefect's database, flow parameters and results.
-    private_dir(Path(env.get("PREFECT_HOME", ".")))
+    private_dir(Path(env["PREFECT_HOME"]))
     _apply_env(env)
 
 
