@@ -32,6 +32,10 @@ class _Main(click.Group):
         except Exception as exc:  # click's own exits are not Exceptions of this kind
             if isinstance(exc, click.exceptions.ClickException | click.exceptions.Exit):
                 raise
+            from services.settings import SettingsError
+
+            if isinstance(exc, SettingsError):  # e.g. production with a default password
+                _fail(str(exc))
             if ctx.meta.get("casestream.debug"):
                 raise
             from services.stack.unreachable import explain
@@ -63,6 +67,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     import logging
     from pathlib import Path
 
+    from services.private_files import private_dir
     from services.stack.prefect import prefect_env
 
     ctx.meta["casestream.debug"] = debug
@@ -72,7 +77,8 @@ def main(ctx: click.Context, debug: bool) -> None:
         logging.getLogger("clickhouse_connect.driver._backend.http_sync").setLevel(logging.CRITICAL)
     env = prefect_env(_settings())
     # Prefect warns on every command when its home does not exist yet (a fresh CASESTREAM_HOME).
-    Path(env.get("PREFECT_HOME", ".")).mkdir(parents=True, exist_ok=True)
+    # Private (0700): it holds Prefect's database, flow parameters and results.
+    private_dir(Path(env["PREFECT_HOME"]))
     _apply_env(env)
 
 

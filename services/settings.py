@@ -6,8 +6,15 @@ at the real cluster and nothing else changes. The local stack (``casestream stac
 the ports it listens on from the same URLs, so tests can run a private stack on other ports by
 setting these variables.
 
+Production mode (``CASESTREAM_ENVIRONMENT=production``) refuses to start, with one line naming
+the setting, when a password is empty, shorter than 12 characters, equal to its user name or
+left at the development default (``casestream`` / ``analyst``): without this a forgotten
+password setting silently became the default, production included. Development, demos and the
+tests keep working without any password setting.
+
 | variable | default | meaning |
 | --- | --- | --- |
+| CASESTREAM_ENVIRONMENT | development | `production` refuses default, empty or weak passwords (see above) |
 | CASESTREAM_HOME | ./.casestream | data, logs and pid files of the local stack |
 | CASESTREAM_CACHE | ~/.cache/casestream | downloaded jars (Kafka classpath, Apicurio), shared by clones |
 | CASESTREAM_KAFKA_BOOTSTRAP | 127.0.0.1:9092 | Kafka bootstrap servers |
@@ -20,7 +27,7 @@ setting these variables.
 | CASESTREAM_CLICKHOUSE_URL | http://127.0.0.1:8123 | ClickHouse HTTP endpoint |
 | CASESTREAM_CLICKHOUSE_USER / _PASSWORD (_PASSWORD_FILE) | casestream / casestream | read-write user of the platform; the password may come from a file |
 | CASESTREAM_CLICKHOUSE_DATABASE | casestream | database holding every table |
-| CASESTREAM_ANALYST_USER / _PASSWORD | analyst / analyst | read-only analyst user (local endpoint) |
+| CASESTREAM_ANALYST_USER / _PASSWORD (_PASSWORD_FILE) | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
 | CASESTREAM_TOPIC_REPLICATION_FACTOR | 1 | replicas of the topics the platform creates: changelog, facts, DLQ, agency topics (3 on a real cluster; 1 leaves the latter to the broker's default) |
@@ -53,6 +60,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+ENVIRONMENTS = ("development", "production")
+#: Development defaults: convenient locally, refused in production.
+DEV_CLICKHOUSE_PASSWORD = "casestream"
+DEV_ANALYST_PASSWORD = "analyst"
+MIN_PRODUCTION_PASSWORD_LENGTH = 12
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used: the message is one line naming the variable."""
+
 
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
@@ -74,7 +91,7 @@ def _secret(name: str) -> str | None:
     try:
         text = Path(path).read_text()
     except OSError as exc:
-        raise ValueError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
+        raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return text[:-1] if text.endswith("\n") else text
 
 
@@ -120,10 +137,74 @@ class Settings:
     kafka_sasl_username: str | None = None
     kafka_sasl_password: str | None = field(default=None, repr=False)
     kafka_ssl_ca_location: str | None = None
+    environment: str = "development"
+    # Which passwords were given explicitly (a production check needs to know "unset").
+    clickhouse_password_set: bool = field(default=True, repr=False)
+    analyst_password_set: bool = field(default=True, repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"
+
+    def check(self) -> Settings:
+        """Raise :class:`SettingsError` for settings this environment must refuse; returns self."""
+        if self.environment not in ENVIRONMENTS:
+            raise SettingsError(
+                f"CASESTREAM_ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}, "
+                f"got {self.environment!r}"
+            )
+        if not self.production:
+            return self
+        checks = [
+            (
+                "CASESTREAM_CLICKHOUSE_PASSWORD",
+                self.clickhouse_password,
+                self.clickhouse_password_set,
+                self.clickhouse_user,
+                DEV_CLICKHOUSE_PASSWORD,
+            ),
+            (
+                "CASESTREAM_ANALYST_PASSWORD",
+                self.analyst_password,
+                self.analyst_password_set,
+                self.analyst_user,
+                DEV_ANALYST_PASSWORD,
+            ),
+        ]
+        if self.kafka_security_protocol.startswith("SASL"):
+            checks.append(
+                (
+                    "CASESTREAM_KAFKA_SASL_PASSWORD",
+                    self.kafka_sasl_password or "",
+                    bool(self.kafka_sasl_password),
+                    self.kafka_sasl_username or "",
+                    "",
+                )
+            )
+        metrics_host = self.worker_metrics_addr.strip().rpartition(":")[0].strip("[]")
+        if metrics_host in ("0.0.0.0", "::", "*"):
+            raise SettingsError(
+                f"CASESTREAM_WORKER_METRICS_ADDR={self.worker_metrics_addr} listens on every "
+                "interface; CASESTREAM_ENVIRONMENT=production refuses it (give the address of "
+                "the interface Prometheus scrapes, or 127.0.0.1)"
+            )
+        for name, password, given, user, default in checks:
+            problem = _weak_password(password, given, user, default)
+            if problem:
+                raise SettingsError(
+                    f"{name} {problem}; CASESTREAM_ENVIRONMENT=production refuses it "
+                    f"(set {name} or {name}_FILE)"
+                )
+        return self
 
     @classmethod
     def from_env(cls) -> Settings:
+        clickhouse_password = _secret("CASESTREAM_CLICKHOUSE_PASSWORD")
+        analyst_password = _secret("CASESTREAM_ANALYST_PASSWORD")
         return cls(
+            environment=_env("CASESTREAM_ENVIRONMENT", "development").strip().lower(),
+            clickhouse_password_set=bool(clickhouse_password),
+            analyst_password_set=bool(analyst_password),
             home=Path(_env("CASESTREAM_HOME", ".casestream")).resolve(),
             cache=Path(_env("CASESTREAM_CACHE", str(Path.home() / ".cache" / "casestream"))),
             kafka_bootstrap=_env("CASESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092"),
@@ -135,10 +216,10 @@ class Settings:
             registry_java=os.environ.get("CASESTREAM_REGISTRY_JAVA") or None,
             clickhouse_url=_env("CASESTREAM_CLICKHOUSE_URL", "http://127.0.0.1:8123"),
             clickhouse_user=_env("CASESTREAM_CLICKHOUSE_USER", "casestream"),
-            clickhouse_password=_secret("CASESTREAM_CLICKHOUSE_PASSWORD") or "casestream",
+            clickhouse_password=clickhouse_password or DEV_CLICKHOUSE_PASSWORD,
             clickhouse_database=_env("CASESTREAM_CLICKHOUSE_DATABASE", "casestream"),
             analyst_user=_env("CASESTREAM_ANALYST_USER", "analyst"),
-            analyst_password=_env("CASESTREAM_ANALYST_PASSWORD", "analyst"),
+            analyst_password=analyst_password or DEV_ANALYST_PASSWORD,
             prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
             topic_partitions=int(_env("CASESTREAM_TOPIC_PARTITIONS", "4")),
             worker_app_id=_env("CASESTREAM_WORKER_APP_ID", "casestream-worker"),
@@ -178,7 +259,7 @@ class Settings:
             kafka_sasl_username=os.environ.get("CASESTREAM_KAFKA_SASL_USERNAME") or None,
             kafka_sasl_password=_secret("CASESTREAM_KAFKA_SASL_PASSWORD"),
             kafka_ssl_ca_location=os.environ.get("CASESTREAM_KAFKA_SSL_CA_LOCATION") or None,
-        )
+        ).check()
 
     # Where the local stack listens, derived from the URLs so there is one source of truth.
     @property
@@ -264,6 +345,21 @@ class Settings:
             database=database or self.clickhouse_database,
             **kwargs,
         )
+
+
+def _weak_password(password: str, given: bool, user: str, default: str) -> str | None:
+    """Why ``password`` must not be used in production, or None. Never shows the password."""
+    if not given:
+        return "is empty or not set (the development default would be used)"
+    if not password.strip():
+        return "is blank"
+    if default and password == default:
+        return "is the development default"
+    if password == user:
+        return "equals the user name"
+    if len(password) < MIN_PRODUCTION_PASSWORD_LENGTH:
+        return f"is shorter than {MIN_PRODUCTION_PASSWORD_LENGTH} characters"
+    return None
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

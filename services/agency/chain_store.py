@@ -14,6 +14,8 @@ commits only after the caller stored the events in its outbox (:meth:`ChainStore
 the head advances only for events actually accepted. A crash between the outbox's commit and
 this one leaves events in the outbox whose links this file does not know; the publisher hands
 its pending events to :meth:`ChainStore.adopt` when it starts, which records them.
+
+The file is created 0600 in a 0700 directory (its ``-wal``/``-shm`` follow the file's mode).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from services.contracts.chain import ChainHead, chain_event
+from services.private_files import private_sqlite
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +37,8 @@ log = logging.getLogger(__name__)
 class ChainStore:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_sqlite(self.path)
         self._lock = threading.RLock()
         self._db = sqlite3.connect(
             self.path, check_same_thread=False, isolation_level=None, timeout=60

@@ -5,6 +5,9 @@ event twice is a no-op ("exactly once per event_id from the agency's point of vi
 crash between accept and acknowledgement only means the event is sent again after restart (the
 worker deduplicates by event_id). The stored form is the validated JSON, not Avro bytes, so
 events can be accepted while the schema registry is unreachable too.
+
+The file holds full events (names, identifiers): it is created 0600 in a 0700 directory
+whatever the caller's umask, and SQLite gives its ``-wal``/``-shm`` the same mode.
 """
 
 from __future__ import annotations
@@ -17,11 +20,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from services.private_files import private_sqlite
+
 
 class Outbox:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_sqlite(self.path)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")

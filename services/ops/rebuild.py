@@ -29,6 +29,7 @@ from services.ops.consumer_lag import wait_caught_up
 from services.serving.migrations import migrate
 from services.settings import Settings
 from services.stack.process import ManagedProcess
+from services.stack.worker import worker_env
 
 # Written by the worker; everything else (rollups, ops tables) is derived from these.
 FACT_TABLES = [
@@ -243,7 +244,9 @@ def _rebuild_worker(settings: Settings, database: str, app_id: str) -> ManagedPr
     proc = ManagedProcess(f"rebuild-worker-{app_id}", settings.home)
     proc.start(
         [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "warning"],
-        env={"CASESTREAM_CLICKHOUSE_DATABASE": database, "CASESTREAM_WORKER_APP_ID": app_id},
+        env=worker_env(
+            {"CASESTREAM_CLICKHOUSE_DATABASE": database, "CASESTREAM_WORKER_APP_ID": app_id}
+        ),
         marker="worker run",
     )
     return proc

@@ -33,6 +33,7 @@ from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issu
 from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
+from services.private_files import UMASK
 from services.processor import restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
@@ -437,6 +438,8 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     """Run the worker in the foreground until SIGTERM/SIGINT."""
     from services.serving.migrations import migrate
 
+    # Its state dir and restart log are private whoever started it (stack, systemd, a shell).
+    os.umask(UMASK)
     migrate(settings, log=log.info)
     _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
     if restarts.restarts_so_far():

@@ -12,8 +12,9 @@ import sys
 
 import httpx
 
+from services.private_files import private_dir, private_file
 from services.settings import Settings
-from services.stack.process import ManagedProcess
+from services.stack.process import PYTHON_ENV, ManagedProcess, child_env
 
 NAME = "clickhouse"
 
@@ -24,7 +25,8 @@ def process(settings: Settings) -> ManagedProcess:
 
 def write_users_file(settings: Settings):
     path = settings.home / "clickhouse" / "users.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
+    private_file(path)  # 0600 before the passwords are written, not after
     users = {
         "users": {
             settings.clickhouse_user: {"password": settings.clickhouse_password, "readonly": False},
@@ -50,7 +52,7 @@ def write_users_file(settings: Settings):
 def start(settings: Settings, log=print) -> None:
     host, port = settings.clickhouse_host_port
     data_dir = settings.home / "clickhouse" / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     process(settings).start(
         [
             sys.executable,
@@ -65,6 +67,7 @@ def start(settings: Settings, log=print) -> None:
             "--users-file",
             str(write_users_file(settings)),
         ],
+        env=child_env(PYTHON_ENV),  # its passwords come from the users file, not the environment
         marker=str(data_dir),
     )
 

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 
+from services.private_files import UMASK, private_dir, private_file
 from services.settings import Settings
 from services.stack.cluster_id import problem, settle_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
-from services.stack.process import ManagedProcess, port_open
+from services.stack.process import ManagedProcess, child_env, port_open
 
 NAME = "kafka"
 
@@ -30,9 +31,10 @@ def java() -> str:
 def render_config(settings: Settings) -> Path:
     host, port = settings.kafka_host_port
     data_dir = settings.home / "kafka" / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir.parent)
+    private_dir(data_dir)
     template = Template((INFRA / "kafka" / "server.properties.template").read_text())
-    config = settings.home / "kafka" / "server.properties"
+    config = private_file(settings.home / "kafka" / "server.properties")
     config.write_text(
         template.substitute(
             host=host,
@@ -83,6 +85,8 @@ def format_storage(
         ],
         capture_output=True,
         text=True,
+        env=child_env(),
+        umask=UMASK,  # meta.properties and the first log segments are private too
     )
     if log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -101,7 +105,7 @@ def start(settings: Settings, log=print) -> None:
     config = render_config(settings)
     _format_single_node(settings, classpath, config, log)
     logs_dir = settings.home / "logs" / "kafka"
-    logs_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(logs_dir)
     process(settings).start(
         [
             java(),
@@ -114,6 +118,7 @@ def start(settings: Settings, log=print) -> None:
             "kafka.Kafka",
             str(config),
         ],
+        env=child_env(),
         marker=str(config),
     )
 

@@ -35,12 +35,13 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from services.private_files import private_dir, private_file
 from services.settings import Settings
 from services.stack import kafka_security
 from services.stack.cluster_id import new_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
 from services.stack.kafka import format_storage, java
-from services.stack.process import ManagedProcess, free_ports, port_open, wait_until
+from services.stack.process import ManagedProcess, child_env, free_ports, port_open, wait_until
 
 TEMPLATES = INFRA / "kafka" / "cluster"
 LOG4J = INFRA / "kafka" / "log4j2.properties"
@@ -98,7 +99,7 @@ class _Nodes:
         """Start one node (again) and, with ``wait``, until it serves as an unfenced broker."""
         node = self.nodes[node_id]
         logs = self.home / "logs" / f"kafka-node{node_id}"
-        logs.mkdir(parents=True, exist_ok=True)
+        private_dir(logs)
         node.process(self.home).start(
             [
                 java(),
@@ -112,6 +113,7 @@ class _Nodes:
                 "kafka.Kafka",
                 str(node.config),
             ],
+            env=child_env(),
             marker=str(node.config),
         )
         if wait:
@@ -193,7 +195,9 @@ class KafkaCluster(_Nodes):
 
     def render(self, node: Node) -> Path:
         template = Template((TEMPLATES / "node.properties.template").read_text())
-        (node.directory / "data").mkdir(parents=True, exist_ok=True)
+        private_dir(node.directory)
+        private_dir(node.directory / "data")
+        private_file(node.config)
         node.config.write_text(
             template.substitute(
                 node_id=node.node_id,
@@ -262,9 +266,9 @@ class SecureKafka(_Nodes):
     def render(self) -> Path:
         template = Template((TEMPLATES / "sasl.properties.template").read_text())
         node = self.node
-        (node.directory / "data").mkdir(parents=True, exist_ok=True)
-        node.config.touch(mode=0o600)
-        node.config.chmod(0o600)
+        private_dir(node.directory)
+        private_dir(node.directory / "data")
+        private_file(node.config)  # holds the admin's and the controller's passwords
         node.config.write_text(
             template.substitute(
                 host=node.host,

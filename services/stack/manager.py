@@ -3,6 +3,10 @@
 Start order follows dependencies (the registry stores its schemas in Kafka); the servers that do
 not depend on each other start together so `up` on a cold machine waits for the slowest one, not
 for the sum. `down` stops in reverse order and leaves no process behind.
+
+`up` keeps the home private: the home is 0700, modes of a home made before that rule are
+repaired (group and other access taken away, idempotent), and everything `up` and its servers
+create is made under umask 077 (``services/private_files.py``).
 """
 
 from __future__ import annotations
@@ -13,9 +17,27 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 
+from services.private_files import private_dir, private_umask, repair
 from services.settings import Settings
 from services.stack import clickhouse, kafka, prefect, registry, worker
 from services.stack.process import wait_until
+
+#: What the platform keeps under CASESTREAM_HOME: `up` makes these private. Only these, not
+#: the whole home: it may be a directory holding other things too.
+HOME_ENTRIES = (
+    "kafka",
+    "clickhouse",
+    "registry",
+    "prefect",
+    "logs",
+    "run",
+    "outbox",
+    "chain",
+    "gateway",
+    "worker",
+    "imports",
+    "demo",
+)
 
 # (module, start-up timeout in seconds). A fresh Prefect database takes ~20 s to migrate and
 # Apicurio replays its KafkaSQL journal on start, hence the generous limits.
@@ -77,7 +99,15 @@ def _ready(settings: Settings, module: ModuleType) -> bool:
 
 def up(settings: Settings, log=print, parts: list[str] | None = None) -> None:
     """Start the wanted parts and wait until each answers; :class:`PartFailed` names the one that did not."""
-    settings.home.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home)
+    repaired = repair(settings.home, HOME_ENTRIES)
+    if repaired:
+        log(f"made {len(repaired)} files and directories under {settings.home} private (0600/0700)")
+    with private_umask():
+        _up(settings, log, parts)
+
+
+def _up(settings: Settings, log, parts: list[str] | None) -> None:
     wanted = [(m, t) for m, t in COMPONENTS if parts is None or m.NAME in parts]
     started = time.monotonic()
     # Kafka first: the registry keeps its storage there.

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import httpx
 
+from services.private_files import private_dir
 from services.settings import Settings
-from services.stack.process import ManagedProcess
+from services.stack.process import PYTHON_ENV, ManagedProcess, child_env
 
 NAME = "prefect"
 
@@ -36,11 +37,11 @@ def prefect_env(settings: Settings) -> dict[str, str]:
 
 def start(settings: Settings, log=print) -> None:
     host, port = settings.prefect_host_port
-    (settings.home / "prefect").mkdir(parents=True, exist_ok=True)
+    private_dir(settings.home / "prefect")
     prefect_bin = Path(sys.executable).parent / "prefect"
     process(settings).start(
         [str(prefect_bin), "server", "start", "--host", host, "--port", str(port)],
-        env=prefect_env(settings),
+        env=child_env(PYTHON_ENV, extra=prefect_env(settings)),
         marker=f"--port {port}",
     )
 

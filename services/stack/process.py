@@ -3,6 +3,11 @@
 Each server runs in its own session (process group) with stdout/stderr going to a log file under
 ``$CASESTREAM_HOME/logs``. The pid file also records a marker that must appear in the process's
 command line: a stale pid file whose pid was reused by an unrelated process is never killed.
+
+A child gets only the environment it needs (:func:`child_env`): the parent's environment may
+hold any secret (a cloud key, the operator's tokens, the platform's passwords), and
+``/proc/<pid>/environ`` of a server is readable by anyone who can ptrace it. Children run with
+umask 077 so every file they create (Kafka logs, chDB parts, Prefect's SQLite) is private.
 """
 
 from __future__ import annotations
@@ -15,6 +20,53 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from services.private_files import UMASK, private_dir, private_file, private_umask
+
+#: Variables every child may inherit: what a process needs to run, never a credential.
+BASE_ENV: tuple[str, ...] = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LANGUAGE",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "TMPDIR",
+    "JAVA_HOME",
+)
+#: What a Python child (endpoint, Prefect, worker) needs on top: where its interpreter and
+#: packages are. ``PYTHONPATH`` matters when the platform runs from a checkout.
+PYTHON_ENV: tuple[str, ...] = (
+    "VIRTUAL_ENV",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "PYTHONUTF8",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+)
+
+
+def child_env(
+    allow: tuple[str, ...] = (),
+    *,
+    prefixes: tuple[str, ...] = (),
+    extra: dict[str, str] | None = None,
+    source: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a child: :data:`BASE_ENV`, the names in ``allow``, the variables
+    starting with one of ``prefixes``, then ``extra``; nothing else of ``source`` (os.environ)."""
+    source = dict(os.environ if source is None else source)
+    names = set(BASE_ENV) | set(allow)
+    env = {
+        key: value
+        for key, value in source.items()
+        if key in names or any(key.startswith(prefix) for prefix in prefixes)
+    }
+    env.update(extra or {})
+    return env
 
 
 @dataclass(frozen=True)
@@ -56,13 +108,18 @@ class ManagedProcess:
         cwd: Path | None = None,
         marker: str,
     ) -> int:
-        """Start the server unless it already runs; returns its pid."""
+        """Start the server unless it already runs; returns its pid.
+
+        ``env`` is the child's whole environment (build it with :func:`child_env`); None gives
+        it :data:`BASE_ENV` only. Nothing else of ours is inherited.
+        """
         existing = self.pid()
         if existing:
             return existing
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
+        private_dir(self.pid_file.parent)
+        private_dir(self.log_file.parent)
+        private_file(self.log_file)
+        with private_umask(), open(self.log_file, "ab") as log:
             log.write(
                 f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {self.name}\n".encode()
             )
@@ -72,9 +129,10 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **(env or {})},
+                env=child_env() if env is None else env,
                 cwd=cwd,
                 start_new_session=True,
+                umask=UMASK,
             )
         # Until exec completes, /proc/<pid>/cmdline is still ours (python), and pid() would take
         # the child for a stale pid: wait for the exec before recording it.
@@ -87,7 +145,8 @@ class ManagedProcess:
             if marker.encode() in cmdline:
                 break
             time.sleep(0.01)
-        self.pid_file.write_text(f"{proc.pid}\n{marker}\n")
+        with private_umask():
+            self.pid_file.write_text(f"{proc.pid}\n{marker}\n")
         return proc.pid
 
     def stop(self, timeout: float = 30.0) -> bool:

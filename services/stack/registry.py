@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 
+from services.private_files import private_dir
 from services.settings import Settings
 from services.stack.fetch import apicurio_dir
-from services.stack.process import ManagedProcess
+from services.stack.process import ManagedProcess, child_env
 
 NAME = "registry"
 
@@ -54,7 +55,7 @@ def start(settings: Settings, log=print) -> None:
     app = apicurio_dir(settings, log)
     host, port = settings.registry_host_port
     work = settings.home / "registry"
-    work.mkdir(parents=True, exist_ok=True)
+    private_dir(work)
     process(settings).start(
         [
             find_java(settings),
@@ -69,6 +70,7 @@ def start(settings: Settings, log=print) -> None:
             "-jar",
             str(app / "quarkus-run.jar"),
         ],
+        env=child_env(),
         cwd=work,
         marker=f"quarkus.http.port={port}",
     )
