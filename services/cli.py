@@ -65,9 +65,14 @@ def main(ctx: click.Context, debug: bool) -> None:
     Configuration comes from CASESTREAM_* environment variables (`casestream settings`).
     """
     import logging
+    import os
     from pathlib import Path
 
     from services.private_files import private_dir
+
+    # Files a command writes hold events, tokens or audit records (the gateway's token lock, the
+    # import audit, demo histories were 0644 under a shell's umask 022): private to the user.
+    os.umask(0o077)
     from services.stack.prefect import prefect_env
 
     ctx.meta["casestream.debug"] = debug
