@@ -214,3 +214,21 @@ def test_stack_up_repairs_a_home_left_world_readable(stack: Settings):
         stack.home.chmod(0o700)
         (stack.home / "kafka").chmod(0o700)
         users.chmod(0o600)
+
+
+@pytest.mark.unit
+def test_a_command_run_from_a_lax_shell_writes_private_files(tmp_path, lax_umask):
+    """A history (events) written by `casestream generate` from a shell with umask 022."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "history.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "services.cli", "generate", "--cases", "2", "-q", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CASESTREAM_HOME": str(tmp_path / "home")},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert _mode(out) == 0o600
