@@ -17,11 +17,18 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
     again (the first version of an event_id wins).
 
     Errors of the whole request have the body ``{"error": {"code", "message", ...}}``:
-    401 missing/unknown/revoked token, 400 malformed JSON (with line and column), 413 body or
-    batch too large, 415 not JSON, 422 not ``{"events": [...]}``, 503 outbox unavailable.
+    401 missing/unknown/revoked token, 400 malformed JSON (with line and column) or a token in
+    the URL, 408 body not received within the body timeout, 413 body or batch too large, 415
+    not JSON, 422 not ``{"events": [...]}``, 429 rate limit or event quota of the agency
+    exhausted (with ``Retry-After``), 503 outbox unavailable.  Never a 5xx for any input, and
+    the answer is always strict JSON: values JSON cannot hold (``NaN``, ``Infinity``, numbers
+    beyond ±1.8e308, lone surrogate escapes such as ``"\\ud800"``, duplicate keys) reject their
+    event with the field named (``services.agency.json_text``).
 
 ``GET /healthz``   gateway up; Kafka and registry reachable?  (``?strict=true``: 503 if not)
-``GET /metrics``   Prometheus text format.
+``GET /metrics``   Prometheus text format; on the public address only with the admin token
+                   (``CASESTREAM_GATEWAY_METRICS_TOKEN``), else on the admin address
+                   (``casestream gateway --metrics-addr``, 127.0.0.1:9465 by default).
 
 One :class:`~services.agency.publisher.Publisher` per agency (created on the agency's first
 request, kept for the app's lifetime, closed on shutdown) with its outbox under
@@ -38,11 +45,22 @@ Configuration (environment, on top of ``services.settings``):
 | CASESTREAM_GATEWAY_MAX_EVENTS | 10000 | larger batches get 413 |
 | CASESTREAM_GATEWAY_MAX_WAIT_SECONDS | 120 | upper bound of ``?timeout=`` with ``?wait=true`` |
 | CASESTREAM_GATEWAY_OUTBOX_DIR | <home>/gateway/outbox | the gateway's per-agency outboxes |
+| CASESTREAM_GATEWAY_BODY_TIMEOUT_SECONDS | 10 | the whole body must arrive in this time (408) |
+| CASESTREAM_GATEWAY_RATE_REQUESTS | 100 | per agency, requests per second (429; 0: off) |
+| CASESTREAM_GATEWAY_RATE_REQUESTS_BURST | 500 | per agency, requests in a burst |
+| CASESTREAM_GATEWAY_RATE_EVENTS | 5000 | per agency, events per second (429; 0: off) |
+| CASESTREAM_GATEWAY_RATE_EVENTS_BURST | 100000 | per agency, events in a burst (>= max events) |
+| CASESTREAM_GATEWAY_METRICS_ADDR | 127.0.0.1:9465 | admin listener of /metrics (``off``: none) |
+| CASESTREAM_GATEWAY_METRICS_TOKEN | (none) | admin token for /metrics on the public address |
 
-Tokens are never logged, nor accepted in URLs (only in the Authorization header).
+Tokens are never logged, nor accepted in URLs (only in the Authorization header): a query
+parameter named like a credential, or holding a gateway token, is refused with 400, and the
+access log shows only the values of ``wait``, ``timeout`` and ``strict``
+(``services.agency.http_guard``).
 """
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -74,8 +92,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.agency import json_text
+from services.agency.http_guard import (
+    BodyDeadlineMiddleware,
+    BodyTimeout,
+    SecretsInUrlMiddleware,
+    install_access_log_redaction,
+)
+from services.agency.json_text import DuplicateKeys, NonFinite
 from services.agency.outbox import Outbox
 from services.agency.publisher import Publisher
+from services.agency.rate_limit import RateLimiter, retry_after
 from services.agency.tokens import TokenStore, TokenStoreError
 from services.contracts import reference as _ref
 from services.contracts.events import (
@@ -95,6 +122,7 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 API_VERSION = "1.0.0"
+DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
 MiB = 1024 * 1024
 
 
@@ -130,6 +158,19 @@ class GatewayConfig:
     #: opening dated 1970 went through before this limit). Digitised historical records are
     #: imported with `casestream publish FILE`, which keeps their dates. 0 turns the limit off.
     max_event_age_days: float = 1827.0  # five years
+    #: Seconds for the whole request body to arrive, counted from the headers (408 after);
+    #: without it a half-sent body held a connection for as long as the client wanted.
+    body_timeout_seconds: float = 10.0
+    #: Per agency: requests per second (sustained) and burst; beyond, 429 with Retry-After.
+    #: Far above what a case system sends (one batch every few seconds); 0 turns it off.
+    rate_requests_per_second: float = 100.0
+    rate_requests_burst: float = 500.0
+    #: Per agency: events per second (sustained) and burst (at least ``max_events``).
+    rate_events_per_second: float = 5000.0
+    rate_events_burst: float = 100_000.0
+    #: Bearer token for ``/metrics`` on the public address; None: not served there (only on
+    #: the admin address of ``casestream gateway --metrics-addr``, 127.0.0.1 by default).
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "GatewayConfig":
@@ -144,6 +185,22 @@ class GatewayConfig:
                 "CASESTREAM_GATEWAY_MAX_EVENT_AGE_DAYS", cls.max_event_age_days, float
             ),
             outbox_dir=Path(outbox_dir) if outbox_dir else None,
+            body_timeout_seconds=_env_number(
+                "CASESTREAM_GATEWAY_BODY_TIMEOUT_SECONDS", cls.body_timeout_seconds, float
+            ),
+            rate_requests_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_REQUESTS", cls.rate_requests_per_second, float
+            ),
+            rate_requests_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_REQUESTS_BURST", cls.rate_requests_burst, float
+            ),
+            rate_events_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_EVENTS", cls.rate_events_per_second, float
+            ),
+            rate_events_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_EVENTS_BURST", cls.rate_events_burst, float
+            ),
+            metrics_token=os.environ.get("CASESTREAM_GATEWAY_METRICS_TOKEN") or None,
         )
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -325,7 +382,14 @@ def _error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, **extra}}
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+    return StrictJSONResponse(body, status_code=status, headers=headers)
+
+
+class StrictJSONResponse(JSONResponse):
+    """Always valid JSON as UTF-8 (no NaN, no unencodable surrogate: see ``json_text``)."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text.dumps(content)
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="casestream"'}
@@ -375,6 +439,12 @@ class GatewayMetrics:
             "casestream_gateway_auth_failures",
             "Requests refused for a missing, unknown or revoked token.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "casestream_gateway_rate_limited",
+            "Requests refused with 429, by agency and limit (requests/events).",
+            ["agency_id", "limit"],
             registry=self.registry,
         )
         self.request_latency = Histogram(
@@ -459,6 +529,8 @@ class _Channel:
 
 
 def _json_type(value: Any) -> str:
+    if isinstance(value, NonFinite):
+        return "number"
     for kind, name in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string")):
         if isinstance(value, kind):
             return name
@@ -468,8 +540,8 @@ def _json_type(value: Any) -> str:
 def _json_value(value: Any, limit: int = 1000) -> Any:
     """The offending value as JSON, shortened when huge (e.g. a whole non-object event)."""
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         text = None
     if text is not None and len(text) <= limit:
         return value
@@ -522,6 +594,11 @@ class Gateway:
         self.config = config or GatewayConfig.from_env()
         self.outbox_dir = self.config.outbox_dir or settings.home / "gateway" / "outbox"
         self.metrics = GatewayMetrics()
+        cfg = self.config
+        self.request_rate = RateLimiter(cfg.rate_requests_per_second, cfg.rate_requests_burst)
+        self.event_rate = RateLimiter(
+            cfg.rate_events_per_second, max(cfg.rate_events_burst, cfg.max_events)
+        )
         self._channels: dict[str, _Channel] = {}
         self._channels_lock = threading.Lock()
         self._closed = False
@@ -671,6 +748,18 @@ class Gateway:
     ) -> dict[str, Any]:
         """Parse, validate and accept one request body; returns the BatchResult as a dict."""
         events = self._parse_body(body)
+        wait_s = self.event_rate.acquire(agency_id, len(events))
+        if wait_s:
+            self.metrics.rate_limited.labels(agency_id, "events").inc()
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"event quota of {agency_id} exhausted ({self.config.rate_events_per_second:g} "
+                f"events per second, bursts of {self.event_rate.burst:g}); retry after "
+                f"{retry_after(wait_s)} s (nothing of this request was stored)",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
+            )
         results: list[dict[str, Any] | None] = [None] * len(events)
         valid: list[tuple[int, Mapping[str, Any]]] = []
         for i, event in enumerate(events):
@@ -705,7 +794,7 @@ class Gateway:
     def _parse_body(self, body: bytes) -> list[Any]:
         too_long: list[_LongInteger] = []
         try:
-            obj = json.loads(body, parse_int=lambda text: _parse_int(text, too_long))
+            obj = json_text.loads(body, parse_int=lambda text: _parse_int(text, too_long))
         except json.JSONDecodeError as exc:
             raise GatewayError(
                 400,
@@ -737,6 +826,14 @@ class Gateway:
                 f"(at most {sys.get_int_max_str_digits()})",
                 field=path,
                 value=f"{literal[:61]}...",  # the number as sent, shortened
+            )
+        if isinstance(obj, DuplicateKeys):
+            raise GatewayError(
+                400,
+                "malformed_json",
+                f"request body is ambiguous JSON: the field {json_text.escaped(obj.duplicates[0])!r}"
+                " appears more than once in the top-level object (send each field once)",
+                field=obj.duplicates[0],
             )
         if not isinstance(obj, dict):
             raise GatewayError(
@@ -777,6 +874,11 @@ class Gateway:
         agency_id: str, event: Any, max_age_days: float = 0.0
     ) -> tuple[EventValidationError, bool] | None:
         """None when valid for this agency, else (error, is-agency-mismatch)."""
+        # Text JSON cannot hold (NaN, lone surrogates, duplicate keys) first: nothing below
+        # is written to judge it, and its value is echoed in the answer.
+        problem = json_text.first_problem(event)
+        if problem is not None:
+            return EventValidationError(*problem), False
         # Authorization first: another agency's event is refused whatever else it holds.
         if isinstance(event, Mapping) and event.get("agency_id") not in (None, agency_id):
             try:
@@ -968,6 +1070,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_access_log_redaction()  # also when run by a plain `uvicorn` command
         try:
             gateway.tokens.records()
         except TokenStoreError as exc:
@@ -999,6 +1102,7 @@ def create_app(
             '"message"}}`; errors of single events are reported per event.'
         ),
         lifespan=lifespan,
+        default_response_class=StrictJSONResponse,
     )
     app.state.gateway = gateway
 
@@ -1017,7 +1121,10 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
         return _error_response(
-            422, "invalid_request", f"invalid request: {problems}", errors=exc.errors()
+            422,
+            "invalid_request",
+            f"invalid request: {problems}",
+            errors=jsonable_encoder(exc.errors()),
         )
 
     bearer = HTTPBearer(
@@ -1053,6 +1160,18 @@ def create_app(
                 "unknown or revoked API token (tokens are issued per agency with "
                 "`casestream tokens create <agency_id>`)",
                 headers=_UNAUTHORIZED,
+            )
+        wait_s = gateway.request_rate.acquire(record.agency_id)
+        if wait_s:
+            gateway.metrics.rate_limited.labels(record.agency_id, "requests").inc()
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"too many requests for {record.agency_id} "
+                f"({cfg.rate_requests_per_second:g} per second, bursts of "
+                f"{gateway.request_rate.burst:g}); retry after {retry_after(wait_s)} s",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
             )
         return record.agency_id
 
@@ -1124,7 +1243,7 @@ def create_app(
 
         def work() -> bytes:
             result = gateway.handle_batch(agency_id, body, wait, timeout)
-            return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+            return json_text.dumps(result)
 
         return Response(await run_in_threadpool(work), media_type="application/json")
 
@@ -1139,7 +1258,7 @@ def create_app(
         Events are accepted into the outbox even when they are not (status `degraded`)."""
         result = await run_in_threadpool(gateway.health)
         status = 503 if strict and result["status"] != "ok" else 200
-        return JSONResponse(result, status_code=status)
+        return StrictJSONResponse(result, status_code=status)
 
     @app.get(
         "/metrics",
@@ -1148,9 +1267,33 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Events accepted/duplicate/rejected by agency (and rejection reason), request
-        latency by route, outbox backlog by agency, authentication failures."""
+        latency by route, outbox backlog by agency, authentication failures.
+
+        Per-agency activity is not public: here only with the admin token
+        (`CASESTREAM_GATEWAY_METRICS_TOKEN`, as a Bearer token); otherwise on the admin address
+        (`casestream gateway --metrics-addr`, 127.0.0.1:9465 by default)."""
+        if cfg.metrics_token is None:
+            raise GatewayError(
+                404,
+                "not_found",
+                "metrics are served on the gateway's admin address (casestream gateway "
+                "--metrics-addr, 127.0.0.1:9465 by default), or here with an admin token "
+                "(CASESTREAM_GATEWAY_METRICS_TOKEN)",
+            )
+        sent = request.headers.get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), cfg.metrics_token.encode()
+        ):
+            gateway.metrics.auth_failures.labels("metrics").inc()
+            raise GatewayError(
+                401,
+                "invalid_token",
+                "the metrics need the admin token: 'Authorization: Bearer <admin token>'",
+                headers=_UNAUTHORIZED,
+            )
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
@@ -1172,11 +1315,24 @@ def create_app(
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_request: Request, _exc: BodyTimeout) -> JSONResponse:
+        return _error_response(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {cfg.body_timeout_seconds:g} seconds; "
+            "the connection is closed (send the whole body at once)",
+            headers={"Connection": "close"},
+        )
+
     app.add_middleware(
         _MetricsMiddleware,
         metrics=gateway.metrics,
         paths=frozenset(getattr(r, "path", "") for r in app.routes),
     )
+    app.add_middleware(BodyDeadlineMiddleware, timeout=cfg.body_timeout_seconds)
+    app.add_middleware(SecretsInUrlMiddleware)  # outermost: before anything reads the request
     return app
 
 
@@ -1188,15 +1344,32 @@ def serve(
     tokens: TokenStore | None = None,
     config: GatewayConfig | None = None,
     log_level: str = "info",
+    metrics_addr: str = DEFAULT_METRICS_ADDR,
 ) -> None:
-    """Run the gateway with uvicorn in the foreground until SIGINT/SIGTERM."""
+    """Run the gateway with uvicorn in the foreground until SIGINT/SIGTERM.
+
+    ``metrics_addr`` (``host:port``, ``off`` to disable): the admin listener of ``/metrics``,
+    separate from the public address so that per-agency activity is not served to anyone who
+    can reach the API (127.0.0.1 by default)."""
     import uvicorn
+    from prometheus_client import start_http_server
+
+    from services.ops.metrics import parse_addr
 
     app = create_app(settings, tokens, config=config)
-    uvicorn.run(
+    admin = parse_addr(metrics_addr)
+    if admin is not None:
+        try:
+            start_http_server(admin[1], addr=admin[0], registry=app.state.gateway.metrics.registry)
+            log.info("gateway metrics on http://%s:%d/metrics", *admin)
+        except OSError as exc:
+            log.warning("gateway metrics not served on %s:%d (%s)", *admin, exc)
+    server_config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
     )
+    install_access_log_redaction()  # after uvicorn's logging configuration
+    uvicorn.Server(server_config).run()
