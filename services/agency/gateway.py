@@ -794,7 +794,9 @@ class Gateway:
     def _parse_body(self, body: bytes) -> list[Any]:
         too_long: list[_LongInteger] = []
         try:
-            obj = json_text.loads(body, parse_int=lambda text: _parse_int(text, too_long))
+            # Strict UTF-8 (json.loads of bytes lets UTF-8-encoded surrogates through).
+            text = body.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+            obj = json_text.loads(text, parse_int=lambda text: _parse_int(text, too_long))
         except json.JSONDecodeError as exc:
             raise GatewayError(
                 400,

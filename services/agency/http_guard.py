@@ -174,7 +174,8 @@ def redact_target(target: str) -> str:
     parts = []
     for name, value in parse_qsl(query, keep_blank_values=True):
         safe = name in LOGGED_PARAMS and len(value) <= 16 and value.replace(".", "").isalnum()
-        shown_name = name if name.isidentifier() and len(name) <= 32 else "REDACTED"
+        known = name in LOGGED_PARAMS or name in CREDENTIAL_PARAMS
+        shown_name = name if known else "REDACTED"  # a bare "?<token>" is a name
         parts.append(f"{shown_name}={quote(value) if safe else 'REDACTED'}")
     if not parts and query:
         parts.append("REDACTED")
