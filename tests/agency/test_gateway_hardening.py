@@ -414,3 +414,47 @@ def test_metrics_only_on_the_admin_address(server):
     admin = httpx.get(f"http://127.0.0.1:{server['admin_port']}/metrics", timeout=30)
     assert admin.status_code == 200
     assert "casestream_gateway_auth_failures" in admin.text
+
+
+# =========================================================================== real Kafka
+
+
+@pytest.mark.integration
+def test_mixed_batch_with_text_json_cannot_hold_reaches_kafka_as_answered(stack, tmp_path):
+    """Through the session's real Kafka and registry: the valid events of a batch that also
+    holds a lone surrogate, NaN, 1e999 and a duplicate key are delivered once each, the others
+    never; the answer is strict JSON."""
+    from tests.agency.test_gateway import consume
+
+    store = TokenStore(tmp_path / "tokens.json")
+    token, _ = store.create(AGENCY)
+    config = GatewayConfig(outbox_dir=tmp_path / "outbox")
+    good = [_good() for _ in range(3)]
+    for event in good:
+        event["occurred_at"] = "2025-06-01T09:30:00+07:00"
+    bad = [_good() for _ in range(4)]
+    texts = [json.dumps(e) for e in bad]
+    texts[0] = texts[0].replace(f'"{bad[0]["case_id"]}"', '"\\ud800"')
+    texts[1] = texts[1].replace('"payload": {', '"sequence": NaN, "payload": {')
+    texts[2] = texts[2].replace('"payload": {', '"sequence": 1e999, "payload": {')
+    texts[3] = texts[3].replace("{", '{"agency_id": "20-POLICE", ', 1)
+    parts = [json.dumps(good[0]), texts[0], texts[1], json.dumps(good[1])]
+    parts += [texts[2], texts[3], json.dumps(good[2])]
+    body = '{"events": [' + ", ".join(parts) + "]}"
+    with TestClient(create_app(stack, store, config=config), raise_server_exceptions=False) as c:
+        r = c.post(
+            "/v1/events?wait=true&timeout=60",
+            content=body.encode(),
+            headers={**_auth(token), "Content-Type": "application/json"},
+        )
+    assert r.status_code == 200, r.text[:500]
+    answer = strict_json(r.content.decode("utf-8"))
+    statuses = [x["status"] for x in answer["results"]]
+    assert statuses == ["accepted", "rejected", "rejected", "accepted"] + ["rejected"] * 2 + [
+        "accepted"
+    ]
+    assert answer["delivered"] == 3
+    good_ids = {e["event_id"] for e in good}
+    ids = [*good_ids, *(e["event_id"] for e in bad)]
+    found = consume(stack, AGENCY, ids, expect=good_ids)
+    assert {eid: len(copies) for eid, copies in found.items()} == dict.fromkeys(good_ids, 1)
