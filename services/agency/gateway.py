@@ -97,6 +97,7 @@ from services.agency.http_guard import (
     BodyDeadlineMiddleware,
     BodyTimeout,
     SecretsInUrlMiddleware,
+    header_deadline_protocol,
     install_access_log_redaction,
 )
 from services.agency.json_text import DuplicateKeys, NonFinite
@@ -1372,6 +1373,7 @@ def serve(
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
+        http=header_deadline_protocol(app.state.gateway.config.body_timeout_seconds),
     )
     install_access_log_redaction()  # after uvicorn's logging configuration
     uvicorn.Server(server_config).run()

@@ -198,3 +198,58 @@ def install_access_log_redaction() -> None:
     logger = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, AccessLogRedaction) for f in logger.filters):
         logger.addFilter(AccessLogRedaction())
+
+
+_HEADER_TIMEOUT_BODY = (
+    b'{"error":{"code":"header_timeout","message":"the request headers did not arrive in time; '
+    b'the connection is closed"}}'
+)
+_HEADER_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + f"content-length: {len(_HEADER_TIMEOUT_BODY)}\r\n\r\n".encode()
+    + _HEADER_TIMEOUT_BODY
+)
+
+
+def header_deadline_protocol(timeout: float) -> type:
+    """uvicorn's h11 protocol with a deadline for a request's headers.
+
+    uvicorn starts no timer before the first request of a connection, and its keep-alive timer
+    is reset by every byte: a client sending half a request line (or a header a byte at a time)
+    held the connection forever (measured: still open after 30 s, then we stopped waiting) —
+    the slowloris attack, before any ASGI middleware sees a request. Here, whenever the
+    connection waits for a new request, the headers must be complete within ``timeout``
+    seconds; else the server answers 408 and closes the connection.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11Protocol(H11Protocol):
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._header_timer: asyncio.TimerHandle | None = None
+            self._arm_header_timer()
+
+        def data_received(self, data: bytes) -> None:
+            if self._header_timer is None and self._between_requests():
+                self._arm_header_timer()
+            super().data_received(data)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+            super().connection_lost(exc)
+
+        def _between_requests(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm_header_timer(self) -> None:
+            self._header_timer = self.loop.call_later(timeout, self._header_deadline)
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            if self._between_requests() and not self.transport.is_closing():
+                self.transport.write(_HEADER_TIMEOUT_RESPONSE)
+                self.transport.close()
+
+    return HeaderDeadlineH11Protocol

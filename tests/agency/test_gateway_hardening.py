@@ -382,6 +382,28 @@ def test_half_sent_body_is_cut_with_408_and_the_connection_closed(server):
 
 
 @pytest.mark.integration
+def test_half_sent_headers_are_cut_with_408_and_the_connection_closed(server):
+    """Slowloris before any request exists: half a request line, or a second request's headers
+    trickled on a kept-alive connection."""
+    with socket.create_connection(("127.0.0.1", server["port"])) as sock:
+        sock.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\n")
+        data, closed = _read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 408") and b"header_timeout" in data, data[:200]
+    assert closed, "the server kept the connection open"
+
+    with socket.create_connection(("127.0.0.1", server["port"])) as sock:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(30)
+        first = b""
+        while b"\r\n\r\n" not in first:
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # and never the rest
+        data, closed = _read_until_closed(sock)
+    assert b"HTTP/1.1 408" in data and closed, data[-300:]
+
+
+@pytest.mark.integration
 def test_tokens_in_urls_are_refused_and_never_reach_the_log(server):
     base = f"http://127.0.0.1:{server['port']}"
     token = server["token"]
