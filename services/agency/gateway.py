@@ -748,7 +748,7 @@ class Gateway:
         self, agency_id: str, body: bytes, wait: bool = False, timeout: float | None = None
     ) -> dict[str, Any]:
         """Parse, validate and accept one request body; returns the BatchResult as a dict."""
-        events = self._parse_body(body)
+        events, suspect = self._parse_body(body)
         wait_s = self.event_rate.acquire(agency_id, len(events))
         if wait_s:
             self.metrics.rate_limited.labels(agency_id, "events").inc()
@@ -764,7 +764,7 @@ class Gateway:
         results: list[dict[str, Any] | None] = [None] * len(events)
         valid: list[tuple[int, Mapping[str, Any]]] = []
         for i, event in enumerate(events):
-            error = self._validate(agency_id, event, self.config.max_event_age_days)
+            error = self._validate(agency_id, event, self.config.max_event_age_days, suspect)
             if error is None:
                 valid.append((i, event))
             else:
@@ -792,12 +792,13 @@ class Gateway:
             out["pending"] = sum(r.get("delivered") is False for r in results)  # type: ignore[union-attr]
         return out
 
-    def _parse_body(self, body: bytes) -> list[Any]:
+    def _parse_body(self, body: bytes) -> tuple[list[Any], bool]:
+        """The events, and whether they may hold text JSON cannot (see ``json_text.loads``)."""
         too_long: list[_LongInteger] = []
         try:
             # Strict UTF-8 (json.loads of bytes lets UTF-8-encoded surrogates through).
             text = body.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
-            obj = json_text.loads(text, parse_int=lambda text: _parse_int(text, too_long))
+            obj, suspect = json_text.loads(text, parse_int=lambda t: _parse_int(t, too_long))
         except json.JSONDecodeError as exc:
             raise GatewayError(
                 400,
@@ -870,16 +871,16 @@ class Gateway:
                 limit=self.config.max_events,
                 events=len(events),
             )
-        return events
+        return events, suspect
 
     @staticmethod
     def _validate(
-        agency_id: str, event: Any, max_age_days: float = 0.0
+        agency_id: str, event: Any, max_age_days: float = 0.0, suspect: bool = True
     ) -> tuple[EventValidationError, bool] | None:
         """None when valid for this agency, else (error, is-agency-mismatch)."""
         # Text JSON cannot hold (NaN, lone surrogates, duplicate keys) first: nothing below
         # is written to judge it, and its value is echoed in the answer.
-        problem = json_text.first_problem(event)
+        problem = json_text.first_problem(event) if suspect else None
         if problem is not None:
             return EventValidationError(*problem), False
         # Authorization first: another agency's event is refused whatever else it holds.

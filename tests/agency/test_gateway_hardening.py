@@ -23,8 +23,11 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.agency import gateway as gateway_module
+from services.agency import json_text
 from services.agency.gateway import GatewayConfig, create_app
 from services.agency.http_guard import redact_target
 from services.agency.rate_limit import RateLimiter, retry_after
@@ -161,6 +164,44 @@ def test_request_level_errors_stay_strict_json(app_client):
         assert response.status_code == status, (body, response.text[:300])
         error = strict_json(response.content.decode("utf-8"))["error"]
         assert needle in error["message"], (body, error)
+
+
+@pytest.mark.unit
+def test_strict_json_parse_marks_what_json_cannot_hold():
+    value, suspect = json_text.loads('{"a": [1.5, "x"], "b": {"c": null}}')
+    assert value == {"a": [1.5, "x"], "b": {"c": None}} and not suspect
+    assert json_text.first_problem(value) is None
+    for text, path in [
+        ('{"a": [1, NaN]}', "a[1]"),
+        ('{"a": {"b": 1e400}}', "a.b"),
+        ('{"a": "\\udbff"}', "a"),
+        ('{"a": 1, "a": 2}', "a"),
+        ("-Infinity", "<event>"),
+    ]:
+        value, suspect = json_text.loads(text)
+        problem = json_text.first_problem(value)
+        assert suspect and problem is not None and problem[0] == path, (text, problem)
+    # a correctly paired surrogate escape is a character, not a problem
+    value, _ = json_text.loads('{"a": "\\ud83d\\ude00"}')
+    assert value == {"a": "\U0001f600"} and json_text.first_problem(value) is None
+
+
+TEXT = st.text(st.characters(categories=["Cs", "L", "N", "P"]), max_size=8)  # Cs: surrogates
+
+
+@pytest.mark.unit
+@settings(max_examples=200, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4),
+        max_leaves=20,
+    )
+)
+def test_rendered_answers_are_always_strict_utf8_json(value):
+    """Whatever a handler puts in an answer (NaN, infinities, lone surrogates), the bytes are
+    UTF-8 and strict JSON."""
+    strict_json(json_text.dumps(value).decode("utf-8"))
 
 
 # =========================================================================== rate limits
