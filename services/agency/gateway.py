@@ -402,9 +402,22 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "long to read is named by `field` and `value`).",
     },
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked token."},
+    408: {
+        "model": ErrorResponse,
+        "description": "The body did not arrive within the body timeout (10 s by default); "
+        "the connection is closed.",
+    },
     413: {"model": ErrorResponse, "description": "Body or batch larger than the limits."},
     415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
     422: {"model": ErrorResponse, "description": 'Body is not {"events": [...]} or bad query.'},
+    429: {
+        "model": ErrorResponse,
+        "description": "The agency's request rate or event quota is exhausted; nothing of the "
+        "request was stored. Retry after `Retry-After` seconds.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+        },
+    },
     503: {"model": ErrorResponse, "description": "Outbox or token store unavailable; retry."},
 }
 

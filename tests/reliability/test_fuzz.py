@@ -3,8 +3,10 @@
 Three levels, all with hypothesis (bounded examples, no deadline):
 
 * the HTTP gateway app (FastAPI TestClient, no servers): malformed bodies, wrong types, huge
-  values, future dates, unknown and spoofed agencies → a 4xx for the request or a per-event
-  ``rejected`` with field and reason; never a 5xx; valid events of the same batch accepted;
+  values, future dates, unknown and spoofed agencies, and JSON *text* (lone surrogate escapes,
+  NaN/Infinity, overflowing numbers, duplicate keys, invalid UTF-8, deep nesting) → a 4xx for
+  the request or a per-event ``rejected`` with field and reason; never a 5xx, always strict
+  JSON; valid events of the same batch accepted, and exactly they are in the outbox;
 * `Ingestor.accept` with an in-memory registry: arbitrary bytes, wrong schema ids, corrupted
   Avro → a `Fact` or `Rejected`, never any other exception;
 * the real topics while the session's worker runs: bad messages interleaved with good events →
