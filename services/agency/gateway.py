@@ -50,6 +50,8 @@ Configuration (environment, on top of ``services.settings``):
 | CASESTREAM_GATEWAY_RATE_REQUESTS_BURST | 500 | per agency, requests in a burst |
 | CASESTREAM_GATEWAY_RATE_EVENTS | 5000 | per agency, events per second (429; 0: off) |
 | CASESTREAM_GATEWAY_RATE_EVENTS_BURST | 100000 | per agency, events in a burst (>= max events) |
+| CASESTREAM_GATEWAY_RATE_AUTH_FAILURES | 5 | per client address, failed authentications per second (429) |
+| CASESTREAM_GATEWAY_RATE_AUTH_FAILURES_BURST | 100 | per client address, failed authentications in a burst |
 | CASESTREAM_GATEWAY_METRICS_ADDR | 127.0.0.1:9465 | admin listener of /metrics (``off``: none) |
 | CASESTREAM_GATEWAY_METRICS_TOKEN | (none) | admin token for /metrics on the public address |
 
@@ -169,6 +171,10 @@ class GatewayConfig:
     #: Per agency: events per second (sustained) and burst (at least ``max_events``).
     rate_events_per_second: float = 5000.0
     rate_events_burst: float = 100_000.0
+    #: Per client address: failed authentications per second and burst; beyond, 429 instead
+    #: of 401 (valid tokens are never throttled by this, also behind a shared proxy address).
+    rate_auth_failures_per_second: float = 5.0
+    rate_auth_failures_burst: float = 100.0
     #: Bearer token for ``/metrics`` on the public address; None: not served there (only on
     #: the admin address of ``casestream gateway --metrics-addr``, 127.0.0.1 by default).
     metrics_token: str | None = field(default=None, repr=False)
@@ -200,6 +206,12 @@ class GatewayConfig:
             ),
             rate_events_burst=_env_number(
                 "CASESTREAM_GATEWAY_RATE_EVENTS_BURST", cls.rate_events_burst, float
+            ),
+            rate_auth_failures_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_AUTH_FAILURES", cls.rate_auth_failures_per_second, float
+            ),
+            rate_auth_failures_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_AUTH_FAILURES_BURST", cls.rate_auth_failures_burst, float
             ),
             metrics_token=os.environ.get("CASESTREAM_GATEWAY_METRICS_TOKEN") or None,
         )
@@ -610,6 +622,9 @@ class Gateway:
         self.metrics = GatewayMetrics()
         cfg = self.config
         self.request_rate = RateLimiter(cfg.rate_requests_per_second, cfg.rate_requests_burst)
+        self.auth_failure_rate = RateLimiter(
+            cfg.rate_auth_failures_per_second, cfg.rate_auth_failures_burst
+        )
         self.event_rate = RateLimiter(
             cfg.rate_events_per_second, max(cfg.rate_events_burst, cfg.max_events)
         )
@@ -1149,10 +1164,27 @@ def create_app(
         description="The agency's API token, from `casestream tokens create <agency_id>`.",
     )
 
+    def throttle_failures(request: Request) -> None:
+        """429 instead of 401 once a client address fails authentication too often."""
+        client = request.client.host if request.client else "unknown"
+        wait_s = gateway.auth_failure_rate.acquire(client)
+        if wait_s:
+            gateway.metrics.auth_failures.labels("throttled").inc()
+            raise GatewayError(
+                429,
+                "too_many_failed_authentications",
+                f"too many requests without a valid token from {client[:64]}; retry after "
+                f"{retry_after(wait_s)} s",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
+            )
+
     async def authenticated_agency(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
         if credentials is None:
+            throttle_failures(request)
             gateway.metrics.auth_failures.labels("missing").inc()
             raise GatewayError(
                 401,
@@ -1169,6 +1201,7 @@ def create_app(
                 503, "token_store_unavailable", "the token store cannot be read; retry later"
             ) from None
         if record is None:
+            throttle_failures(request)
             gateway.metrics.auth_failures.labels("invalid").inc()
             log.info("gateway: refused a request with an unknown or revoked token")
             raise GatewayError(

@@ -1,4 +1,5 @@
-"""Per-key token buckets: the gateway's per-agency request rate and event quota.
+"""Per-key token buckets: the gateway's per-agency request rate and event quota, and its
+failed authentications per client address.
 
 A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens per second; a request
 takes ``cost`` tokens (1 per request, or the number of events of a batch) or, when there are
@@ -25,10 +26,16 @@ class RateLimiter:
     """Token buckets by key (an agency id); ``rate <= 0`` turns the limiter off."""
 
     def __init__(
-        self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic
+        self,
+        rate: float,
+        burst: float,
+        clock: Callable[[], float] = time.monotonic,
+        max_keys: int = 100_000,
     ) -> None:
         self.rate = rate
         self.burst = max(burst, 1.0)
+        #: Keys chosen by clients (addresses) must not grow the table without bound.
+        self.max_keys = max_keys
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
@@ -46,6 +53,8 @@ class RateLimiter:
         with self._lock:
             bucket = self._buckets.get(key)
             if bucket is None:
+                if len(self._buckets) >= self.max_keys:
+                    self._prune(now)
                 bucket = self._buckets[key] = _Bucket(self.burst, now)
             bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
             bucket.updated = now
@@ -55,6 +64,20 @@ class RateLimiter:
             if cost > self.burst:  # never fits: the caller's limits are inconsistent
                 return math.inf
             return (cost - bucket.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        """Forget full buckets (same as new); if still too many, the least recently used half."""
+        full = [
+            k
+            for k, b in self._buckets.items()
+            if b.tokens + (now - b.updated) * self.rate >= self.burst
+        ]
+        for k in full:
+            del self._buckets[k]
+        if len(self._buckets) >= self.max_keys:
+            by_age = sorted(self._buckets, key=lambda k: self._buckets[k].updated)
+            for k in by_age[: len(by_age) // 2 + 1]:
+                del self._buckets[k]
 
 
 def retry_after(seconds: float) -> str:

@@ -241,6 +241,44 @@ def test_request_flood_of_one_agency_gets_429_with_retry_after(tmp_path):
 
 
 @pytest.mark.unit
+def test_limiter_keys_chosen_by_clients_do_not_grow_without_bound():
+    now = [0.0]
+    limiter = RateLimiter(rate=1.0, burst=2.0, clock=lambda: now[0], max_keys=100)
+    for i in range(10_000):  # an address spray
+        limiter.acquire(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter._buckets) <= 100
+
+    limiter = RateLimiter(rate=1.0, burst=2.0, clock=lambda: now[0], max_keys=100)
+    for i in range(99):
+        limiter.acquire(f"k{i}")
+    limiter.acquire("a", 2)  # drained
+    now[0] += 1.0  # the k buckets are full again, "a" holds 1 token
+    limiter.acquire("new")  # the 101st key: a prune forgets the full buckets only
+    assert sorted(limiter._buckets) == ["a", "new"]
+    assert limiter.acquire("a", 2) > 0  # "a" was not forgotten (no reset by a spray)
+
+
+@pytest.mark.unit
+def test_token_guessing_gets_429_and_valid_tokens_still_pass(tmp_path):
+    app, _, token = _offline_app(
+        tmp_path, rate_auth_failures_per_second=0.01, rate_auth_failures_burst=3
+    )
+    with TestClient(app) as client:
+        statuses = []
+        for i in range(5):
+            guess = f"csgw_0123456789_{i:043d}"
+            r = client.post("/v1/events", json={"events": []}, headers=_auth(guess))
+            statuses.append(r.status_code)
+        assert statuses == [401, 401, 401, 429, 429]
+        assert int(r.headers["retry-after"]) >= 1
+        assert r.json()["error"]["code"] == "too_many_failed_authentications"
+        assert client.post("/v1/events", json={"events": []}).status_code == 429  # no token
+        # the same address with a valid token is not throttled (a shared proxy address)
+        r = client.post("/v1/events", json={"events": []}, headers=_auth(token))
+        assert r.status_code == 200, r.text
+
+
+@pytest.mark.unit
 def test_event_quota_gets_429_and_stores_nothing(tmp_path):
     registry = InMemorySchemaRegistry()
     with pytest.MonkeyPatch.context() as patch:
