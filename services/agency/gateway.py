@@ -17,11 +17,18 @@ Endpoints (OpenAPI at ``/openapi.json``, interactive docs at ``/docs``):
     again (the first version of an event_id wins).
 
     Errors of the whole request have the body ``{"error": {"code", "message", ...}}``:
-    401 missing/unknown/revoked token, 400 malformed JSON (with line and column), 413 body or
-    batch too large, 415 not JSON, 422 not ``{"events": [...]}``, 503 outbox unavailable.
+    401 missing/unknown/revoked token, 400 malformed JSON (with line and column) or a token in
+    the URL, 408 body not received within the body timeout, 413 body or batch too large, 415
+    not JSON, 422 not ``{"events": [...]}``, 429 rate limit or event quota of the agency
+    exhausted (with ``Retry-After``), 503 outbox unavailable.  Never a 5xx for any input, and
+    the answer is always strict JSON: values JSON cannot hold (``NaN``, ``Infinity``, numbers
+    beyond ±1.8e308, lone surrogate escapes such as ``"\\ud800"``, duplicate keys) reject their
+    event with the field named (``services.agency.json_text``).
 
 ``GET /healthz``   gateway up; Kafka and registry reachable?  (``?strict=true``: 503 if not)
-``GET /metrics``   Prometheus text format.
+``GET /metrics``   Prometheus text format; on the public address only with the admin token
+                   (``CASESTREAM_GATEWAY_METRICS_TOKEN``), else on the admin address
+                   (``casestream gateway --metrics-addr``, 127.0.0.1:9465 by default).
 
 One :class:`~services.agency.publisher.Publisher` per agency (created on the agency's first
 request, kept for the app's lifetime, closed on shutdown) with its outbox under
@@ -38,11 +45,24 @@ Configuration (environment, on top of ``services.settings``):
 | CASESTREAM_GATEWAY_MAX_EVENTS | 10000 | larger batches get 413 |
 | CASESTREAM_GATEWAY_MAX_WAIT_SECONDS | 120 | upper bound of ``?timeout=`` with ``?wait=true`` |
 | CASESTREAM_GATEWAY_OUTBOX_DIR | <home>/gateway/outbox | the gateway's per-agency outboxes |
+| CASESTREAM_GATEWAY_BODY_TIMEOUT_SECONDS | 10 | the whole body must arrive in this time (408) |
+| CASESTREAM_GATEWAY_RATE_REQUESTS | 100 | per agency, requests per second (429; 0: off) |
+| CASESTREAM_GATEWAY_RATE_REQUESTS_BURST | 500 | per agency, requests in a burst |
+| CASESTREAM_GATEWAY_RATE_EVENTS | 5000 | per agency, events per second (429; 0: off) |
+| CASESTREAM_GATEWAY_RATE_EVENTS_BURST | 100000 | per agency, events in a burst (>= max events) |
+| CASESTREAM_GATEWAY_RATE_AUTH_FAILURES | 5 | per client address, failed authentications per second (429) |
+| CASESTREAM_GATEWAY_RATE_AUTH_FAILURES_BURST | 100 | per client address, failed authentications in a burst |
+| CASESTREAM_GATEWAY_METRICS_ADDR | 127.0.0.1:9465 | admin listener of /metrics (``off``: none) |
+| CASESTREAM_GATEWAY_METRICS_TOKEN | (none) | admin token for /metrics on the public address |
 
-Tokens are never logged, nor accepted in URLs (only in the Authorization header).
+Tokens are never logged, nor accepted in URLs (only in the Authorization header): a query
+parameter named like a credential, or holding a gateway token, is refused with 400, and the
+access log shows only the values of ``wait``, ``timeout`` and ``strict``
+(``services.agency.http_guard``).
 """
 
 import contextlib
+import hmac
 import json
 import logging
 import os
@@ -74,8 +94,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.agency import json_text
+from services.agency.http_guard import (
+    BodyDeadlineMiddleware,
+    BodyTimeout,
+    SecretsInUrlMiddleware,
+    header_deadline_protocol,
+    install_access_log_redaction,
+)
+from services.agency.json_text import DuplicateKeys, NonFinite
 from services.agency.outbox import Outbox
 from services.agency.publisher import Publisher
+from services.agency.rate_limit import RateLimiter, retry_after
 from services.agency.tokens import TokenStore, TokenStoreError
 from services.contracts import reference as _ref
 from services.contracts.events import (
@@ -95,6 +125,7 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 API_VERSION = "1.0.0"
+DEFAULT_METRICS_ADDR = "127.0.0.1:9465"
 MiB = 1024 * 1024
 
 
@@ -130,6 +161,23 @@ class GatewayConfig:
     #: opening dated 1970 went through before this limit). Digitised historical records are
     #: imported with `casestream publish FILE`, which keeps their dates. 0 turns the limit off.
     max_event_age_days: float = 1827.0  # five years
+    #: Seconds for the whole request body to arrive, counted from the headers (408 after);
+    #: without it a half-sent body held a connection for as long as the client wanted.
+    body_timeout_seconds: float = 10.0
+    #: Per agency: requests per second (sustained) and burst; beyond, 429 with Retry-After.
+    #: Far above what a case system sends (one batch every few seconds); 0 turns it off.
+    rate_requests_per_second: float = 100.0
+    rate_requests_burst: float = 500.0
+    #: Per agency: events per second (sustained) and burst (at least ``max_events``).
+    rate_events_per_second: float = 5000.0
+    rate_events_burst: float = 100_000.0
+    #: Per client address: failed authentications per second and burst; beyond, 429 instead
+    #: of 401 (valid tokens are never throttled by this, also behind a shared proxy address).
+    rate_auth_failures_per_second: float = 5.0
+    rate_auth_failures_burst: float = 100.0
+    #: Bearer token for ``/metrics`` on the public address; None: not served there (only on
+    #: the admin address of ``casestream gateway --metrics-addr``, 127.0.0.1 by default).
+    metrics_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> "GatewayConfig":
@@ -144,6 +192,28 @@ class GatewayConfig:
                 "CASESTREAM_GATEWAY_MAX_EVENT_AGE_DAYS", cls.max_event_age_days, float
             ),
             outbox_dir=Path(outbox_dir) if outbox_dir else None,
+            body_timeout_seconds=_env_number(
+                "CASESTREAM_GATEWAY_BODY_TIMEOUT_SECONDS", cls.body_timeout_seconds, float
+            ),
+            rate_requests_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_REQUESTS", cls.rate_requests_per_second, float
+            ),
+            rate_requests_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_REQUESTS_BURST", cls.rate_requests_burst, float
+            ),
+            rate_events_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_EVENTS", cls.rate_events_per_second, float
+            ),
+            rate_events_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_EVENTS_BURST", cls.rate_events_burst, float
+            ),
+            rate_auth_failures_per_second=_env_number(
+                "CASESTREAM_GATEWAY_RATE_AUTH_FAILURES", cls.rate_auth_failures_per_second, float
+            ),
+            rate_auth_failures_burst=_env_number(
+                "CASESTREAM_GATEWAY_RATE_AUTH_FAILURES_BURST", cls.rate_auth_failures_burst, float
+            ),
+            metrics_token=os.environ.get("CASESTREAM_GATEWAY_METRICS_TOKEN") or None,
         )
         return replace(config, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -325,7 +395,14 @@ def _error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     body = {"error": {"code": code, "message": message, **extra}}
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+    return StrictJSONResponse(body, status_code=status, headers=headers)
+
+
+class StrictJSONResponse(JSONResponse):
+    """Always valid JSON as UTF-8 (no NaN, no unencodable surrogate: see ``json_text``)."""
+
+    def render(self, content: Any) -> bytes:
+        return json_text.dumps(content)
 
 
 _UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="casestream"'}
@@ -337,9 +414,22 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "long to read is named by `field` and `value`).",
     },
     401: {"model": ErrorResponse, "description": "Missing, unknown or revoked token."},
+    408: {
+        "model": ErrorResponse,
+        "description": "The body did not arrive within the body timeout (10 s by default); "
+        "the connection is closed.",
+    },
     413: {"model": ErrorResponse, "description": "Body or batch larger than the limits."},
     415: {"model": ErrorResponse, "description": "Content-Type is not application/json."},
     422: {"model": ErrorResponse, "description": 'Body is not {"events": [...]} or bad query.'},
+    429: {
+        "model": ErrorResponse,
+        "description": "The agency's request rate or event quota is exhausted; nothing of the "
+        "request was stored. Retry after `Retry-After` seconds.",
+        "headers": {
+            "Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}
+        },
+    },
     503: {"model": ErrorResponse, "description": "Outbox or token store unavailable; retry."},
 }
 
@@ -375,6 +465,12 @@ class GatewayMetrics:
             "casestream_gateway_auth_failures",
             "Requests refused for a missing, unknown or revoked token.",
             ["reason"],
+            registry=self.registry,
+        )
+        self.rate_limited = Counter(
+            "casestream_gateway_rate_limited",
+            "Requests refused with 429, by agency and limit (requests/events).",
+            ["agency_id", "limit"],
             registry=self.registry,
         )
         self.request_latency = Histogram(
@@ -459,6 +555,8 @@ class _Channel:
 
 
 def _json_type(value: Any) -> str:
+    if isinstance(value, NonFinite):
+        return "number"
     for kind, name in ((bool, "boolean"), (dict, "object"), (list, "array"), (str, "string")):
         if isinstance(value, kind):
             return name
@@ -468,8 +566,8 @@ def _json_type(value: Any) -> str:
 def _json_value(value: Any, limit: int = 1000) -> Any:
     """The offending value as JSON, shortened when huge (e.g. a whole non-object event)."""
     try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
+        text = json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
         text = None
     if text is not None and len(text) <= limit:
         return value
@@ -522,6 +620,14 @@ class Gateway:
         self.config = config or GatewayConfig.from_env()
         self.outbox_dir = self.config.outbox_dir or settings.home / "gateway" / "outbox"
         self.metrics = GatewayMetrics()
+        cfg = self.config
+        self.request_rate = RateLimiter(cfg.rate_requests_per_second, cfg.rate_requests_burst)
+        self.auth_failure_rate = RateLimiter(
+            cfg.rate_auth_failures_per_second, cfg.rate_auth_failures_burst
+        )
+        self.event_rate = RateLimiter(
+            cfg.rate_events_per_second, max(cfg.rate_events_burst, cfg.max_events)
+        )
         self._channels: dict[str, _Channel] = {}
         self._channels_lock = threading.Lock()
         self._closed = False
@@ -670,11 +776,23 @@ class Gateway:
         self, agency_id: str, body: bytes, wait: bool = False, timeout: float | None = None
     ) -> dict[str, Any]:
         """Parse, validate and accept one request body; returns the BatchResult as a dict."""
-        events = self._parse_body(body)
+        events, suspect = self._parse_body(body)
+        wait_s = self.event_rate.acquire(agency_id, len(events))
+        if wait_s:
+            self.metrics.rate_limited.labels(agency_id, "events").inc()
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"event quota of {agency_id} exhausted ({self.config.rate_events_per_second:g} "
+                f"events per second, bursts of {self.event_rate.burst:g}); retry after "
+                f"{retry_after(wait_s)} s (nothing of this request was stored)",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
+            )
         results: list[dict[str, Any] | None] = [None] * len(events)
         valid: list[tuple[int, Mapping[str, Any]]] = []
         for i, event in enumerate(events):
-            error = self._validate(agency_id, event, self.config.max_event_age_days)
+            error = self._validate(agency_id, event, self.config.max_event_age_days, suspect)
             if error is None:
                 valid.append((i, event))
             else:
@@ -702,10 +820,13 @@ class Gateway:
             out["pending"] = sum(r.get("delivered") is False for r in results)  # type: ignore[union-attr]
         return out
 
-    def _parse_body(self, body: bytes) -> list[Any]:
+    def _parse_body(self, body: bytes) -> tuple[list[Any], bool]:
+        """The events, and whether they may hold text JSON cannot (see ``json_text.loads``)."""
         too_long: list[_LongInteger] = []
         try:
-            obj = json.loads(body, parse_int=lambda text: _parse_int(text, too_long))
+            # Strict UTF-8 (json.loads of bytes lets UTF-8-encoded surrogates through).
+            text = body.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
+            obj, suspect = json_text.loads(text, parse_int=lambda t: _parse_int(t, too_long))
         except json.JSONDecodeError as exc:
             raise GatewayError(
                 400,
@@ -737,6 +858,14 @@ class Gateway:
                 f"(at most {sys.get_int_max_str_digits()})",
                 field=path,
                 value=f"{literal[:61]}...",  # the number as sent, shortened
+            )
+        if isinstance(obj, DuplicateKeys):
+            raise GatewayError(
+                400,
+                "malformed_json",
+                f"request body is ambiguous JSON: the field {json_text.escaped(obj.duplicates[0])!r}"
+                " appears more than once in the top-level object (send each field once)",
+                field=obj.duplicates[0],
             )
         if not isinstance(obj, dict):
             raise GatewayError(
@@ -770,13 +899,18 @@ class Gateway:
                 limit=self.config.max_events,
                 events=len(events),
             )
-        return events
+        return events, suspect
 
     @staticmethod
     def _validate(
-        agency_id: str, event: Any, max_age_days: float = 0.0
+        agency_id: str, event: Any, max_age_days: float = 0.0, suspect: bool = True
     ) -> tuple[EventValidationError, bool] | None:
         """None when valid for this agency, else (error, is-agency-mismatch)."""
+        # Text JSON cannot hold (NaN, lone surrogates, duplicate keys) first: nothing below
+        # is written to judge it, and its value is echoed in the answer.
+        problem = json_text.first_problem(event) if suspect else None
+        if problem is not None:
+            return EventValidationError(*problem), False
         # Authorization first: another agency's event is refused whatever else it holds.
         if isinstance(event, Mapping) and event.get("agency_id") not in (None, agency_id):
             try:
@@ -968,6 +1102,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        install_access_log_redaction()  # also when run by a plain `uvicorn` command
         try:
             gateway.tokens.records()
         except TokenStoreError as exc:
@@ -999,6 +1134,7 @@ def create_app(
             '"message"}}`; errors of single events are reported per event.'
         ),
         lifespan=lifespan,
+        default_response_class=StrictJSONResponse,
     )
     app.state.gateway = gateway
 
@@ -1017,7 +1153,10 @@ def create_app(
             f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
         )
         return _error_response(
-            422, "invalid_request", f"invalid request: {problems}", errors=exc.errors()
+            422,
+            "invalid_request",
+            f"invalid request: {problems}",
+            errors=jsonable_encoder(exc.errors()),
         )
 
     bearer = HTTPBearer(
@@ -1025,10 +1164,27 @@ def create_app(
         description="The agency's API token, from `casestream tokens create <agency_id>`.",
     )
 
+    def throttle_failures(request: Request) -> None:
+        """429 instead of 401 once a client address fails authentication too often."""
+        client = request.client.host if request.client else "unknown"
+        wait_s = gateway.auth_failure_rate.acquire(client)
+        if wait_s:
+            gateway.metrics.auth_failures.labels("throttled").inc()
+            raise GatewayError(
+                429,
+                "too_many_failed_authentications",
+                f"too many requests without a valid token from {client[:64]}; retry after "
+                f"{retry_after(wait_s)} s",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
+            )
+
     async def authenticated_agency(
+        request: Request,
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     ) -> str:
         if credentials is None:
+            throttle_failures(request)
             gateway.metrics.auth_failures.labels("missing").inc()
             raise GatewayError(
                 401,
@@ -1045,6 +1201,7 @@ def create_app(
                 503, "token_store_unavailable", "the token store cannot be read; retry later"
             ) from None
         if record is None:
+            throttle_failures(request)
             gateway.metrics.auth_failures.labels("invalid").inc()
             log.info("gateway: refused a request with an unknown or revoked token")
             raise GatewayError(
@@ -1053,6 +1210,18 @@ def create_app(
                 "unknown or revoked API token (tokens are issued per agency with "
                 "`casestream tokens create <agency_id>`)",
                 headers=_UNAUTHORIZED,
+            )
+        wait_s = gateway.request_rate.acquire(record.agency_id)
+        if wait_s:
+            gateway.metrics.rate_limited.labels(record.agency_id, "requests").inc()
+            raise GatewayError(
+                429,
+                "rate_limited",
+                f"too many requests for {record.agency_id} "
+                f"({cfg.rate_requests_per_second:g} per second, bursts of "
+                f"{gateway.request_rate.burst:g}); retry after {retry_after(wait_s)} s",
+                headers={"Retry-After": retry_after(wait_s)},
+                retry_after=int(retry_after(wait_s)),
             )
         return record.agency_id
 
@@ -1124,7 +1293,7 @@ def create_app(
 
         def work() -> bytes:
             result = gateway.handle_batch(agency_id, body, wait, timeout)
-            return json.dumps(result, ensure_ascii=False, separators=(",", ":")).encode()
+            return json_text.dumps(result)
 
         return Response(await run_in_threadpool(work), media_type="application/json")
 
@@ -1139,7 +1308,7 @@ def create_app(
         Events are accepted into the outbox even when they are not (status `degraded`)."""
         result = await run_in_threadpool(gateway.health)
         status = 503 if strict and result["status"] != "ok" else 200
-        return JSONResponse(result, status_code=status)
+        return StrictJSONResponse(result, status_code=status)
 
     @app.get(
         "/metrics",
@@ -1148,9 +1317,33 @@ def create_app(
         response_class=Response,
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
         """Events accepted/duplicate/rejected by agency (and rejection reason), request
-        latency by route, outbox backlog by agency, authentication failures."""
+        latency by route, outbox backlog by agency, authentication failures.
+
+        Per-agency activity is not public: here only with the admin token
+        (`CASESTREAM_GATEWAY_METRICS_TOKEN`, as a Bearer token); otherwise on the admin address
+        (`casestream gateway --metrics-addr`, 127.0.0.1:9465 by default)."""
+        if cfg.metrics_token is None:
+            raise GatewayError(
+                404,
+                "not_found",
+                "metrics are served on the gateway's admin address (casestream gateway "
+                "--metrics-addr, 127.0.0.1:9465 by default), or here with an admin token "
+                "(CASESTREAM_GATEWAY_METRICS_TOKEN)",
+            )
+        sent = request.headers.get("authorization", "")
+        scheme, _, credentials = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credentials.strip().encode(), cfg.metrics_token.encode()
+        ):
+            gateway.metrics.auth_failures.labels("metrics").inc()
+            raise GatewayError(
+                401,
+                "invalid_token",
+                "the metrics need the admin token: 'Authorization: Bearer <admin token>'",
+                headers=_UNAUTHORIZED,
+            )
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     def openapi() -> dict[str, Any]:
@@ -1172,11 +1365,24 @@ def create_app(
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    @app.exception_handler(BodyTimeout)
+    async def _body_timeout(_request: Request, _exc: BodyTimeout) -> JSONResponse:
+        return _error_response(
+            408,
+            "body_timeout",
+            f"the request body did not arrive within {cfg.body_timeout_seconds:g} seconds; "
+            "the connection is closed (send the whole body at once)",
+            headers={"Connection": "close"},
+        )
+
     app.add_middleware(
         _MetricsMiddleware,
         metrics=gateway.metrics,
         paths=frozenset(getattr(r, "path", "") for r in app.routes),
     )
+    app.add_middleware(BodyDeadlineMiddleware, timeout=cfg.body_timeout_seconds)
+    app.add_middleware(SecretsInUrlMiddleware)  # outermost: before anything reads the request
     return app
 
 
@@ -1188,15 +1394,33 @@ def serve(
     tokens: TokenStore | None = None,
     config: GatewayConfig | None = None,
     log_level: str = "info",
+    metrics_addr: str = DEFAULT_METRICS_ADDR,
 ) -> None:
-    """Run the gateway with uvicorn in the foreground until SIGINT/SIGTERM."""
+    """Run the gateway with uvicorn in the foreground until SIGINT/SIGTERM.
+
+    ``metrics_addr`` (``host:port``, ``off`` to disable): the admin listener of ``/metrics``,
+    separate from the public address so that per-agency activity is not served to anyone who
+    can reach the API (127.0.0.1 by default)."""
     import uvicorn
+    from prometheus_client import start_http_server
+
+    from services.ops.metrics import parse_addr
 
     app = create_app(settings, tokens, config=config)
-    uvicorn.run(
+    admin = parse_addr(metrics_addr)
+    if admin is not None:
+        try:
+            start_http_server(admin[1], addr=admin[0], registry=app.state.gateway.metrics.registry)
+            log.info("gateway metrics on http://%s:%d/metrics", *admin)
+        except OSError as exc:
+            log.warning("gateway metrics not served on %s:%d (%s)", *admin, exc)
+    server_config = uvicorn.Config(
         app,
         host=host,
         port=port,
         log_level=log_level,
         timeout_graceful_shutdown=30,
+        http=header_deadline_protocol(app.state.gateway.config.body_timeout_seconds),
     )
+    install_access_log_redaction()  # after uvicorn's logging configuration
+    uvicorn.Server(server_config).run()

@@ -49,6 +49,12 @@ def _store(tokens_file: Path | None):
     help="larger batches get 413 (default: $CASESTREAM_GATEWAY_MAX_EVENTS or 10000)",
 )
 @click.option(
+    "--metrics-addr",
+    default=None,
+    help="admin address of /metrics, host:port or 'off' (default: "
+    "$CASESTREAM_GATEWAY_METRICS_ADDR or 127.0.0.1:9465)",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -60,17 +66,20 @@ def gateway(
     tokens_file: Path | None,
     max_body_bytes: int | None,
     max_events: int | None,
+    metrics_addr: str | None,
     log_level: str,
 ) -> None:
     """Run the HTTP gateway: agencies POST JSON event batches to /v1/events.
 
     Each agency authenticates with its own token (`casestream tokens create <agency_id>`);
     accepted events are stored in a durable outbox and produced as Avro to the agency's
-    Kafka topic. API docs at http://HOST:PORT/docs, metrics at /metrics, health at /healthz.
+    Kafka topic. API docs at http://HOST:PORT/docs, health at /healthz; metrics on the admin
+    address (--metrics-addr, 127.0.0.1:9465 by default).
     """
     import logging
+    import os
 
-    from services.agency.gateway import GatewayConfig, serve
+    from services.agency.gateway import DEFAULT_METRICS_ADDR, GatewayConfig, serve
     from services.agency.tokens import TokenStoreError
 
     logging.basicConfig(
@@ -93,7 +102,17 @@ def gateway(
         f"({len(active)} agencies with active tokens)",
         err=True,
     )
-    serve(settings, host, port, tokens=store, config=config, log_level=log_level)
+    if metrics_addr is None:
+        metrics_addr = os.environ.get("CASESTREAM_GATEWAY_METRICS_ADDR") or DEFAULT_METRICS_ADDR
+    serve(
+        settings,
+        host,
+        port,
+        tokens=store,
+        config=config,
+        log_level=log_level,
+        metrics_addr=metrics_addr,
+    )
 
 
 @click.group("tokens")

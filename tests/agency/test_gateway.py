@@ -35,6 +35,7 @@ from services.settings import Settings
 from tests.helpers import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
+METRICS_TOKEN = "admin-" + uuid.uuid4().hex
 
 
 def _event(event_type: str, agency_id: str, case_id: str | None = None, **payload) -> dict:
@@ -400,7 +401,9 @@ def gateway_tokens(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(stack, gateway_tokens, tmp_path_factory):
-    config = GatewayConfig(outbox_dir=tmp_path_factory.mktemp("gateway-outbox"))
+    config = GatewayConfig(
+        outbox_dir=tmp_path_factory.mktemp("gateway-outbox"), metrics_token=METRICS_TOKEN
+    )
     with TestClient(create_app(stack, gateway_tokens[0], config=config)) as c:
         yield c
 
@@ -540,7 +543,8 @@ def test_healthz_and_metrics(client, gateway_tokens):
     assert health.json()["kafka"]["reachable"] is True
     assert health.json()["registry"]["reachable"] is True
 
-    metrics = client.get("/metrics")
+    assert client.get("/metrics").status_code == 401  # per-agency counts are not public
+    metrics = client.get("/metrics", headers=_bearer(METRICS_TOKEN))
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert 'casestream_gateway_events_total{agency_id="20-INSP",status="accepted"}' in text

@@ -3,8 +3,10 @@
 Three levels, all with hypothesis (bounded examples, no deadline):
 
 * the HTTP gateway app (FastAPI TestClient, no servers): malformed bodies, wrong types, huge
-  values, future dates, unknown and spoofed agencies → a 4xx for the request or a per-event
-  ``rejected`` with field and reason; never a 5xx; valid events of the same batch accepted;
+  values, future dates, unknown and spoofed agencies, and JSON *text* (lone surrogate escapes,
+  NaN/Infinity, overflowing numbers, duplicate keys, invalid UTF-8, deep nesting) → a 4xx for
+  the request or a per-event ``rejected`` with field and reason; never a 5xx, always strict
+  JSON; valid events of the same batch accepted, and exactly they are in the outbox;
 * `Ingestor.accept` with an in-memory registry: arbitrary bytes, wrong schema ids, corrupted
   Avro → a `Fact` or `Rejected`, never any other exception;
 * the real topics while the session's worker runs: bad messages interleaved with good events →
@@ -246,8 +248,18 @@ def gateway(tmp_path_factory):
             yield client, {"Authorization": f"Bearer {token}"}
 
 
+def _strict_json(response) -> Any:
+    """The answer as strict JSON: UTF-8, no NaN/Infinity (what any JSON client can read)."""
+
+    def refuse(name: str) -> Any:
+        raise AssertionError(f"non-JSON constant {name} in the answer")
+
+    return json.loads(response.content.decode("utf-8"), parse_constant=refuse)
+
+
 def _no_server_error(response) -> None:
     assert response.status_code < 500, (response.status_code, response.text[:500])
+    _strict_json(response)
     if response.status_code >= 400:
         error = response.json()["error"]
         assert error["code"] and error["message"]
@@ -312,6 +324,107 @@ def test_gateway_answers_malformed_requests_with_a_4xx_never_a_5xx(gateway, body
         assert all(
             r["status"] in ("accepted", "duplicate", "rejected") for r in response.json()["results"]
         )
+
+
+#: Literals put in place of one value of a valid event: each makes that event invalid.
+POISONS = [
+    '"\\ud800"',  # lone high surrogate (as a JSON escape)
+    '"x\\udfff"',  # lone low surrogate
+    '"\\udc00\\ud800"',  # a pair in the wrong order
+    "NaN",
+    "Infinity",
+    "-Infinity",
+    "1e999",
+    "-1E+400",
+    "[" * 50 + "]" * 50,  # nested deeper than any field
+    '{"a": {"b": {"c": [NaN]}}}',
+]
+POISON_FIELDS = ["case_id", "occurred_at", "sequence", "event_type", "payload.field", "payload.x"]
+MARK = "__FUZZ_POISON__"
+
+
+@st.composite
+def poisoned_events(draw) -> tuple[dict, str]:
+    """(event, its JSON text with one value replaced by a poison literal or a duplicate key)."""
+    event = draw(good_events())
+    kind = draw(st.sampled_from(["value", "value", "duplicate"]))
+    if kind == "duplicate":  # the same key twice: which one counts depends on the parser
+        key = draw(st.sampled_from(["agency_id", "event_type", "case_id"]))
+        text = json.dumps(event)
+        return event, text.replace("{", f'{{"{key}": {json.dumps(event[key])}, ', 1)
+    where = draw(st.sampled_from(POISON_FIELDS))
+    if where.startswith("payload."):
+        event["payload"][where.split(".", 1)[1]] = MARK
+    else:
+        event[where] = MARK
+    return event, json.dumps(event).replace(f'"{MARK}"', draw(st.sampled_from(POISONS)))
+
+
+def _corrupt(draw: Any, text: bytes) -> bytes:
+    """Whole-body damage: invalid UTF-8, deep nesting, truncation, a huge number."""
+    how = draw(
+        st.sampled_from(["none", "none", "none", "bad_utf8", "truncate", "deep", "huge", "bom"])
+    )
+    if how == "bad_utf8":
+        at = draw(st.integers(0, len(text)))
+        junk = draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc0\xaf", b"\xe2\x82"]))
+        return text[:at] + junk + text[at:]
+    if how == "truncate":
+        return text[: draw(st.integers(0, max(0, len(text) - 1)))]
+    if how == "deep":
+        depth = draw(st.sampled_from([500, 990, 1000, 5000, 100_000]))
+        return text[:-2] + b", " + b"[" * depth + b"]" * depth + b"]}"
+    if how == "huge":
+        digits = draw(st.sampled_from([300, 4300, 4301, 20_000]))
+        return text[:-2] + b", " + b"9" * digits + b"]}"
+    if how == "bom":
+        return b"\xef\xbb\xbf" + text
+    return text
+
+
+@pytest.mark.unit
+@FUZZ
+@given(
+    batch=st.lists(
+        st.one_of(
+            good_events().map(lambda e: (e, json.dumps(e), True)),
+            poisoned_events().map(lambda p: (p[0], p[1], False)),
+        ),
+        min_size=1,
+        max_size=8,
+    ),
+    data=st.data(),
+)
+def test_gateway_json_text_fuzz_never_5xx_and_answers_what_it_stored(gateway, batch, data):
+    """JSON *text* (not values a JSON encoder produces): lone surrogates, NaN/Infinity,
+    overflowing numbers, duplicate keys, invalid UTF-8, deep nesting. The answer is never a 5xx
+    and always strict JSON; every event answered `accepted` is in the outbox, every other
+    event of the batch is not (a 500 came after the valid events were stored)."""
+    client, auth = gateway
+    text = ("{" + '"events": [' + ", ".join(t for _, t, _ in batch) + "]}").encode()
+    body = _corrupt(data.draw, text)
+    response = client.post(
+        "/v1/events", content=body, headers={**auth, "Content-Type": "application/json"}
+    )
+    _no_server_error(response)
+    ids = [event["event_id"] for event, _, _ in batch]
+    ch = client.app.state.gateway.channel(AGENCY)
+    with ch.lock:
+        stored = ch.publisher.outbox.known(ids)
+    if response.status_code != 200:
+        assert response.status_code in (400, 413, 422), response.text[:300]
+        assert stored == set(), "a refused request stored events"
+        return
+    results = _strict_json(response)["results"]
+    if body == text:  # an undamaged body: one result per event, as drawn
+        assert len(results) == len(batch)
+        for (event, _, good), result in zip(batch, results, strict=True):
+            assert result["status"] == ("accepted" if good else "rejected"), (result, event)
+            if not good:
+                assert result["error"]["field"] and result["error"]["reason"]
+    answered = {r["event_id"] for r in results if r["status"] == "accepted"}
+    assert answered <= stored
+    assert stored <= answered, "stored events that were not answered as accepted"
 
 
 @pytest.mark.unit
