@@ -77,7 +77,7 @@ def _env(name: str, default: str) -> str:
 
 
 def _secret(name: str) -> str | None:
-    """A secret from ``NAME`` or from the file named by ``NAME_FILE`` (issue 7).
+    """A secret from ``NAME`` or from the file named by ``NAME_FILE``.
 
     The file form suits secrets mounted by an orchestrator; one trailing newline is dropped.
     Errors name the variable and the file, never the secret's text.
@@ -130,7 +130,7 @@ class Settings:
     health_max_verification_age_seconds: float = 604800.0
     health_max_integrity_violations: int = 0
     health_window_seconds: float = 900.0
-    # Kafka client security (issue 7). Defaults are the local stack's PLAINTEXT; production SASL
+    # Kafka client security. Defaults are the local stack's PLAINTEXT; production SASL
     # is configuration only. The password is never shown by repr() (`casestream settings`).
     kafka_security_protocol: str = "PLAINTEXT"
     kafka_sasl_mechanism: str = "SCRAM-SHA-512"

@@ -28,7 +28,7 @@ class PartitionLag:
 def group_lag(
     settings: Settings, group: str, topics: list[str], timeout: float = 10.0
 ) -> list[PartitionLag]:
-    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
+    admin = AdminClient(settings.kafka_client_config())  # incl. SASL/SSL settings
     metadata = admin.list_topics(timeout=timeout)
     partitions = [
         TopicPartition(topic, p)
@@ -61,7 +61,7 @@ def group_lag(
 
 
 def matching_topics(settings: Settings, pattern) -> list[str]:
-    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
+    admin = AdminClient(settings.kafka_client_config())  # incl. SASL/SSL settings
     return sorted(t for t in admin.list_topics(timeout=10).topics if pattern.match(t))
 
 

@@ -34,7 +34,7 @@ PROBE_RETENTION_MS = 3_600_000  # old probes are worthless, and a rebuild replay
 
 def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     """librdkafka configuration of the ops tools: the platform's (with SASL/SSL when the
-    settings have them, issue 7) plus `extra`."""
+    settings have them) plus `extra`."""
     build = getattr(settings, "kafka_client_config", None)
     if build is not None:
         return build(**extra)

@@ -73,7 +73,7 @@ def ensure_topics(
     """
     replicas = settings.topic_replication_factor if settings.topic_replication_factor > 1 else -1
     wanted = {DLQ_TOPIC: 1, **(extra or {})}
-    admin = AdminClient(settings.kafka_client_config())  # issue 7: incl. SASL/SSL settings
+    admin = AdminClient(settings.kafka_client_config())  # incl. SASL/SSL settings
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [
         NewTopic(

@@ -29,8 +29,8 @@ from typing import Any
 
 import faust
 
-from services.ops import metrics as ops_metrics  # ops: Prometheus figures (issue 6)
-from services.ops import probe as ops_probe  # ops: end-to-end latency probes (issue 6)
+from services.ops import metrics as ops_metrics  # ops: Prometheus figures
+from services.ops import probe as ops_probe  # ops: end-to-end latency probes
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
@@ -173,14 +173,14 @@ def _note_written(written: WrittenOffsets, events: list) -> None:
 
 
 def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
-    _shorten_faust_fetch_wait()  # latency (issue 8)
+    _shorten_faust_fetch_wait()  # latency
     _commit_only_written_facts()
     app_id = app_id or settings.worker_app_id
     (settings.home / "worker").mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
-        broker_credentials=settings.faust_broker_credentials(),  # issue 7: SASL/SSL by config
+        broker_credentials=settings.faust_broker_credentials(),  # SASL/SSL by config
         store="memory://",
         datadir=str(settings.home / "worker" / app_id),
         topic_partitions=settings.topic_partitions,
