@@ -253,7 +253,7 @@ class Settings:
                 _env("CASESTREAM_HEALTH_MAX_INTEGRITY_VIOLATIONS", "0")
             ),
             health_window_seconds=float(_env("CASESTREAM_HEALTH_WINDOW_SECONDS", "900")),
-            # issue 7: Kafka client security
+            # Kafka client security
             kafka_security_protocol=_env("CASESTREAM_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT").upper(),
             kafka_sasl_mechanism=_env("CASESTREAM_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512").upper(),
             kafka_sasl_username=os.environ.get("CASESTREAM_KAFKA_SASL_USERNAME") or None,
@@ -280,7 +280,7 @@ class Settings:
     def prefect_host_port(self) -> tuple[str, int]:
         return _host_port(self.prefect_api_url, 4200)
 
-    # issue 7: every Kafka client of the platform is built from these two, so a secured cluster
+    # every Kafka client of the platform is built from these two, so a secured cluster
     # needs configuration only (CASESTREAM_KAFKA_SECURITY_PROTOCOL and the SASL variables).
     def kafka_client_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka (confluent-kafka) configuration: bootstrap servers plus security settings."""

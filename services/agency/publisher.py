@@ -98,7 +98,7 @@ class Publisher:
         self._topics_retry_at = 0.0
         self._producer = Producer(
             {
-                # issue 7: bootstrap servers plus SASL/SSL settings from the environment
+                # bootstrap servers plus SASL/SSL settings from the environment
                 **self.settings.kafka_client_config(),
                 "enable.idempotence": True,
                 "acks": "all",

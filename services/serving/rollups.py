@@ -229,7 +229,7 @@ def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical
             "monitored_scope": _mapped("if(c.home != '', c.home, m.agency_province)", geography),
             "appraisal_scope": _mapped("splitByChar('-', agency_id)[1]", geography),
         }
-    # perf (issue 8): the nation needs no case's home province, so no join with `cases`
+    # perf: the nation needs no case's home province, so no join with `cases`
     # (8.8 s → 5.3 s of the national yearly rollup at 10 M events, docs/benchmarks.md).
     joins = (
         {"case_home_e": "", "case_home_m": ""}
