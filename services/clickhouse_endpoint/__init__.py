@@ -5,7 +5,7 @@ this package is that one process: it owns the directory and speaks ClickHouse's 
 interface well enough that unmodified clickhouse-connect (and curl) work against it.
 
 Run it with ``python -m services.clickhouse_endpoint --host 127.0.0.1 --port 8123
---data-dir DIR [--users-file FILE]`` or call ``server.serve`` directly.
+--data-dir DIR --users-file FILE`` or call ``server.serve`` directly.
 
 Supported: every clickhouse-connect call (query/insert in Native, Arrow and DataFrame
 flavours, streaming, raw_query/raw_insert, command, external data), HTTP compression both

@@ -29,8 +29,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--users-file",
         default=None,
-        help='JSON {"users": {name: {"password": str, "readonly": bool}}}; '
-        "without it only 'default' (empty password, writable) exists",
+        help='JSON {"users": {name: {"password_sha256_hex": hex, "readonly": bool}}}; '
+        "required unless --anonymous-default",
+    )
+    parser.add_argument(
+        "--anonymous-default",
+        action="store_true",
+        help="without --users-file: let anyone in as a writable 'default' user without "
+        "password, like a bare ClickHouse server (development only)",
     )
     return parser.parse_args(argv)
 
@@ -38,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        serve(args.host, args.port, args.data_dir, args.users_file)
+        serve(args.host, args.port, args.data_dir, args.users_file, args.anonymous_default)
     except ValueError as exc:  # a bad users file: say why instead of a traceback
         print(f"clickhouse_endpoint: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,11 @@
 Threaded (one thread per connection, HTTP/1.1 keep-alive) because chDB releases the GIL
 while it works, so slow queries do not block other clients. Each request is logged as one
 line on stderr; passwords and query text are never logged (queries can contain secrets).
+
+Before anything of a request is echoed or logged, its header fields and URL parameters are
+checked for control characters (400), and before its body is read the credentials are
+checked (and failed logins throttled): an anonymous client can make us read at most
+``UNAUTHENTICATED_DRAIN_BYTES`` of body.
 """
 
 from __future__ import annotations
@@ -22,26 +27,45 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from .auth import UserDirectory, extract_credentials
+from .auth import Credentials, User, UserDirectory, extract_credentials
 from .compression import Encoder, choose_response_encoding, make_encoder
 from .engine import Engine
 from .errors import ClickHouseError
-from .executor import MAX_QUERY_BYTES, Executor, HttpQuery, Reply, content_type_for
-from .request import RequestBody, is_true, parse_multipart, parse_query_string
+from .executor import Executor, HttpQuery, Reply, content_type_for
+from .login_throttle import LoginThrottle, LoginThrottled
+from .request import (
+    MAX_FORM_BYTES,
+    RequestBody,
+    check_fields,
+    check_headers,
+    is_true,
+    parse_multipart,
+    parse_query_string,
+    printable,
+)
 from .sessions import SessionManager
 
 log = logging.getLogger("clickhouse_endpoint")
 
 SHUTDOWN_GRACE_S = 10.0
 SESSION_REAP_INTERVAL_S = 5.0
+# A client that sends nothing for this long (an idle keep-alive connection, a half-sent body)
+# is disconnected, so a few sockets cannot hold threads forever.
+SOCKET_TIMEOUT_S = 120.0
+# Of a refused request's body, at most this much is read (so the client sees the error
+# instead of a broken pipe); beyond it the connection is closed instead.
+UNAUTHENTICATED_DRAIN_BYTES = 1 << 20
 
 
 class EndpointApp:
     """Everything a request handler needs, plus orderly shutdown of the engine."""
 
-    def __init__(self, engine: Engine, users: UserDirectory) -> None:
+    def __init__(
+        self, engine: Engine, users: UserDirectory, throttle: LoginThrottle | None = None
+    ) -> None:
         self.engine = engine
         self.users = users
+        self.throttle = throttle or LoginThrottle()
         self.sessions = SessionManager(engine)
         self.executor = Executor(engine, self.sessions)
         self.display_name = socket.gethostname()
@@ -104,7 +128,18 @@ class EndpointHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "ClickHouse"
     sys_version = ""
+    timeout = SOCKET_TIMEOUT_S
     server: EndpointServer
+    _response_started = False
+    _drain_limit = UNAUTHENTICATED_DRAIN_BYTES
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Last line of defence against response splitting: no control character goes out.
+
+        Everything echoed is checked on the way in; this catches what a future header might
+        take from elsewhere (a format name, a time zone from the query text).
+        """
+        super().send_header(printable(keyword), printable(str(value)))
 
     def version_string(self) -> str:
         return "ClickHouse"
@@ -120,6 +155,15 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        try:
+            check_headers(self.headers.items())
+        except ClickHouseError as exc:
+            self.close_connection = True  # the framing of what follows is not to be trusted
+            self._fail(exc, None, str(uuid.uuid4()))
+            self._log_request(
+                method, "-", "-", {}, exc.http_status, exc.code, None, time.monotonic()
+            )
+            return
         if url.path in ("/ping", "/replicas_status"):
             self._send_plain(200, b"Ok.\n")
         elif url.path in ("", "/"):
@@ -139,6 +183,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
         user_name = "-"
         status, code, reply = 200, 0, None
         body: RequestBody | None = None
+        self._drain_limit = UNAUTHENTICATED_DRAIN_BYTES
         try:
             params = parse_query_string(query_string)
             query_id = params.get("query_id") or query_id
@@ -150,11 +195,13 @@ class EndpointHandler(BaseHTTPRequestHandler):
                 body = RequestBody(self.rfile, self.headers)
             credentials = extract_credentials(self.headers, params)
             user_name = credentials.user
-            user = app.users.authenticate(credentials)
+            user = self._authenticate(credentials)
+            self._drain_limit = 64 << 20
             query_body, files = body, {}
             content_type = self.headers.get("Content-Type") or ""
             if body is not None and content_type.lower().startswith("multipart/form-data"):
-                form = parse_multipart(content_type, body.read_all(MAX_QUERY_BYTES))
+                form = parse_multipart(content_type, body.read_all(MAX_FORM_BYTES))
+                check_fields(form.fields.items(), "form field")
                 params.update(form.fields)
                 query_body, files = None, form.files
             with app.request_slot():
@@ -175,9 +222,20 @@ class EndpointHandler(BaseHTTPRequestHandler):
             status, code = error.http_status, error.code
             self._fail(error, body, query_id)
         finally:
-            if body is not None and not body.fully_read and not body.drain():
+            if body is not None and not body.fully_read and not body.drain(self._drain_limit):
                 self.close_connection = True
             self._log_request(method, user_name, query_id, params, status, code, reply, started)
+
+    def _authenticate(self, credentials: Credentials) -> User:
+        """Check the password unless the address or the user name is locked by the throttle."""
+        app = self.server.app
+        address = str(self.client_address[0])
+        app.throttle.check(address, credentials.user)
+        try:
+            return app.users.authenticate(credentials)
+        except ClickHouseError:
+            app.throttle.failed(address, credentials.user)
+            raise
 
     def _fail(self, error: ClickHouseError, body: RequestBody | None, query_id: str) -> None:
         if self._response_started:
@@ -186,7 +244,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return
         # Read what is left of the body first: a client still sending it would otherwise see
         # a broken pipe instead of our error.
-        if body is not None and not body.fully_read and not body.drain():
+        if body is not None and not body.fully_read and not body.drain(self._drain_limit):
             self.close_connection = True
         payload = error.render(self.server.app.engine.info.version).encode("utf-8")
         self._headers_buffer = []  # drop any half-built success headers
@@ -195,6 +253,8 @@ class EndpointHandler(BaseHTTPRequestHandler):
             self._common_headers(query_id)
             self.send_header("Content-Type", "text/plain; charset=UTF-8")
             self.send_header("X-ClickHouse-Exception-Code", str(error.code))
+            if isinstance(error, LoginThrottled):
+                self.send_header("Retry-After", str(error.retry_after_s))
             self.send_header("Content-Length", str(len(payload)))
             if self.close_connection:
                 self.send_header("Connection", "close")
@@ -312,9 +372,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
         log.info(
             "%s user=%s query_id=%s session=%s kind=%s status=%d code=%d rows=%d written=%d duration_ms=%.1f",
             method,
-            user,
-            query_id,
-            params.get("session_id") or "-",
+            printable(user),
+            printable(query_id),
+            printable(params.get("session_id") or "-"),
             (reply.statement_kind if reply is not None else "") or "-",
             status,
             code,
@@ -332,11 +392,19 @@ def _reap_sessions(app: EndpointApp, stop: threading.Event) -> None:
             log.exception("session reaper failed")
 
 
-def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: str,
+    users_file: str | None,
+    anonymous_default: bool = False,
+) -> None:
     """Serve the ClickHouse HTTP protocol for ``data_dir`` until SIGTERM/SIGINT.
 
     Blocks. On a signal it stops accepting, waits (briefly) for running queries, then closes
-    chDB so the data directory is flushed and free for the next process.
+    chDB so the data directory is flushed and free for the next process. Without a users file
+    nobody may log in, unless ``anonymous_default`` asks for a bare server's passwordless,
+    writable ``default`` user (development only).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -344,7 +412,16 @@ def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
             level=logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
-    users = UserDirectory.from_file(users_file)
+    if users_file is not None:
+        users = UserDirectory.from_file(users_file)
+    elif anonymous_default:
+        users = UserDirectory.anonymous_default()
+        log.warning("no users file: anyone may log in as the writable user 'default'")
+    else:
+        raise ValueError(
+            "no users file given: pass --users-file FILE, or --anonymous-default to let anyone "
+            "in as a writable 'default' user without password (development only)"
+        )
     engine = Engine(data_dir)
     app = EndpointApp(engine, users)
     try:
