@@ -23,6 +23,8 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.errors import InvalidHeaderDefect, MissingHeaderBodySeparatorDefect
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -117,6 +119,19 @@ class EndpointServer(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+def _malformed_header_block(headers: Message) -> bool:
+    """True when the stdlib's header parser met a line it could not take as a header field.
+
+    It then stops, silently, and keeps the rest as a "payload"; multipart defects are ignored
+    (the parser expects a multipart body after a multipart Content-Type, which is normal).
+    """
+    payload = headers.get_payload()
+    return (isinstance(payload, str) and payload != "") or any(
+        isinstance(defect, MissingHeaderBodySeparatorDefect | InvalidHeaderDefect)
+        for defect in headers.defects
+    )
+
+
 class _ClientGone(Exception):
     """The client closed the connection while we were writing the response."""
 
@@ -139,7 +154,11 @@ class EndpointHandler(BaseHTTPRequestHandler):
         Everything echoed is checked on the way in; this catches what a future header might
         take from elsewhere (a format name, a time zone from the query text).
         """
-        super().send_header(printable(keyword), printable(str(value)))
+        safe = printable(str(value))
+        # http.server encodes headers as latin-1; send other text as its UTF-8 bytes, as
+        # ClickHouse echoes them, instead of failing on a query_id like "bericht-€".
+        safe = safe.encode("utf-8").decode("latin-1")
+        super().send_header(printable(keyword), safe)
 
     def version_string(self) -> str:
         return "ClickHouse"
@@ -156,6 +175,11 @@ class EndpointHandler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         try:
+            if _malformed_header_block(self.headers):
+                # A line that is no header field (or a bare CR inside one) ends the stdlib's
+                # header parsing early: the fields after it, Content-Length included, would be
+                # silently dropped and the body read as the next request (request smuggling).
+                raise ClickHouseError(36, "Malformed HTTP header block", "BAD_ARGUMENTS")
             check_headers(self.headers.items())
         except ClickHouseError as exc:
             self.close_connection = True  # the framing of what follows is not to be trusted
@@ -222,7 +246,12 @@ class EndpointHandler(BaseHTTPRequestHandler):
             status, code = error.http_status, error.code
             self._fail(error, body, query_id)
         finally:
-            if body is not None and not body.fully_read and not body.drain(self._drain_limit):
+            if (
+                body is not None
+                and not body.fully_read
+                and not self.close_connection
+                and not body.drain(self._drain_limit)
+            ):
                 self.close_connection = True
             self._log_request(method, user_name, query_id, params, status, code, reply, started)
 

@@ -1,14 +1,19 @@
 """The local ClickHouse endpoint: one process owning the chDB data dir, speaking ClickHouse HTTP.
 
-Users come from a JSON file written here from the settings: the platform's read-write user, the
-read-only analyst user and a read-only passwordless ``default`` (so `curl ?query=SELECT 1` works
-the way it does against a fresh ClickHouse server).
+Users come from a JSON file written here from the settings: the platform's read-write user and
+the read-only analyst user, each with the SHA-256 of its password (``password_sha256_hex``, as
+ClickHouse stores it), so the file gives no password away. A passwordless read-only ``default``
+(for `curl ?query=SELECT 1` without credentials) exists only with
+``CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT=1``: anonymous access read every table.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 
 import httpx
 
@@ -22,18 +27,44 @@ def process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(NAME, settings.home)
 
 
-def write_users_file(settings: Settings):
+def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]]:
+    """The endpoint's users file: password digests, never the passwords."""
+
+    def sha256_hex(password: str) -> str:
+        return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+    users: dict[str, dict[str, object]] = {
+        settings.clickhouse_user: {
+            "password_sha256_hex": sha256_hex(settings.clickhouse_password),
+            "readonly": False,
+        },
+        settings.analyst_user: {
+            "password_sha256_hex": sha256_hex(settings.analyst_password),
+            "readonly": True,
+        },
+    }
+    if settings.clickhouse_anonymous_default and "default" not in users:
+        users["default"] = {"no_password": True, "readonly": True}
+    return {"users": users}
+
+
+def write_users_file(settings: Settings) -> Path:
+    """Write the users file with mode 0600 from its creation (never briefly world-readable).
+
+    Rewritten on every start, which also converts an older clear-text file.
+    """
     path = settings.home / "clickhouse" / "users.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    users = {
-        "users": {
-            settings.clickhouse_user: {"password": settings.clickhouse_password, "readonly": False},
-            settings.analyst_user: {"password": settings.analyst_password, "readonly": True},
-            "default": {"password": "", "readonly": True},
-        }
-    }
-    path.write_text(json.dumps(users, indent=2))
-    path.chmod(0o600)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a leftover temporary file
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(users_document(settings), handle, indent=2)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
     return path
 
 
