@@ -112,6 +112,7 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
     This also refuses obsolete line folding, whose continuation lines reach us as CR LF inside
     the value (RFC 9112 lets a server answer it with 400).
     """
+    framing: dict[str, list[str]] = {"content-length": [], "transfer-encoding": []}
     for name, value in headers:
         if match := _CONTROL_OR_TAB.search(name):
             raise _bad_request(
@@ -119,6 +120,28 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
             )
         if match := _CONTROL.search(value):
             raise _bad_request(f"HTTP header {name!r} contains {_describe(value, match)}")
+        if name.lower() in framing:
+            framing[name.lower()].append(value.strip())
+    _check_framing(framing["content-length"], framing["transfer-encoding"])
+
+
+def _check_framing(lengths: list[str], encodings: list[str]) -> None:
+    """One unambiguous body length, or the body's end is a matter of opinion (smuggling).
+
+    Refused: two Content-Length or Transfer-Encoding fields, both at once, a length that is
+    not a plain number, and any transfer coding but ``chunked`` (RFC 9112 6.1, 6.3).
+    """
+    if len(lengths) > 1 or len(encodings) > 1 or (lengths and encodings):
+        raise _bad_request(
+            "Ambiguous request body length: give exactly one Content-Length or "
+            "'Transfer-Encoding: chunked'"
+        )
+    if lengths and not lengths[0].isdigit():
+        raise _bad_request(f"Invalid Content-Length: {printable(lengths[0])!r}")
+    if encodings and encodings[0].lower() != "chunked":
+        raise _bad_request(
+            f"Unsupported Transfer-Encoding {printable(encodings[0])!r}: only 'chunked' is supported"
+        )
 
 
 def query_size_limit(settings: Mapping[str, str], readonly: bool) -> int:

@@ -138,7 +138,7 @@ def test_a_broken_header_block_cannot_hide_the_fields_after_it(endpoint, line) -
     """Python's parser stops at a bare CR or a line without colon and drops what follows,
     Content-Length included: the body would become the next request on the connection."""
     body = b"SELECT 1"
-    smuggled = b"GET /?query=SELECT+42 HTTP/1.1\r\nHost: x\r\n\r\n"
+    smuggled = b"GET /?query=SELECT+8675309123 HTTP/1.1\r\nHost: x\r\n\r\n"
     head = (
         "POST / HTTP/1.1\r\nHost: x\r\n"
         f"{line}\r\nAuthorization: {GOOD}\r\nContent-Length: {len(body)}\r\n\r\n"
@@ -151,7 +151,36 @@ def test_a_broken_header_block_cannot_hide_the_fields_after_it(endpoint, line) -
     status, headers, text = status_and_headers(response)
     assert status == 400 and b"Malformed HTTP header block" in text, text
     assert b"Connection: close" in headers
-    assert b"42" not in response
+    assert b"8675309123" not in response
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        ["Content-Length: 8", "Transfer-Encoding: chunked"],
+        ["Content-Length: 8", "Content-Length: 30"],
+        ["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"],
+        ["Transfer-Encoding: gzip, chunked"],
+        ["Transfer-Encoding: xchunked"],
+        ["Content-Length: +8"],
+        ["Content-Length: -1"],
+    ],
+)
+def test_ambiguous_body_framing_is_refused(endpoint, framing) -> None:
+    """Two ways to find where the body ends: a proxy and we could disagree (smuggling)."""
+    head = "\r\n".join(
+        ["POST / HTTP/1.1", "Host: x", f"Authorization: {GOOD}", *framing, "", ""]
+    ).encode()
+    smuggled = b"GET /?query=SELECT+8675309123 HTTP/1.1\r\nHost: x\r\n\r\n"
+    with socket.create_connection((endpoint.host, endpoint.port), timeout=30) as sock:
+        sock.sendall(head + b"8\r\nSELECT 1\r\n0\r\n\r\n" + smuggled)
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    status, headers, text = status_and_headers(response)
+    assert status == 400, text
+    assert b"Connection: close" in headers
+    assert b"8675309123" not in response
 
 
 def test_folded_header_lines_are_refused(endpoint) -> None:
