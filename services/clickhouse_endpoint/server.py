@@ -106,8 +106,11 @@ class EndpointServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: EndpointApp) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: EndpointApp, socket_timeout_s: float = SOCKET_TIMEOUT_S
+    ) -> None:
         self.app = app
+        self.socket_timeout_s = socket_timeout_s
         super().__init__(address, EndpointHandler)
 
     def handle_error(self, request, client_address) -> None:
@@ -147,6 +150,10 @@ class EndpointHandler(BaseHTTPRequestHandler):
     server: EndpointServer
     _response_started = False
     _drain_limit = UNAUTHENTICATED_DRAIN_BYTES
+
+    def setup(self) -> None:
+        self.timeout = self.server.socket_timeout_s
+        super().setup()
 
     def send_header(self, keyword: str, value: str) -> None:
         """Last line of defence against response splitting: no control character goes out.
@@ -427,6 +434,7 @@ def serve(
     data_dir: str,
     users_file: str | None,
     anonymous_default: bool = False,
+    socket_timeout_s: float = SOCKET_TIMEOUT_S,
 ) -> None:
     """Serve the ClickHouse HTTP protocol for ``data_dir`` until SIGTERM/SIGINT.
 
@@ -454,7 +462,7 @@ def serve(
     engine = Engine(data_dir)
     app = EndpointApp(engine, users)
     try:
-        server = EndpointServer((host, port), app)
+        server = EndpointServer((host, port), app, socket_timeout_s)
     except OSError:
         engine.close()
         raise

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import http.client
+import socket
 import time
 from collections.abc import Iterator
 
@@ -146,3 +147,30 @@ def test_endpoint_without_users_file_refuses_to_start_unless_asked(tmp_path) -> 
     assert result.returncode == 2
     assert b"no users file given: pass --users-file FILE, or --anonymous-default" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_a_half_sent_body_does_not_hold_the_connection(tmp_path) -> None:
+    """Slowloris: headers promise 1 MB, a few bytes arrive, then silence."""
+    endpoint = start_endpoint(tmp_path / "slow", True, "--socket-timeout", "2")
+    try:
+        token = base64.b64encode(b"casestream:s3cret pass").decode()
+        head = (
+            f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\n"
+            f"Content-Length: {1 << 20}\r\n\r\nSELECT '"
+        ).encode()
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=60) as sock:
+            sock.sendall(head)
+            response = b""
+            while chunk := sock.recv(65536):  # returns when the server hangs up
+                response += chunk
+        assert response.startswith(b"HTTP/1.1 503"), response
+        assert b"SOCKET_TIMEOUT" in response
+        # An idle keep-alive connection is closed too, without a response.
+        with socket.create_connection((endpoint.host, endpoint.port), timeout=60) as sock:
+            assert sock.recv(1) == b""
+        ok = attempt(endpoint, "casestream", "s3cret pass")
+        assert (ok[0], ok[2]) == (200, "7\n")
+    finally:
+        assert endpoint.stop() == 0
+    log = endpoint.log_text()
+    assert "Traceback" not in log and " ERROR " not in log, log
