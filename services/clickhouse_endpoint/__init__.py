@@ -12,7 +12,11 @@ flavours, streaming, raw_query/raw_insert, command, external data), HTTP compres
 ways (lz4, zstd, gzip, deflate), chunked bodies and streamed responses, URL settings scoped
 to one request, sessions (SET, USE and temporary tables persist), ``{name:Type}`` query
 parameters (bound natively by chDB), users with read-only enforcement, ClickHouse-shaped
-errors and headers.
+errors and headers, ``max_query_size``.
+
+Hardened: passwords stored as SHA-256 (``password_sha256_hex``), no user without password unless
+configured, failed logins throttled (``login_throttle``), control characters in header fields
+and URL parameters and ambiguous body framing refused with 400, silent clients disconnected.
 
 Not supported: ClickHouse's own block compression (``compress=1``/``decompress=1``), brotli,
 the native TCP protocol, ``/play`` and other HTTP handlers besides ``/``, ``/ping`` and
