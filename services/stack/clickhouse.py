@@ -38,13 +38,20 @@ def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]
             "password_sha256_hex": sha256_hex(settings.clickhouse_password),
             "readonly": False,
         },
+        # Read-only users reach only the platform's database (and the system tables clients
+        # need); the endpoint's query policy reads "databases".
         settings.analyst_user: {
             "password_sha256_hex": sha256_hex(settings.analyst_password),
             "readonly": True,
+            "databases": [settings.clickhouse_database],
         },
     }
     if settings.clickhouse_anonymous_default and "default" not in users:
-        users["default"] = {"no_password": True, "readonly": True}
+        users["default"] = {
+            "no_password": True,
+            "readonly": True,
+            "databases": [settings.clickhouse_database],
+        }
     return {"users": users}
 
 

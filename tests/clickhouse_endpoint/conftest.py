@@ -35,8 +35,8 @@ def users_document(users: dict) -> dict:
     return {
         "users": {
             name: {
+                **{key: value for key, value in spec.items() if key != "password"},
                 "password_sha256_hex": hashlib.sha256(spec["password"].encode()).hexdigest(),
-                "readonly": spec["readonly"],
             }
             for name, spec in users["users"].items()
         }
