@@ -4,7 +4,8 @@ Users come from a JSON file written here from the settings: the platform's read-
 the read-only analyst user, each with the SHA-256 of its password (``password_sha256_hex``, as
 ClickHouse stores it), so the file gives no password away. A passwordless read-only ``default``
 (for `curl ?query=SELECT 1` without credentials) exists only with
-``CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT=1``: anonymous access read every table.
+``CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT=1``: it would let anyone on the host read the
+platform's tables.
 """
 
 from __future__ import annotations
