@@ -64,9 +64,12 @@ def write_users_file(settings: Settings) -> Path:
     path = settings.home / "clickhouse" / "users.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    temporary.unlink(missing_ok=True)  # a leftover of a crash (or a planted symlink)
+    # O_EXCL | O_NOFOLLOW: a fresh file of ours, never one a symlink points at.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
     try:
-        os.fchmod(fd, 0o600)  # O_CREAT's mode is not applied to a leftover temporary file
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but make it explicit
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             json.dump(users_document(settings), handle, indent=2)
     except BaseException:
