@@ -70,7 +70,7 @@ _CONTROL_OR_TAB = re.compile(r"[\x00-\x1f\x7f]")
 _FREE_TEXT_PARAMS = frozenset({"query"})
 
 
-def _describe(text: str, match: re.Match[str]) -> str:
+def _describe(match: re.Match[str]) -> str:
     return f"control character 0x{ord(match.group()):02x} at position {match.start()}"
 
 
@@ -99,11 +99,11 @@ def check_fields(pairs: Iterable[tuple[str, str]], what: str) -> None:
     """Refuse names and (non free-text) values holding control characters, naming the field."""
     for name, value in pairs:
         if match := _CONTROL_OR_TAB.search(name):
-            raise _bad_request(f"{what} name {printable(name)!r} contains {_describe(name, match)}")
+            raise _bad_request(f"{what} name {printable(name)!r} contains {_describe(match)}")
         if name in _FREE_TEXT_PARAMS or name.startswith(BIND_PREFIX):
             continue
         if match := _CONTROL.search(value):
-            raise _bad_request(f"{what} {name!r} contains {_describe(value, match)}")
+            raise _bad_request(f"{what} {name!r} contains {_describe(match)}")
 
 
 def check_headers(headers: Iterable[tuple[str, str]]) -> None:
@@ -115,11 +115,9 @@ def check_headers(headers: Iterable[tuple[str, str]]) -> None:
     framing: dict[str, list[str]] = {"content-length": [], "transfer-encoding": []}
     for name, value in headers:
         if match := _CONTROL_OR_TAB.search(name):
-            raise _bad_request(
-                f"HTTP header name {printable(name)!r} contains {_describe(name, match)}"
-            )
+            raise _bad_request(f"HTTP header name {printable(name)!r} contains {_describe(match)}")
         if match := _CONTROL.search(value):
-            raise _bad_request(f"HTTP header {name!r} contains {_describe(value, match)}")
+            raise _bad_request(f"HTTP header {name!r} contains {_describe(match)}")
         if name.lower() in framing:
             framing[name.lower()].append(value.strip())
     _check_framing(framing["content-length"], framing["transfer-encoding"])

@@ -57,6 +57,7 @@ SOCKET_TIMEOUT_S = 120.0
 # Of a refused request's body, at most this much is read (so the client sees the error
 # instead of a broken pipe); beyond it the connection is closed instead.
 UNAUTHENTICATED_DRAIN_BYTES = 1 << 20
+AUTHENTICATED_DRAIN_BYTES = 64 << 20
 
 
 class EndpointApp:
@@ -227,7 +228,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
             credentials = extract_credentials(self.headers, params)
             user_name = credentials.user
             user = self._authenticate(credentials)
-            self._drain_limit = 64 << 20
+            self._drain_limit = AUTHENTICATED_DRAIN_BYTES
             query_body, files = body, {}
             content_type = self.headers.get("Content-Type") or ""
             if body is not None and content_type.lower().startswith("multipart/form-data"):
