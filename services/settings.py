@@ -50,6 +50,7 @@ tests keep working without any password setting.
 | CASESTREAM_KAFKA_SASL_USERNAME | (none) | this component's Kafka principal |
 | CASESTREAM_KAFKA_SASL_PASSWORD / _PASSWORD_FILE | (none) | its password, or a file holding it (never logged) |
 | CASESTREAM_KAFKA_SSL_CA_LOCATION | (system CAs) | CA bundle for SSL / SASL_SSL |
+| CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT | 0 | `1`: the local endpoint also lets anyone in, without password, as the read-only user `default` |
 """
 
 from __future__ import annotations
@@ -138,6 +139,8 @@ class Settings:
     kafka_sasl_password: str | None = field(default=None, repr=False)
     kafka_ssl_ca_location: str | None = None
     environment: str = "development"
+    # The local endpoint's passwordless read-only "default" user exists only when asked for.
+    clickhouse_anonymous_default: bool = False
     # Which passwords were given explicitly (a production check needs to know "unset").
     clickhouse_password_set: bool = field(default=True, repr=False)
     analyst_password_set: bool = field(default=True, repr=False)
@@ -259,6 +262,10 @@ class Settings:
             kafka_sasl_username=os.environ.get("CASESTREAM_KAFKA_SASL_USERNAME") or None,
             kafka_sasl_password=_secret("CASESTREAM_KAFKA_SASL_PASSWORD"),
             kafka_ssl_ca_location=os.environ.get("CASESTREAM_KAFKA_SSL_CA_LOCATION") or None,
+            clickhouse_anonymous_default=_env("CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT", "0")
+            .strip()
+            .lower()
+            in ("1", "true", "yes", "on"),
         ).check()
 
     # Where the local stack listens, derived from the URLs so there is one source of truth.

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from .errors import ClickHouseError
-from .server import serve
+from .server import SOCKET_TIMEOUT_S, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -29,16 +29,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--users-file",
         default=None,
-        help='JSON {"users": {name: {"password": str, "readonly": bool}}}; '
-        "without it only 'default' (empty password, writable) exists",
+        help='JSON {"users": {name: {"password_sha256_hex": hex, "readonly": bool}}}; '
+        "required unless --anonymous-default",
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--anonymous-default",
+        action="store_true",
+        help="without --users-file: let anyone in as a writable 'default' user without "
+        "password, like a bare ClickHouse server (development only)",
+    )
+    parser.add_argument(
+        "--socket-timeout",
+        type=float,
+        default=SOCKET_TIMEOUT_S,
+        help="seconds a client may stay silent (idle keep-alive, half-sent body) before it is "
+        f"disconnected (default {SOCKET_TIMEOUT_S:g})",
+    )
+    args = parser.parse_args(argv)
+    if args.socket_timeout <= 0:
+        parser.error("--socket-timeout must be positive")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        serve(args.host, args.port, args.data_dir, args.users_file)
+        serve(
+            args.host,
+            args.port,
+            args.data_dir,
+            args.users_file,
+            args.anonymous_default,
+            args.socket_timeout,
+        )
     except ValueError as exc:  # a bad users file: say why instead of a traceback
         print(f"clickhouse_endpoint: {exc}", file=sys.stderr)
         return 2

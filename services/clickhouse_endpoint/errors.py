@@ -51,6 +51,7 @@ ERROR_NAMES: dict[int, str] = {
     168: "TOO_BIG_AST",
     192: "UNKNOWN_USER",
     193: "WRONG_PASSWORD",
+    201: "QUOTA_EXCEEDED",
     194: "REQUIRED_PASSWORD",
     209: "SOCKET_TIMEOUT",
     210: "NETWORK_ERROR",
@@ -143,6 +144,9 @@ _STATUS_BY_NAME: dict[str, int] = {
         404,
     ),
     "QUERY_IS_TOO_LARGE": 413,
+    # Our choice, not ClickHouse's (it answers 500): the failed-login throttle says "come back
+    # later" with 429 and Retry-After, which HTTP clients and proxies understand.
+    "QUOTA_EXCEEDED": 429,
     "NOT_IMPLEMENTED": 501,
     "SOCKET_TIMEOUT": 503,
     "CANNOT_OPEN_FILE": 503,

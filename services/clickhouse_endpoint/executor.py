@@ -29,13 +29,13 @@ from .engine import Engine, EngineConnection, Outcome
 from .errors import ClickHouseError, readonly_error
 from .policy import readonly_setting_allowed
 from .processes import Registry, RunningQuery
-from .request import RequestBody, is_true, split_params
+from .request import QueryInput as _Input
+from .request import RequestBody, is_true, query_size_limit, read_input, split_params
 from .sessions import Session, SessionManager, parse_timeout
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_QUERY_BYTES",
     "Executor",
     "HttpQuery",
     "Reply",
@@ -43,9 +43,6 @@ __all__ = [
     "read_input",
     "readonly_setting_allowed",
 ]
-
-# Largest SQL text (not counting INSERT data) accepted in one request.
-MAX_QUERY_BYTES = 64 << 20
 
 # HTTP-server settings that clients (clickhouse-connect among them) send routinely. They mean
 # nothing to an embedded engine, so if a chDB build does not know one it is dropped instead of
@@ -147,53 +144,6 @@ class Reply:
 
     def close(self) -> None:
         self._cleanup.close()
-
-
-@dataclass
-class _Input:
-    statement: sql.Statement
-    insert: sql.InsertSplit | None
-    data: Iterator[bytes]
-
-
-def read_input(query_param: str | None, body: RequestBody | None) -> _Input:
-    """The statement to run and, for an INSERT with inline data, the data stream.
-
-    As in ClickHouse, the ``query`` URL parameter and the body form one text (joined by a
-    newline); only as much of the body is buffered as it takes to find where the INSERT's
-    data starts, the rest is streamed into chDB.
-    """
-    head = bytearray(query_param.encode("utf-8") + b"\n") if query_param else bytearray()
-    eof = body is None
-    while True:
-        split = sql.split_insert(head.decode("latin-1"), eof)
-        if split is not sql.NEED_MORE:
-            break
-        if len(head) > MAX_QUERY_BYTES:
-            raise ClickHouseError(62, "Max query size exceeded", "SYNTAX_ERROR")
-        chunk = body.read_chunk() if body is not None else None
-        if chunk is None:
-            eof = True
-        else:
-            head += chunk
-    if isinstance(split, sql.InsertSplit):
-        # Offsets are byte offsets (the text was decoded as latin-1); re-decode as UTF-8.
-        statement_text = (
-            bytes(head[: split.statement_end]).decode("utf-8", errors="replace").strip()
-        )
-        leading = bytes(head[split.data_offset :])
-        rest = body.chunks() if body is not None and not eof else iter(())
-        return _Input(
-            sql.parse_statement(statement_text),
-            sql.InsertSplit(
-                statement_text, split.input_format, split.data_offset, split.statement_end
-            ),
-            chain([leading] if leading else [], rest),
-        )
-    if not eof and body is not None:
-        head += body.read_all(MAX_QUERY_BYTES - len(head))
-    text = bytes(head).decode("utf-8", errors="replace")
-    return _Input(sql.parse_statement(text), None, iter(()))
 
 
 # How long the list of databases is trusted before it is read again (it is also re-read after
@@ -464,7 +414,9 @@ class Executor:
             for suffix in EXTERNAL_TABLE_PARAM_SUFFIXES:
                 settings.pop(name + suffix, None)
         lock_level, readonly_reason = _readonly_mode(user, request.method, settings)
-        source = read_input(params.get("query"), request.body)
+        source = read_input(
+            params.get("query"), request.body, query_size_limit(settings, user.readonly)
+        )
         grants = self.grants_for(user)
         kill = _kill_query_ids(source.statement) if source.insert is None else None
         if kill is not None:

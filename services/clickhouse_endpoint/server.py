@@ -3,6 +3,11 @@
 Threaded (one thread per connection, HTTP/1.1 keep-alive) because chDB releases the GIL
 while it works, so slow queries do not block other clients. Each request is logged as one
 line on stderr; passwords and query text are never logged (queries can contain secrets).
+
+Before anything of a request is echoed or logged, its header fields and URL parameters are
+checked for control characters (400), and before its body is read the credentials are
+checked (and failed logins throttled): an anonymous client can make us read at most
+``UNAUTHENTICATED_DRAIN_BYTES`` of body.
 """
 
 from __future__ import annotations
@@ -18,31 +23,53 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.errors import InvalidHeaderDefect, MissingHeaderBodySeparatorDefect
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
-from .auth import UserDirectory, extract_credentials
+from .auth import Credentials, User, UserDirectory, extract_credentials
 from .compression import Encoder, choose_response_encoding, make_encoder
 from .engine import Engine
 from .errors import ClickHouseError
-from .executor import MAX_QUERY_BYTES, Executor, HttpQuery, Reply, content_type_for
+from .executor import Executor, HttpQuery, Reply, content_type_for
+from .login_throttle import LoginThrottle, LoginThrottled
 from .policy import grants_from_users_file
-from .request import RequestBody, is_true, parse_multipart, parse_query_string
+from .request import (
+    MAX_FORM_BYTES,
+    RequestBody,
+    check_fields,
+    check_headers,
+    is_true,
+    parse_multipart,
+    parse_query_string,
+    printable,
+)
 from .sessions import SessionManager
 
 log = logging.getLogger("clickhouse_endpoint")
 
 SHUTDOWN_GRACE_S = 10.0
 SESSION_REAP_INTERVAL_S = 5.0
+# A client that sends nothing for this long (an idle keep-alive connection, a half-sent body)
+# is disconnected, so a few sockets cannot hold threads forever.
+SOCKET_TIMEOUT_S = 120.0
+# Of a refused request's body, at most this much is read (so the client sees the error
+# instead of a broken pipe); beyond it the connection is closed instead.
+UNAUTHENTICATED_DRAIN_BYTES = 1 << 20
+AUTHENTICATED_DRAIN_BYTES = 64 << 20
 
 
 class EndpointApp:
     """Everything a request handler needs, plus orderly shutdown of the engine."""
 
-    def __init__(self, engine: Engine, users: UserDirectory) -> None:
+    def __init__(
+        self, engine: Engine, users: UserDirectory, throttle: LoginThrottle | None = None
+    ) -> None:
         self.engine = engine
         self.users = users
+        self.throttle = throttle or LoginThrottle()
         self.sessions = SessionManager(engine)
         self.executor = Executor(engine, self.sessions)
         self.display_name = socket.gethostname()
@@ -81,8 +108,11 @@ class EndpointServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], app: EndpointApp) -> None:
+    def __init__(
+        self, address: tuple[str, int], app: EndpointApp, socket_timeout_s: float = SOCKET_TIMEOUT_S
+    ) -> None:
         self.app = app
+        self.socket_timeout_s = socket_timeout_s
         super().__init__(address, EndpointHandler)
 
     def handle_error(self, request, client_address) -> None:
@@ -92,6 +122,19 @@ class EndpointServer(ThreadingHTTPServer):
         if isinstance(sys.exc_info()[1], ConnectionError | TimeoutError):
             return
         super().handle_error(request, client_address)
+
+
+def _malformed_header_block(headers: Message) -> bool:
+    """True when the stdlib's header parser met a line it could not take as a header field.
+
+    It then stops, silently, and keeps the rest as a "payload"; multipart defects are ignored
+    (the parser expects a multipart body after a multipart Content-Type, which is normal).
+    """
+    payload = headers.get_payload()
+    return (isinstance(payload, str) and payload != "") or any(
+        isinstance(defect, MissingHeaderBodySeparatorDefect | InvalidHeaderDefect)
+        for defect in headers.defects
+    )
 
 
 class _ClientGone(Exception):
@@ -105,7 +148,26 @@ class EndpointHandler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server_version = "ClickHouse"
     sys_version = ""
+    timeout = SOCKET_TIMEOUT_S
     server: EndpointServer
+    _response_started = False
+    _drain_limit = UNAUTHENTICATED_DRAIN_BYTES
+
+    def setup(self) -> None:
+        self.timeout = self.server.socket_timeout_s
+        super().setup()
+
+    def send_header(self, keyword: str, value: str) -> None:
+        """Last line of defence against response splitting: no control character goes out.
+
+        Everything echoed is checked on the way in; this catches what a future header might
+        take from elsewhere (a format name, a time zone from the query text).
+        """
+        safe = printable(str(value))
+        # http.server encodes headers as latin-1; send other text as its UTF-8 bytes, as
+        # ClickHouse echoes them, instead of failing on a query_id like "bericht-€".
+        safe = safe.encode("utf-8").decode("latin-1")
+        super().send_header(printable(keyword), safe)
 
     def version_string(self) -> str:
         return "ClickHouse"
@@ -121,6 +183,20 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
+        try:
+            if _malformed_header_block(self.headers):
+                # A line that is no header field (or a bare CR inside one) ends the stdlib's
+                # header parsing early: the fields after it, Content-Length included, would be
+                # silently dropped and the body read as the next request (request smuggling).
+                raise ClickHouseError(36, "Malformed HTTP header block", "BAD_ARGUMENTS")
+            check_headers(self.headers.items())
+        except ClickHouseError as exc:
+            self.close_connection = True  # the framing of what follows is not to be trusted
+            self._fail(exc, None, str(uuid.uuid4()))
+            self._log_request(
+                method, "-", "-", {}, exc.http_status, exc.code, None, time.monotonic()
+            )
+            return
         if url.path in ("/ping", "/replicas_status"):
             self._send_plain(200, b"Ok.\n")
         elif url.path in ("", "/"):
@@ -140,6 +216,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
         user_name = "-"
         status, code, reply = 200, 0, None
         body: RequestBody | None = None
+        self._drain_limit = UNAUTHENTICATED_DRAIN_BYTES
         try:
             params = parse_query_string(query_string)
             query_id = params.get("query_id") or query_id
@@ -151,11 +228,13 @@ class EndpointHandler(BaseHTTPRequestHandler):
                 body = RequestBody(self.rfile, self.headers)
             credentials = extract_credentials(self.headers, params)
             user_name = credentials.user
-            user = app.users.authenticate(credentials)
+            user = self._authenticate(credentials)
+            self._drain_limit = AUTHENTICATED_DRAIN_BYTES
             query_body, files = body, {}
             content_type = self.headers.get("Content-Type") or ""
             if body is not None and content_type.lower().startswith("multipart/form-data"):
-                form = parse_multipart(content_type, body.read_all(MAX_QUERY_BYTES))
+                form = parse_multipart(content_type, body.read_all(MAX_FORM_BYTES))
+                check_fields(form.fields.items(), "form field")
                 params.update(form.fields)
                 query_body, files = None, form.files
             with app.request_slot():
@@ -176,9 +255,25 @@ class EndpointHandler(BaseHTTPRequestHandler):
             status, code = error.http_status, error.code
             self._fail(error, body, query_id)
         finally:
-            if body is not None and not body.fully_read and not body.drain():
+            if (
+                body is not None
+                and not body.fully_read
+                and not self.close_connection
+                and not body.drain(self._drain_limit)
+            ):
                 self.close_connection = True
             self._log_request(method, user_name, query_id, params, status, code, reply, started)
+
+    def _authenticate(self, credentials: Credentials) -> User:
+        """Check the password unless the address or the user name is locked by the throttle."""
+        app = self.server.app
+        address = str(self.client_address[0])
+        app.throttle.check(address, credentials.user)
+        try:
+            return app.users.authenticate(credentials)
+        except ClickHouseError:
+            app.throttle.failed(address, credentials.user)
+            raise
 
     def _fail(self, error: ClickHouseError, body: RequestBody | None, query_id: str) -> None:
         if self._response_started:
@@ -187,7 +282,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
             return
         # Read what is left of the body first: a client still sending it would otherwise see
         # a broken pipe instead of our error.
-        if body is not None and not body.fully_read and not body.drain():
+        if body is not None and not body.fully_read and not body.drain(self._drain_limit):
             self.close_connection = True
         payload = error.render(self.server.app.engine.info.version).encode("utf-8")
         self._headers_buffer = []  # drop any half-built success headers
@@ -196,6 +291,8 @@ class EndpointHandler(BaseHTTPRequestHandler):
             self._common_headers(query_id)
             self.send_header("Content-Type", "text/plain; charset=UTF-8")
             self.send_header("X-ClickHouse-Exception-Code", str(error.code))
+            if isinstance(error, LoginThrottled):
+                self.send_header("Retry-After", str(error.retry_after_s))
             self.send_header("Content-Length", str(len(payload)))
             if self.close_connection:
                 self.send_header("Connection", "close")
@@ -313,9 +410,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
         log.info(
             "%s user=%s query_id=%s session=%s kind=%s status=%d code=%d rows=%d written=%d duration_ms=%.1f",
             method,
-            user,
-            query_id,
-            params.get("session_id") or "-",
+            printable(user),
+            printable(query_id),
+            printable(params.get("session_id") or "-"),
             (reply.statement_kind if reply is not None else "") or "-",
             status,
             code,
@@ -333,11 +430,20 @@ def _reap_sessions(app: EndpointApp, stop: threading.Event) -> None:
             log.exception("session reaper failed")
 
 
-def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
+def serve(
+    host: str,
+    port: int,
+    data_dir: str,
+    users_file: str | None,
+    anonymous_default: bool = False,
+    socket_timeout_s: float = SOCKET_TIMEOUT_S,
+) -> None:
     """Serve the ClickHouse HTTP protocol for ``data_dir`` until SIGTERM/SIGINT.
 
     Blocks. On a signal it stops accepting, waits (briefly) for running queries, then closes
-    chDB so the data directory is flushed and free for the next process.
+    chDB so the data directory is flushed and free for the next process. Without a users file
+    nobody may log in, unless ``anonymous_default`` asks for a bare server's passwordless,
+    writable ``default`` user (development only).
     """
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -345,13 +451,22 @@ def serve(host: str, port: int, data_dir: str, users_file: str | None) -> None:
             level=logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s %(message)s",
         )
-    users = UserDirectory.from_file(users_file)
+    if users_file is not None:
+        users = UserDirectory.from_file(users_file)
+    elif anonymous_default:
+        users = UserDirectory.anonymous_default()
+        log.warning("no users file: anyone may log in as the writable user 'default'")
+    else:
+        raise ValueError(
+            "no users file given: pass --users-file FILE, or --anonymous-default to let anyone "
+            "in as a writable 'default' user without password (development only)"
+        )
     grants = grants_from_users_file(users_file)
     engine = Engine(data_dir)
     app = EndpointApp(engine, users)
     app.executor.grants = grants
     try:
-        server = EndpointServer((host, port), app)
+        server = EndpointServer((host, port), app, socket_timeout_s)
     except OSError:
         engine.close()
         raise

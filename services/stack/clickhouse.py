@@ -1,18 +1,24 @@
 """The local ClickHouse endpoint: one process owning the chDB data dir, speaking ClickHouse HTTP.
 
-Users come from a JSON file written here from the settings: the platform's read-write user, the
-read-only analyst user and a read-only passwordless ``default`` (so `curl ?query=SELECT 1` works
-the way it does against a fresh ClickHouse server).
+Users come from a JSON file written here from the settings: the platform's read-write user and
+the read-only analyst user, each with the SHA-256 of its password (``password_sha256_hex``, as
+ClickHouse stores it), so the file gives no password away. A passwordless read-only ``default``
+(for `curl ?query=SELECT 1` without credentials) exists only with
+``CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT=1``: it would let anyone on the host read the
+platform's tables.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+from pathlib import Path
 
 import httpx
 
-from services.private_files import private_dir, private_file
+from services.private_files import private_dir
 from services.settings import Settings
 from services.stack.process import PYTHON_ENV, ManagedProcess, child_env
 
@@ -23,29 +29,54 @@ def process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(NAME, settings.home)
 
 
-def write_users_file(settings: Settings):
+def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]]:
+    """The endpoint's users file: password digests, never the passwords."""
+
+    def sha256_hex(password: str) -> str:
+        return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+    users: dict[str, dict[str, object]] = {
+        settings.clickhouse_user: {
+            "password_sha256_hex": sha256_hex(settings.clickhouse_password),
+            "readonly": False,
+        },
+        # Read-only users reach only the platform's database (and the system tables clients
+        # need); the endpoint's query policy reads "databases".
+        settings.analyst_user: {
+            "password_sha256_hex": sha256_hex(settings.analyst_password),
+            "readonly": True,
+            "databases": [settings.clickhouse_database],
+        },
+    }
+    if settings.clickhouse_anonymous_default and "default" not in users:
+        users["default"] = {
+            "no_password": True,
+            "readonly": True,
+            "databases": [settings.clickhouse_database],
+        }
+    return {"users": users}
+
+
+def write_users_file(settings: Settings) -> Path:
+    """Write the users file with mode 0600 from its creation (never briefly world-readable).
+
+    Rewritten on every start, which also converts an older clear-text file.
+    """
     path = settings.home / "clickhouse" / "users.json"
     private_dir(path.parent)
-    private_file(path)  # 0600 before the passwords are written, not after
-    users = {
-        "users": {
-            settings.clickhouse_user: {"password": settings.clickhouse_password, "readonly": False},
-            # Read-only users reach only the platform's database (and the system tables
-            # clients need); the endpoint's query policy enforces it.
-            settings.analyst_user: {
-                "password": settings.analyst_password,
-                "readonly": True,
-                "databases": [settings.clickhouse_database],
-            },
-            "default": {
-                "password": "",
-                "readonly": True,
-                "databases": [settings.clickhouse_database],
-            },
-        }
-    }
-    path.write_text(json.dumps(users, indent=2))
-    path.chmod(0o600)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temporary.unlink(missing_ok=True)  # a leftover of a crash (or a planted symlink)
+    # O_EXCL | O_NOFOLLOW: a fresh file of ours, never one a symlink points at.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(temporary, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)  # the umask cannot widen it, but make it explicit
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(users_document(settings), handle, indent=2)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    os.replace(temporary, path)
     return path
 
 

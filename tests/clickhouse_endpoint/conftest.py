@@ -19,6 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
+# The clear-text passwords the tests log in with; the file holds their SHA-256 (see below).
+# "default" without password is configured explicitly here (the stack does not create it).
 USERS = {
     "users": {
         "casestream": {"password": "s3cret pass", "readonly": False},
@@ -26,6 +28,19 @@ USERS = {
         "default": {"password": "", "readonly": False},
     }
 }
+
+
+def users_document(users: dict) -> dict:
+    """``users`` as the endpoint's users file stores them: ``password_sha256_hex``."""
+    return {
+        "users": {
+            name: {
+                **{key: value for key, value in spec.items() if key != "password"},
+                "password_sha256_hex": hashlib.sha256(spec["password"].encode()).hexdigest(),
+            }
+            for name, spec in users["users"].items()
+        }
+    }
 
 
 def free_port() -> int:
@@ -37,7 +52,10 @@ def free_port() -> int:
 class Endpoint:
     """One endpoint subprocess on a free port; can be stopped and started again on its data."""
 
-    def __init__(self, data_dir: Path, users_file: Path | None, log_path: Path) -> None:
+    def __init__(
+        self, data_dir: Path, users_file: Path | None, log_path: Path, *extra_args: str
+    ) -> None:
+        self.extra_args = list(extra_args)
         self.data_dir = data_dir
         self.users_file = users_file
         self.log_path = log_path
@@ -63,6 +81,7 @@ class Endpoint:
         ]
         if self.users_file is not None:
             command += ["--users-file", str(self.users_file)]
+        command += self.extra_args
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
         try:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -107,14 +126,17 @@ class Endpoint:
         return self.log_path.read_text(errors="replace")
 
 
-def start_endpoint(tmp: Path, with_users: bool = True) -> Endpoint:
+def start_endpoint(tmp: Path, with_users: bool = True, *extra_args: str) -> Endpoint:
+    """An endpoint with the USERS file, or (``with_users=False``) an explicit anonymous default."""
     tmp.mkdir(parents=True, exist_ok=True)
     users_file = None
     if with_users:
         users_file = tmp / "users.json"
-        users_file.write_text(json.dumps(USERS))
+        users_file.write_text(json.dumps(users_document(USERS)))
         os.chmod(users_file, 0o600)
-    return Endpoint(tmp / "data", users_file, tmp / "endpoint.log").start()
+    else:
+        extra_args = ("--anonymous-default", *extra_args)
+    return Endpoint(tmp / "data", users_file, tmp / "endpoint.log", *extra_args).start()
 
 
 @pytest.fixture(scope="package")

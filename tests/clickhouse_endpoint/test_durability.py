@@ -48,7 +48,7 @@ def test_data_survives_restart(tmp_path) -> None:
     assert "received SIGTERM" in endpoint.log_text()
 
 
-def test_without_users_file_default_user_is_writable(tmp_path) -> None:
+def test_anonymous_default_is_writable_when_asked_for(tmp_path) -> None:
     endpoint = start_endpoint(tmp_path / "nousers", with_users=False)
     try:
         client = endpoint.client(username="default", password="")
@@ -79,6 +79,7 @@ def test_second_process_on_the_same_data_dir_exits_with_a_message(endpoint) -> N
             str(free_port()),
             "--data-dir",
             str(endpoint.data_dir),
+            "--anonymous-default",
         ],
         cwd=REPO,
         capture_output=True,

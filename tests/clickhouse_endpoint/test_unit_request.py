@@ -138,7 +138,9 @@ def test_user_directory(tmp_path) -> None:
         assert excinfo.value.code == 516
         assert excinfo.value.http_status == 403
     assert "pw" not in repr(users.authenticate(Credentials("w", "pw")))
-    assert UserDirectory.from_file(None).authenticate(Credentials("default", "")).readonly is False
+    assert (
+        UserDirectory.anonymous_default().authenticate(Credentials("default", "")).readonly is False
+    )
     path.write_text('{"users": {"x": {"password": 1}}}')
     with pytest.raises(ValueError, match="string password"):
         UserDirectory.from_file(path)
