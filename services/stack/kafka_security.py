@@ -18,13 +18,15 @@ Deploy recipe against a running SASL cluster (``services.stack.kafka_cluster.Sec
 loopback version)::
 
     admin = {"bootstrap.servers": ..., "security.protocol": "SASL_SSL",
+             "ssl.ca.location": "/etc/casestream/kafka-ca.pem",
              "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
              "sasl.password": open("/run/secrets/kafka-admin").read().strip()}
     upsert_scram_users(admin, {agency_principal("20-INSP"): secret_1, WORKER_PRINCIPAL: secret_2})
     apply_acls(admin, agency_acls("20-INSP") + worker_acls())
 
 then give each component its own identity by configuration only:
-``CASESTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL``, ``CASESTREAM_KAFKA_SASL_USERNAME=agency-20-INSP``,
+``CASESTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL``, ``CASESTREAM_KAFKA_SSL_CA_LOCATION=<ca.pem>``,
+``CASESTREAM_KAFKA_SASL_USERNAME=agency-20-INSP``,
 ``CASESTREAM_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka``.  Passwords are never logged here.
 """
 

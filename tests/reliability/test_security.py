@@ -2,7 +2,10 @@
 
 * Kafka: a broker with SASL/SCRAM-SHA-512 and deny-by-default ACLs (``SecureKafka``,
   ``kafka_security``): an agency principal writes its own topic only and reads nothing; the
-  worker principal reads every agency topic; a wrong password or an unknown user is refused.
+  worker principal reads every agency topic and holds the least grants it runs with: it cannot
+  delete, reconfigure, enlarge or empty any topic, create topics beyond its own, read or move
+  other groups' offsets, or change ACLs, users or broker configs; a wrong password or an unknown
+  user is refused. SASL_SSL (a CA made by the test) is in ``test_kafka_tls.py``.
   The SDK and the worker run against it by configuration only (``CASESTREAM_KAFKA_*``).
 * Gateway tokens: a token of another agency is refused — covered by
   ``tests/agency/test_gateway.py::test_token_of_another_agency_cannot_publish_its_events`` (and
