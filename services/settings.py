@@ -49,7 +49,7 @@ tests keep working without any password setting.
 | CASESTREAM_KAFKA_SASL_MECHANISM | SCRAM-SHA-512 | SASL mechanism (SCRAM-SHA-512, SCRAM-SHA-256, PLAIN) |
 | CASESTREAM_KAFKA_SASL_USERNAME | (none) | this component's Kafka principal |
 | CASESTREAM_KAFKA_SASL_PASSWORD / _PASSWORD_FILE | (none) | its password, or a file holding it (never logged) |
-| CASESTREAM_KAFKA_SSL_CA_LOCATION | (system CAs) | CA bundle for SSL / SASL_SSL |
+| CASESTREAM_KAFKA_SSL_CA_LOCATION | (system CAs) | CA bundle (PEM) for SSL / SASL_SSL; host names are always verified |
 | CASESTREAM_CLICKHOUSE_ANONYMOUS_DEFAULT | 0 | `1`: the local endpoint also lets anyone in, without password, as the read-only user `default` |
 """
 
@@ -309,8 +309,22 @@ class Settings:
             config["sasl.mechanism"] = self.kafka_sasl_mechanism
             config["sasl.username"] = self.kafka_sasl_username
             config["sasl.password"] = self.kafka_sasl_password
-        if protocol.endswith("SSL") and self.kafka_ssl_ca_location:
+        if self.kafka_ssl_ca_location:
+            # A CA with a clear-text protocol means the operator believes traffic is encrypted.
+            if not protocol.endswith("SSL"):
+                raise ValueError(
+                    "CASESTREAM_KAFKA_SSL_CA_LOCATION is set but "
+                    f"CASESTREAM_KAFKA_SECURITY_PROTOCOL={protocol} sends in clear text: "
+                    "use SSL or SASL_SSL"
+                )
+            if not os.access(self.kafka_ssl_ca_location, os.R_OK):
+                raise ValueError(
+                    f"CASESTREAM_KAFKA_SSL_CA_LOCATION={self.kafka_ssl_ca_location!r}: "
+                    "no readable CA file there"
+                )
             config["ssl.ca.location"] = self.kafka_ssl_ca_location
+        # librdkafka verifies the broker's host name by default (ssl.endpoint.identification.
+        # algorithm=https); no setting here turns that off.
         config.update(overrides)
         return config
 

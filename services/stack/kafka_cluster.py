@@ -7,7 +7,8 @@ local stack (``fetch.kafka_classpath``) and templates under ``infra/kafka/cluste
   factor 3 and ``min.insync.replicas=2``: an ``acks=all`` write is on two brokers before it is
   acknowledged, and one broker may die without losing acknowledged data or stopping writes.
 * :class:`SecureKafka` — one node whose client listener requires SASL/SCRAM-SHA-512 and whose
-  ``StandardAuthorizer`` denies everything not granted by an ACL (``kafka_security``).
+  ``StandardAuthorizer`` denies everything not granted by an ACL (``kafka_security``); with
+  ``tls=kafka_tls.make_authority(...)`` its listeners are SASL_SSL (production's transport).
 
 Every node is a :class:`~services.stack.process.ManagedProcess` under ``home``, so a test can
 SIGKILL one (:meth:`KafkaCluster.kill`) and start it again (:meth:`KafkaCluster.start_node`).
@@ -41,6 +42,7 @@ from services.stack import kafka_security
 from services.stack.cluster_id import new_cluster_id
 from services.stack.fetch import INFRA, kafka_classpath
 from services.stack.kafka import format_storage, java
+from services.stack.kafka_tls import TlsFiles
 from services.stack.process import ManagedProcess, child_env, free_ports, port_open, wait_until
 
 TEMPLATES = INFRA / "kafka" / "cluster"
@@ -251,6 +253,7 @@ class SecureKafka(_Nodes):
         admin_password: str | None = None,
         controller_password: str | None = None,
         partitions: int = 4,
+        tls: TlsFiles | None = None,
     ) -> None:
         port, controller_port = free_ports(2, host)
         super().__init__(settings, home, [Node(1, host, port, controller_port, Path(home))])
@@ -258,6 +261,28 @@ class SecureKafka(_Nodes):
         self.admin_password = admin_password or secrets.token_urlsafe(24)
         self.controller_password = controller_password or secrets.token_urlsafe(24)
         self.partitions = partitions
+        self.tls = tls
+
+    @property
+    def protocol(self) -> str:
+        """``SASL_SSL`` with ``tls``, else ``SASL_PLAINTEXT`` (loopback tests only)."""
+        return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+
+    def _tls_settings(self) -> str:
+        """Keystore and truststore lines: PEM files, TLS 1.2+ only, host names verified."""
+        if self.tls is None:
+            return ""
+        return "\n".join(
+            [
+                "ssl.keystore.type=PEM",
+                f"ssl.keystore.location={self.tls.broker_keystore}",
+                "ssl.truststore.type=PEM",
+                f"ssl.truststore.location={self.tls.ca_cert}",
+                "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+                "ssl.endpoint.identification.algorithm=https",
+                "ssl.client.auth=none",
+            ]
+        )
 
     @property
     def node(self) -> Node:
@@ -274,6 +299,9 @@ class SecureKafka(_Nodes):
                 host=node.host,
                 port=node.port,
                 controller_port=node.controller_port,
+                protocol=self.protocol,
+                listener=self.protocol.lower(),
+                tls_settings=self._tls_settings(),
                 data_dir=node.directory / "data",
                 partitions=self.partitions,
                 admin_user=self.admin_user,
@@ -303,26 +331,30 @@ class SecureKafka(_Nodes):
     def client_config(
         self, username: str | None = None, password: str | None = None, **overrides: Any
     ) -> dict[str, Any]:
-        """librdkafka config for ``username`` (default: the admin)."""
+        """librdkafka config for ``username`` (default: the admin), trusting ``tls``'s CA."""
         if username is None:
             username, password = self.admin_user, self.admin_password
+        tls = {"ssl.ca.location": str(self.tls.ca_cert)} if self.tls else {}
         return {
             "bootstrap.servers": self.bootstrap,
-            "security.protocol": "SASL_PLAINTEXT",
+            "security.protocol": self.protocol,
             "sasl.mechanism": kafka_security.SCRAM_MECHANISM,
             "sasl.username": username,
             "sasl.password": password,
+            **tls,
             **overrides,
         }
 
     def client_env(self, username: str, password_file: Path) -> dict[str, str]:
         """CASESTREAM_* variables that make a component connect as ``username``."""
+        tls = {"CASESTREAM_KAFKA_SSL_CA_LOCATION": str(self.tls.ca_cert)} if self.tls else {}
         return {
             "CASESTREAM_KAFKA_BOOTSTRAP": self.bootstrap,
-            "CASESTREAM_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "CASESTREAM_KAFKA_SECURITY_PROTOCOL": self.protocol,
             "CASESTREAM_KAFKA_SASL_MECHANISM": kafka_security.SCRAM_MECHANISM,
             "CASESTREAM_KAFKA_SASL_USERNAME": username,
             "CASESTREAM_KAFKA_SASL_PASSWORD_FILE": str(password_file),
+            **tls,
         }
 
     def add_users(self, users: dict[str, str]) -> None:

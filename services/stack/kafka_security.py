@@ -5,7 +5,7 @@ The model (enforced by the broker's ``StandardAuthorizer``, deny by default):
 | principal | may | may not |
 | --- | --- | --- |
 | ``User:agency-<agency_id>`` | WRITE (and so DESCRIBE) its own topic ``agency.<agency_id>.events`` | read anything, write any other topic, create topics, join groups |
-| ``User:casestream-worker`` | READ every ``agency.*`` topic; READ/WRITE/CREATE its internal topics (``casestream.*``, ``<app_id>-*``); its consumer groups (``<app_id>*``) | write agency topics |
+| ``User:casestream-worker`` | READ every ``agency.*`` topic; CREATE/WRITE ``casestream.dlq``; CREATE/WRITE/READ ``casestream.probe`` and its own topics (``<app_id>-*``); READ/DESCRIBE its consumer groups (``<app_id>*``) | write agency topics; delete, alter or reconfigure any topic; delete records; other groups' offsets; ACLs, users, broker configs |
 | ``User:casestream-gateway`` | WRITE the topics of the agencies it holds tokens for (one literal ACL each) | read anything, write any other agency's topic, create topics, join groups |
 | ``User:casestream-import`` | WRITE every agency topic (digitised records of any agency, each import recorded in ``<home>/imports/audit.jsonl``) | read anything, create topics, join groups |
 | ``User:admin`` (super user) | everything: creating agency topics, users and ACLs | |
@@ -18,13 +18,15 @@ Deploy recipe against a running SASL cluster (``services.stack.kafka_cluster.Sec
 loopback version)::
 
     admin = {"bootstrap.servers": ..., "security.protocol": "SASL_SSL",
+             "ssl.ca.location": "/etc/casestream/kafka-ca.pem",
              "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "admin",
              "sasl.password": open("/run/secrets/kafka-admin").read().strip()}
     upsert_scram_users(admin, {agency_principal("20-INSP"): secret_1, WORKER_PRINCIPAL: secret_2})
     apply_acls(admin, agency_acls("20-INSP") + worker_acls())
 
 then give each component its own identity by configuration only:
-``CASESTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL``, ``CASESTREAM_KAFKA_SASL_USERNAME=agency-20-INSP``,
+``CASESTREAM_KAFKA_SECURITY_PROTOCOL=SASL_SSL``, ``CASESTREAM_KAFKA_SSL_CA_LOCATION=<ca.pem>``,
+``CASESTREAM_KAFKA_SASL_USERNAME=agency-20-INSP``,
 ``CASESTREAM_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka``.  Passwords are never logged here.
 """
 
@@ -58,6 +60,8 @@ IMPORT_PRINCIPAL = "casestream-import"
 ADMIN_PRINCIPAL = "admin"
 AGENCY_TOPIC_PREFIX = "agency."
 INTERNAL_TOPIC_PREFIX = "casestream."  # dlq, probe
+DLQ_TOPIC = "casestream.dlq"  # services.ops.topics.DLQ_TOPIC (the stack layer does not import ops)
+PROBE_TOPIC = "casestream.probe"  # services.ops.topics.PROBE_TOPIC
 DEFAULT_WORKER_APP_ID = "casestream-worker"
 
 
@@ -175,25 +179,34 @@ def import_acls(principal: str = IMPORT_PRINCIPAL) -> list[AclBinding]:
 def worker_acls(
     principal: str = WORKER_PRINCIPAL, app_id: str = DEFAULT_WORKER_APP_ID
 ) -> list[AclBinding]:
-    """The stream worker reads every agency topic and owns its internal topics and groups.
+    """The stream worker: the operations it performs, on the resources it touches, nothing more.
 
-    It gets no WRITE on agency topics, which the admin creates. Its groups are ``<app_id>``
-    (faust, the facts topic) and ``<app_id>-intake`` (the agency topics), both under the prefix.
+    * agency topics (``agency.*``): READ (DESCRIBE is implied); never WRITE, the admin creates them;
+    * ``casestream.dlq``: CREATE (``ensure_topics`` at start), WRITE (dead letters); reading and
+      replaying the DLQ is the operator's job (``casestream dlq``);
+    * ``casestream.probe``: CREATE, WRITE and READ (the worker sends latency probes and its intake
+      forwards them);
+    * its own topics (``<app_id>-facts-by-case``, faust's ``-__assignor-__leader`` and
+      changelogs): CREATE, READ, WRITE;
+    * its groups (``<app_id>``, ``<app_id>-intake``, ``<app_id>-refetch``): READ (join, commit,
+      fetch offsets) and DESCRIBE (its lag).
+
+    No DELETE, ALTER or ALTER_CONFIGS anywhere and nothing on the cluster: a stolen worker
+    password can neither delete or shorten the record (topics, records, retention), nor add
+    partitions, nor change ACLs, users or broker configuration, nor read other groups' offsets.
+    Literal DLQ and probe names, not the ``casestream.`` prefix: it creates those two and no
+    other topic. (The grant was ALL on ``casestream.*`` and ``<app_id>*`` before; the worker ran
+    the same with this set in ``test_worker_runs_against_the_secured_broker_by_configuration_only``.)
     """
-    prefixed = ResourcePatternType.PREFIXED
+    prefixed, literal = ResourcePatternType.PREFIXED, ResourcePatternType.LITERAL
+    topic, group = ResourceType.TOPIC, ResourceType.GROUP
+    op = AclOperation
     return [
-        *_allow(
-            principal,
-            ResourceType.TOPIC,
-            AGENCY_TOPIC_PREFIX,
-            prefixed,
-            [AclOperation.READ, AclOperation.DESCRIBE, AclOperation.DESCRIBE_CONFIGS],
-        ),
-        # casestream.dlq, casestream.probe
-        *_allow(principal, ResourceType.TOPIC, INTERNAL_TOPIC_PREFIX, prefixed, [AclOperation.ALL]),
-        # its facts and faust's topics: <app_id>-facts-by-case, -case-facts-changelog, -__assignor…
-        *_allow(principal, ResourceType.TOPIC, app_id, prefixed, [AclOperation.ALL]),
-        *_allow(principal, ResourceType.GROUP, app_id, prefixed, [AclOperation.ALL]),
+        *_allow(principal, topic, AGENCY_TOPIC_PREFIX, prefixed, [op.READ]),
+        *_allow(principal, topic, DLQ_TOPIC, literal, [op.CREATE, op.WRITE]),
+        *_allow(principal, topic, PROBE_TOPIC, literal, [op.CREATE, op.WRITE, op.READ]),
+        *_allow(principal, topic, app_id, prefixed, [op.CREATE, op.WRITE, op.READ]),
+        *_allow(principal, group, app_id, prefixed, [op.READ, op.DESCRIBE]),
     ]
 
 

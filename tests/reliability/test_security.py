@@ -2,7 +2,10 @@
 
 * Kafka: a broker with SASL/SCRAM-SHA-512 and deny-by-default ACLs (``SecureKafka``,
   ``kafka_security``): an agency principal writes its own topic only and reads nothing; the
-  worker principal reads every agency topic; a wrong password or an unknown user is refused.
+  worker principal reads every agency topic and holds the least grants it runs with: it cannot
+  delete, reconfigure, enlarge or empty any topic, create topics beyond its own, read or move
+  other groups' offsets, or change ACLs, users or broker configs; a wrong password or an unknown
+  user is refused. SASL_SSL (a CA made by the test) is in ``test_kafka_tls.py``.
   The SDK and the worker run against it by configuration only (``CASESTREAM_KAFKA_*``).
 * Gateway tokens: a token of another agency is refused — covered by
   ``tests/agency/test_gateway.py::test_token_of_another_agency_cannot_publish_its_events`` (and
@@ -25,8 +28,31 @@ from pathlib import Path
 
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import (
+    OFFSET_END,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import (
+    AclBindingFilter,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    AlterConfigOpType,
+    ConfigEntry,
+    ConfigResource,
+    NewPartitions,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialUpsertion,
+)
 
 from services.agency.publisher import Publisher
 from services.settings import Settings
@@ -223,6 +249,184 @@ def test_worker_principal_reads_every_agency_topic_but_writes_none(secure, princ
 
     refused = _produce(_config(secure, worker), topics[0], b"worker must not write here")
     assert refused is not None and refused.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
+def _refusal_code(futures) -> int | str:
+    """The broker's error code of a refused admin request (one future or a dict of them, all
+    refused alike), else what happened instead."""
+    codes: set[int | str] = set()
+    for future in futures.values() if isinstance(futures, dict) else [futures]:
+        try:
+            future.result(timeout=30)
+            codes.add("allowed")
+        except KafkaException as exc:
+            codes.add(exc.args[0].code())
+        except TimeoutError:
+            codes.add("no answer")
+    return codes.pop() if len(codes) == 1 else str(codes)
+
+
+def _commit(config: dict, group: str, topic: str) -> None:
+    """Commit offset 0 for ``group`` (retrying while the new offsets topic finds its leader)."""
+    consumer = Consumer({**config, "group.id": group, "enable.auto.commit": False})
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                consumer.commit(offsets=[TopicPartition(topic, 0, 0)], asynchronous=False)
+                return
+            except KafkaException as exc:
+                transient = exc.args[0].retriable() or exc.args[0].code() in (
+                    KafkaError.NOT_COORDINATOR,
+                    KafkaError.COORDINATOR_NOT_AVAILABLE,
+                    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                )
+                if not transient or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    finally:
+        consumer.close()
+
+
+def test_worker_principal_cannot_delete_alter_or_administer(secure, principals):
+    """A stolen worker password can read the record and feed the facts, nothing else: no topic
+    (agency, DLQ, its own) deleted, reconfigured, enlarged or emptied, no topic created beyond
+    its own, no other group's offsets, no ACL, user or broker change."""
+    agency_topic, facts = f"agency.{AGENCY}.events", f"{WORKER_APP_ID}-facts-by-case"
+    dlq = kafka_security.DLQ_TOPIC
+    secure.create_topics({dlq: 1, facts: 4})
+    admin_config = secure.client_config(logger=_QUIET)
+    _commit(admin_config, "casestream-ops-dlq-reader", agency_topic)  # someone else's group
+    worker_config = _config(secure, principals["worker"])
+    _commit(worker_config, f"{WORKER_APP_ID}-intake", agency_topic)  # its own: allowed
+    worker = AdminClient(worker_config)  # referenced until its futures are done
+    own = worker.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(f"{WORKER_APP_ID}-intake")]
+    )
+    assert next(iter(own.values())).result(timeout=30).group_id == f"{WORKER_APP_ID}-intake"
+
+    topic_denied = KafkaError.TOPIC_AUTHORIZATION_FAILED
+    group_denied = KafkaError.GROUP_AUTHORIZATION_FAILED
+    cluster_denied = KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    retention = [ConfigEntry("retention.ms", "1", incremental_operation=AlterConfigOpType.SET)]
+    attempts = {
+        **{
+            f"delete topic {t}": (
+                lambda worker, t=t: worker.delete_topics([t], operation_timeout=10),
+                topic_denied,
+            )
+            for t in (agency_topic, dlq, facts)
+        },
+        **{
+            f"retention.ms=1 on {t}": (
+                lambda worker, t=t: worker.incremental_alter_configs(
+                    [ConfigResource(ConfigResource.Type.TOPIC, t, incremental_configs=retention)]
+                ),
+                topic_denied,
+            )
+            for t in (agency_topic, dlq, facts)
+        },
+        **{
+            f"add partitions to {t}": (
+                lambda worker, t=t: worker.create_partitions([NewPartitions(t, 8)]),
+                topic_denied,
+            )
+            for t in (agency_topic, dlq)
+        },
+        **{
+            f"delete records of {t}": (
+                lambda worker, t=t: worker.delete_records([TopicPartition(t, 0, OFFSET_END)]),
+                topic_denied,
+            )
+            for t in (agency_topic, dlq)
+        },
+        "create casestream.exfil": (
+            lambda worker: worker.create_topics([NewTopic("casestream.exfil", 1, 1)]),
+            topic_denied,
+        ),
+        "read another group's offsets": (
+            lambda worker: worker.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions("casestream-ops-dlq-reader")]
+            ),
+            group_denied,
+        ),
+        "move another group's offsets": (
+            lambda worker: worker.alter_consumer_group_offsets(
+                [
+                    ConsumerGroupTopicPartitions(
+                        "casestream-ops-dlq-reader", [TopicPartition(agency_topic, 0, 0)]
+                    )
+                ]
+            ),
+            group_denied,
+        ),
+        "delete its own group": (
+            lambda worker: worker.delete_consumer_groups([f"{WORKER_APP_ID}-intake"]),
+            group_denied,
+        ),
+        "grant itself WRITE on agency topics": (
+            lambda worker: worker.create_acls(
+                kafka_security.import_acls(kafka_security.WORKER_PRINCIPAL)
+            ),
+            cluster_denied,
+        ),
+        "change a user's password": (
+            lambda worker: worker.alter_user_scram_credentials(
+                [
+                    UserScramCredentialUpsertion(
+                        principals["agency"].name,
+                        ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192),
+                        b"taken-over",
+                        b"0123456789abcdef",
+                    )
+                ]
+            ),
+            cluster_denied,
+        ),
+        "change a broker config": (
+            lambda worker: worker.incremental_alter_configs(
+                [
+                    ConfigResource(
+                        ConfigResource.Type.BROKER,
+                        "1",
+                        incremental_configs=[
+                            ConfigEntry(
+                                "log.retention.ms", "1", incremental_operation=AlterConfigOpType.SET
+                            )
+                        ],
+                    )
+                ]
+            ),
+            cluster_denied,
+        ),
+    }
+    codes = {what: _refusal_code(attempt(worker)) for what, (attempt, _) in attempts.items()}
+    wanted = {what: code for what, (_, code) in attempts.items()}
+    assert codes == wanted
+
+    # ACLs: what the worker may list is at most its own grants, never another principal's.
+    every_acl = AclBindingFilter(
+        ResourceType.ANY,
+        None,
+        ResourcePatternType.ANY,
+        None,
+        None,
+        AclOperation.ANY,
+        AclPermissionType.ANY,
+    )
+    try:
+        listed = worker.describe_acls(every_acl).result(timeout=30)
+    except KafkaException as exc:
+        assert exc.args[0].code() == KafkaError.CLUSTER_AUTHORIZATION_FAILED
+    else:
+        shown = {b.principal for b in listed}
+        assert shown <= {f"User:{kafka_security.WORKER_PRINCIPAL}"}, shown
+
+    # Nothing changed: the topics are there with their partitions, retention still forever.
+    metadata = AdminClient(admin_config).list_topics(timeout=15).topics
+    assert len(metadata[agency_topic].partitions) == 4 and len(metadata[dlq].partitions) == 1
+    assert "casestream.exfil" not in metadata
+    assert kafka_security.describe_acls(admin_config, kafka_security.WORKER_PRINCIPAL)
 
 
 def test_gateway_principal_writes_only_its_token_holders_topics(secure, principals):
