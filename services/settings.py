@@ -59,7 +59,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 ENVIRONMENTS = ("development", "production")
 #: Development defaults: convenient locally, refused in production.
@@ -94,6 +94,10 @@ def _secret(name: str) -> str | None:
     except OSError as exc:
         raise SettingsError(f"{name}_FILE: cannot read {path}: {exc.strerror}") from None
     return text[:-1] if text.endswith("\n") else text
+
+
+def _loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,24 @@ class Settings:
     def production(self) -> bool:
         return self.environment == "production"
 
+    def _check_transport(self) -> None:
+        """Production refuses clear text to another host: events, passwords and figures would
+        cross the network readable (loopback stays allowed, e.g. a sidecar proxy)."""
+        hosts = [h.strip().rpartition(":")[0].strip("[]") for h in self.kafka_bootstrap.split(",")]
+        remote = [h for h in hosts if h and not _loopback(h)]
+        if remote and self.kafka_security_protocol in ("PLAINTEXT", "SASL_PLAINTEXT"):
+            raise SettingsError(
+                f"CASESTREAM_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} sends events "
+                f"in clear text to {remote[0]}; CASESTREAM_ENVIRONMENT=production refuses it "
+                "(use SASL_SSL)"
+            )
+        url = urlsplit(self.clickhouse_url)
+        if url.scheme == "http" and url.hostname and not _loopback(url.hostname):
+            raise SettingsError(
+                f"CASESTREAM_CLICKHOUSE_URL={self.clickhouse_url} sends passwords and figures in "
+                "clear text; CASESTREAM_ENVIRONMENT=production refuses it (use https://)"
+            )
+
     def check(self) -> Settings:
         """Raise :class:`SettingsError` for settings this environment must refuse; returns self."""
         if self.environment not in ENVIRONMENTS:
@@ -158,6 +180,7 @@ class Settings:
             )
         if not self.production:
             return self
+        self._check_transport()
         checks = [
             (
                 "CASESTREAM_CLICKHOUSE_PASSWORD",

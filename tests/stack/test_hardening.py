@@ -508,3 +508,24 @@ def test_systemd_accepts_every_unit():
             if line.strip() and "/opt/casestream/.venv/bin/casestream is not executable" not in line
         ]
         assert complaints == [], f"{unit.name}: {complaints}"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("protocol", ["PLAINTEXT", "SASL_PLAINTEXT"])
+def test_production_refuses_clear_text_kafka_to_another_host(production, protocol):
+    production.setenv("CASESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9092,kafka-2.internal:9094")
+    production.setenv("CASESTREAM_KAFKA_SECURITY_PROTOCOL", protocol)
+    production.setenv("CASESTREAM_KAFKA_SASL_USERNAME", "casestream-worker")
+    production.setenv("CASESTREAM_KAFKA_SASL_PASSWORD", STRONG)
+    with pytest.raises(SettingsError, match=f"^CASESTREAM_KAFKA_SECURITY_PROTOCOL={protocol} .* "
+                       "kafka-2.internal"):  # fmt: skip
+        Settings.from_env()
+
+
+@pytest.mark.unit
+def test_production_refuses_plain_http_clickhouse_to_another_host(production):
+    production.setenv("CASESTREAM_CLICKHOUSE_URL", "http://clickhouse.internal:8123")
+    with pytest.raises(SettingsError, match="^CASESTREAM_CLICKHOUSE_URL=http://clickhouse"):
+        Settings.from_env()
+    production.setenv("CASESTREAM_CLICKHOUSE_URL", "https://clickhouse.internal:8443")
+    assert Settings.from_env().production
