@@ -65,7 +65,23 @@ def private_sqlite(path: Path) -> Path:
     SQLite creates the WAL and shared-memory files with the database file's own mode, so a
     private database file keeps its companions private.
     """
-    path = private_file(path)
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        # Never open an existing database here: closing *any* descriptor of a file drops every
+        # POSIX lock this process holds on it, so another connection of this process (two
+        # publishers share the chain store) loses its locks and SQLite corrupts the file. Seen
+        # in the suite: "database disk image is malformed" on the chain store and the outboxes.
+        # A chmod by path touches no lock (and refuses a planted symlink).
+        if path.is_symlink():
+            raise PermissionError(f"{path} is a symbolic link; refusing to use it") from None
+        os.chmod(path, FILE_MODE)
+    else:
+        try:
+            os.fchmod(fd, FILE_MODE)
+        finally:
+            os.close(fd)  # a new file: no connection holds it yet
     for suffix in ("-wal", "-shm", "-journal"):
         companion = path.with_name(path.name + suffix)
         with contextlib.suppress(FileNotFoundError):

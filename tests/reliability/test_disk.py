@@ -232,3 +232,35 @@ def test_a_command_run_from_a_lax_shell_writes_private_files(tmp_path, lax_umask
     )
     assert done.returncode == 0, done.stderr
     assert _mode(out) == 0o600
+
+
+@pytest.mark.unit
+def test_making_an_open_database_private_keeps_its_connections_locks(tmp_path):
+    """Closing any descriptor of a file drops every POSIX lock the process holds on it. Opening
+    an existing database to fix its mode dropped a live connection's shared lock; another
+    process (a `casestream publish`, the gateway) then believed it was the last user, deleted
+    the WAL on close, and the suite's shared chain store became "database disk image is
+    malformed"."""
+    import sqlite3
+    import subprocess
+    import sys
+
+    from services.private_files import private_sqlite
+
+    path = tmp_path / "chain.sqlite"
+    live = sqlite3.connect(path, isolation_level=None)
+    live.execute("PRAGMA journal_mode=WAL")
+    live.execute("CREATE TABLE t (x)")
+    live.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+    private_sqlite(path)  # as a second publisher's store does when it opens the same file
+    other = (
+        "import sqlite3, sys; c = sqlite3.connect(sys.argv[1], isolation_level=None); "
+        "c.execute('INSERT INTO t VALUES (-1)'); c.close()"
+    )
+    subprocess.run([sys.executable, "-c", other, str(path)], check=True, timeout=60)
+    assert path.with_name("chain.sqlite-wal").exists()  # the live connection still uses it
+    live.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(100)])
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert check.execute("SELECT count(*) FROM t").fetchone() == (201,)
+    assert _mode(path) == 0o600
