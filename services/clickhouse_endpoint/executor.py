@@ -407,7 +407,7 @@ class Executor:
                 for entry in killed:
                     marker = sql.quote_string(entry.marker)
                     with contextlib.suppress(ClickHouseError):
-                        conn.execute(f"KILL QUERY WHERE startsWith(query, {marker}) ASYNC")
+                        conn.execute(f"KILL QUERY WHERE endsWith(query, {marker}) ASYNC")
             finally:
                 conn.close()
         rows = "".join(
@@ -614,7 +614,7 @@ class Executor:
             return Reply(outcome=inserter.finish())
 
         if not statement.returns_rows:
-            return Reply(outcome=conn.execute(entry.marker + statement.text, "TabSeparated", binds))
+            return Reply(outcome=conn.execute(statement.text + entry.marker, "TabSeparated", binds))
 
         fmt = sql.output_format(statement.text) or params.get("default_format") or "TabSeparated"
         wait = is_true(params.get("wait_end_of_query"))
@@ -626,7 +626,7 @@ class Executor:
                 return self._stream_reply(
                     conn, statement, fmt, binds, stack, _merge_arrow_streams, entry
                 )
-        outcome = _cancelled_as_394(entry, conn.execute, entry.marker + statement.text, fmt, binds)
+        outcome = _cancelled_as_394(entry, conn.execute, statement.text + entry.marker, fmt, binds)
         body = outcome.data or self._empty_result_header(conn, statement, fmt, binds)
         return Reply(format=fmt, body=body, outcome=outcome)
 
@@ -663,7 +663,7 @@ class Executor:
         transform: Callable[[Iterator[bytes]], Iterator[bytes]] | None,
         entry: RunningQuery,
     ) -> Reply:
-        stream = conn.stream(entry.marker + statement.text, fmt, binds)
+        stream = conn.stream(statement.text + entry.marker, fmt, binds)
         stack.callback(stream.close)
         chunks: Iterator[bytes] = _until_killed(transform(stream) if transform else stream, entry)
         # Pull the first block before any header is sent, so that errors which happen

@@ -37,8 +37,9 @@ class RunningQuery:
     database: str
     started: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
-    # Leads the text chDB runs, so an internal chDB KILL can find exactly this query.
-    marker: str = field(default_factory=lambda: f"/* cs-run {secrets.token_hex(16)} */ ")
+    # Ends the text chDB runs, so an internal chDB KILL can find exactly this query (at the
+    # end, on its own line, so syntax error positions still match the user's text).
+    marker: str = field(default_factory=lambda: f"\n/* cs-run {secrets.token_hex(16)} */")
 
 
 @dataclass
