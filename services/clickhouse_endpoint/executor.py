@@ -12,6 +12,7 @@ and put back when the reply is closed, so only ``SET`` statements persist in a s
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -393,10 +394,22 @@ class Executor:
     def _kill(self, user: User, query_ids: set[str], params: Mapping[str, str]) -> Reply:
         """KILL QUERY WHERE query_id = ...: cancels the user's own matching queries only.
 
-        chDB's own KILL would reach every user's queries, so it never gets the statement.
-        A streamed query stops at its next block; ``max_execution_time`` bounds the rest.
+        chDB's own KILL would reach every user's queries, so it never gets the user's statement.
+        The registry marks the entries (a streamed query stops at its next block), and an
+        internal chDB KILL matching each entry's secret marker interrupts a query that is
+        computing: measured, ``SELECT sum(number) FROM numbers(1e11)`` stops within ~40 ms,
+        whereas chDB's streaming cancel waits for the running fetch to finish (22 s).
         """
         killed = self.registry.kill(user.name, query_ids)
+        if killed:
+            conn = self.engine.connect()
+            try:
+                for entry in killed:
+                    marker = sql.quote_string(entry.marker)
+                    with contextlib.suppress(ClickHouseError):
+                        conn.execute(f"KILL QUERY WHERE endsWith(query, {marker}) ASYNC")
+            finally:
+                conn.close()
         rows = "".join(
             "\t".join(("cancel_requested", q.query_id, q.user, _tsv_escape(q.query))) + "\n"
             for q in killed
@@ -601,7 +614,7 @@ class Executor:
             return Reply(outcome=inserter.finish())
 
         if not statement.returns_rows:
-            return Reply(outcome=conn.execute(statement.text, "TabSeparated", binds))
+            return Reply(outcome=conn.execute(statement.text + entry.marker, "TabSeparated", binds))
 
         fmt = sql.output_format(statement.text) or params.get("default_format") or "TabSeparated"
         wait = is_true(params.get("wait_end_of_query"))
@@ -613,7 +626,7 @@ class Executor:
                 return self._stream_reply(
                     conn, statement, fmt, binds, stack, _merge_arrow_streams, entry
                 )
-        outcome = conn.execute(statement.text, fmt, binds)
+        outcome = _cancelled_as_394(entry, conn.execute, statement.text + entry.marker, fmt, binds)
         body = outcome.data or self._empty_result_header(conn, statement, fmt, binds)
         return Reply(format=fmt, body=body, outcome=outcome)
 
@@ -650,7 +663,7 @@ class Executor:
         transform: Callable[[Iterator[bytes]], Iterator[bytes]] | None,
         entry: RunningQuery,
     ) -> Reply:
-        stream = conn.stream(statement.text, fmt, binds)
+        stream = conn.stream(statement.text + entry.marker, fmt, binds)
         stack.callback(stream.close)
         chunks: Iterator[bytes] = _until_killed(transform(stream) if transform else stream, entry)
         # Pull the first block before any header is sent, so that errors which happen
@@ -812,6 +825,21 @@ def _until_killed(chunks: Iterator[bytes], entry: RunningQuery) -> Iterator[byte
                 394, f"Query {entry.query_id} was cancelled", "QUERY_WAS_CANCELLED"
             )
         yield chunk
+
+
+def _cancelled_as_394(entry: RunningQuery, run: Callable[..., Outcome], *args: object) -> Outcome:
+    """Runs ``run``; a query killed by its owner fails with 394 whatever chDB reported."""
+    try:
+        outcome = run(*args)
+    except ClickHouseError:
+        if entry.cancelled.is_set():
+            raise ClickHouseError(
+                394, f"Query {entry.query_id} was cancelled", "QUERY_WAS_CANCELLED"
+            ) from None
+        raise
+    if entry.cancelled.is_set():
+        raise ClickHouseError(394, f"Query {entry.query_id} was cancelled", "QUERY_WAS_CANCELLED")
+    return outcome
 
 
 def _tsv_escape(text: str) -> str:

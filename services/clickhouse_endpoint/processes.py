@@ -10,6 +10,7 @@ what ``KILL QUERY`` acts on.
 from __future__ import annotations
 
 import itertools
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -36,6 +37,9 @@ class RunningQuery:
     database: str
     started: float = field(default_factory=time.monotonic)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    # Ends the text chDB runs, so an internal chDB KILL can find exactly this query (at the
+    # end, on its own line, so syntax error positions still match the user's text).
+    marker: str = field(default_factory=lambda: f"\n/* cs-run {secrets.token_hex(16)} */")
 
 
 @dataclass

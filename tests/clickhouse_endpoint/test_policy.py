@@ -420,3 +420,31 @@ def test_show_of_users_and_grants_is_refused(ep, sql) -> None:
     refused(ep, sql, RW, 497)
     status, _, body = query(ep, sql, ANALYST)
     assert status != 200 and "password" not in body.lower()
+
+
+def test_kill_query_stops_a_non_streamed_query_mid_aggregation(ep) -> None:
+    """One piece reply (wait_end_of_query=1, FORMAT JSON): KILL interrupts the computation."""
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        params = {"query_id": "analyst-agg-1", "wait_end_of_query": "1"}
+        sql = "SELECT sum(number) FROM numbers(1e13) FORMAT JSON"
+        outcome["reply"] = query(ep, sql, ANALYST, params=params)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(300):
+            if "analyst-agg-1" in query(ep, "SELECT query_id FROM system.processes", ANALYST)[2]:
+                break
+            time.sleep(0.1)
+        status, _, body = query(ep, "KILL QUERY WHERE query_id = 'analyst-agg-1'", ANALYST2)
+        assert (status, body) == (200, "")
+        status, _, body = query(ep, "KILL QUERY WHERE query_id = 'analyst-agg-1'", ANALYST)
+        assert status == 200 and "analyst-agg-1" in body, body
+        thread.join(120)
+        assert not thread.is_alive(), "the killed query kept running"
+        status, _, body = outcome["reply"]  # type: ignore[misc]
+        assert "Code: 394" in body and "QUERY_WAS_CANCELLED" in body, (status, body[-300:])
+    finally:
+        thread.join(120)
