@@ -298,12 +298,14 @@ def test_worker_principal_cannot_delete_alter_or_administer(secure, principals):
     admin_config = secure.client_config(logger=_QUIET)
     _commit(admin_config, "casestream-ops-dlq-reader", agency_topic)  # someone else's group
     worker_config = _config(secure, principals["worker"])
-    _commit(worker_config, f"{WORKER_APP_ID}-intake", agency_topic)  # its own: allowed
+    # A group under its own prefix (not the live worker's: a worker of another test in this
+    # module may still be a member of `<app_id>-intake`, and a commit from outside the group
+    # then gets UNKNOWN_MEMBER_ID).
+    own_group = f"{WORKER_APP_ID}-acl-check"
+    _commit(worker_config, own_group, agency_topic)  # its own: allowed
     worker = AdminClient(worker_config)  # referenced until its futures are done
-    own = worker.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(f"{WORKER_APP_ID}-intake")]
-    )
-    assert next(iter(own.values())).result(timeout=30).group_id == f"{WORKER_APP_ID}-intake"
+    own = worker.list_consumer_group_offsets([ConsumerGroupTopicPartitions(own_group)])
+    assert next(iter(own.values())).result(timeout=30).group_id == own_group
 
     topic_denied = KafkaError.TOPIC_AUTHORIZATION_FAILED
     group_denied = KafkaError.GROUP_AUTHORIZATION_FAILED
@@ -361,7 +363,7 @@ def test_worker_principal_cannot_delete_alter_or_administer(secure, principals):
             group_denied,
         ),
         "delete its own group": (
-            lambda worker: worker.delete_consumer_groups([f"{WORKER_APP_ID}-intake"]),
+            lambda worker: worker.delete_consumer_groups([own_group]),
             group_denied,
         ),
         "grant itself WRITE on agency topics": (
