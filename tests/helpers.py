@@ -257,3 +257,57 @@ def start_at_the_end(settings: Settings, app_id: str) -> int:
         future = admin.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, ends)])
         future[group].result(30)
     return len(ends)
+
+
+def publish_and_derive(
+    stack, agency: str, agency_settings, worker_env: dict[str, str], database: str, tmp_path: Path
+) -> str:
+    """Publish three openings of a new tag with ``agency_settings`` (a secured broker), run a
+    worker with ``worker_env`` into ``database`` until their rows are there; its log text."""
+    from services.agency.publisher import Publisher
+
+    tag = new_tag()
+    cases = [f"{tag}:{agency}/2024/{i}" for i in range(3)]
+    opened = {"origin": "inspection", "field": "land", "subject_kind": "official"}
+    with Publisher(agency, agency_settings, outbox_path=tmp_path / "outbox.sqlite") as publisher:
+        publisher.publish_many(
+            [
+                make_event(
+                    "case_opened",
+                    agency,
+                    case,
+                    "2024-03-05T09:30:00+07:00",
+                    {**opened, "prominent": False},
+                )
+                for case in cases
+            ]
+        )
+    worker = WorkerProcess(
+        stack,
+        env={
+            **worker_env,
+            "CASESTREAM_CLICKHOUSE_DATABASE": database,
+            "CASESTREAM_WORKER_METRICS_ADDR": "off",
+        },
+    ).start()
+    try:
+        client = stack.clickhouse_client(database="default")
+
+        def rows() -> int:
+            if not client.command(f"EXISTS TABLE {database}.cases"):  # the view, created last
+                return 0
+            return client.command(
+                f"SELECT count() FROM {database}.cases WHERE case_id LIKE {{p:String}}",
+                parameters={"p": f"{tag}:%"},
+            )
+
+        wait_for(
+            lambda: rows() == len(cases) or not worker.alive(),
+            timeout=180,
+            what="the secured worker's rows",
+        )
+        assert worker.alive(), worker.log_tail()
+        assert rows() == len(cases)
+    finally:
+        worker.stop()
+    return worker.log.read_text(errors="replace")

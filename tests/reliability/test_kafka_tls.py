@@ -30,7 +30,7 @@ from services.stack import kafka_security
 from services.stack.kafka_cluster import SecureKafka
 from services.stack.kafka_tls import TlsFiles, make_authority
 from services.stack.process import free_ports
-from tests.helpers import WorkerProcess, make_event, new_tag, wait_for
+from tests.helpers import new_tag, publish_and_derive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -319,7 +319,6 @@ def test_publisher_and_worker_over_sasl_ssl_by_configuration_only(
 ):
     """The real publisher (agency principal) and the real worker (worker principal, its reduced
     ACLs) over SASL_SSL: the agency's events become rows in ClickHouse."""
-    from services.agency.publisher import Publisher
 
     tag = new_tag()
     database = f"tls_{tag}"
@@ -331,53 +330,15 @@ def test_publisher_and_worker_over_sasl_ssl_by_configuration_only(
         kafka_sasl_password=principals["agency"].password,
         kafka_ssl_ca_location=str(tls_kafka.tls.ca_cert),
     )
-    cases = [f"{tag}:{AGENCY}/2024/{i}" for i in range(3)]
-    with Publisher(AGENCY, agency_settings, outbox_path=tmp_path / "outbox.sqlite") as publisher:
-        publisher.publish_many(
-            [
-                make_event(
-                    "case_opened",
-                    AGENCY,
-                    case,
-                    "2024-03-05T09:30:00+07:00",
-                    {
-                        "origin": "inspection",
-                        "field": "land",
-                        "subject_kind": "official",
-                        "prominent": False,
-                    },
-                )
-                for case in cases
-            ]
-        )
-    worker = WorkerProcess(
+    log_text = publish_and_derive(
         stack,
-        env={
+        AGENCY,
+        agency_settings,
+        {
             **tls_kafka.client_env(principals["worker"].name, principals["worker"].password_file),
             "CASESTREAM_WORKER_APP_ID": WORKER_APP_ID,
-            "CASESTREAM_CLICKHOUSE_DATABASE": database,
-            "CASESTREAM_WORKER_METRICS_ADDR": "off",
         },
-    ).start()
-    try:
-        client = stack.clickhouse_client(database="default")
-
-        def rows() -> int:
-            if not client.command(f"EXISTS TABLE {database}.cases"):
-                return 0
-            return client.command(
-                f"SELECT count() FROM {database}.cases WHERE case_id LIKE {{p:String}}",
-                parameters={"p": f"{tag}:%"},
-            )
-
-        wait_for(
-            lambda: rows() == len(cases) or not worker.alive(),
-            timeout=180,
-            what="the TLS worker's rows",
-        )
-        assert worker.alive(), worker.log_tail()
-        assert rows() == len(cases)
-    finally:
-        worker.stop()
-    log_text = worker.log.read_text(errors="replace")
+        database,
+        tmp_path,
+    )
     assert principals["worker"].password not in log_text

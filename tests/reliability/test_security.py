@@ -60,7 +60,7 @@ from services.stack import clickhouse as clickhouse_stack
 from services.stack import kafka_security
 from services.stack.kafka_cluster import SecureKafka
 from services.stack.process import free_ports, wait_until
-from tests.helpers import REPO, WorkerProcess, make_event, new_tag, wait_for
+from tests.helpers import REPO, make_event, new_tag, publish_and_derive
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -527,55 +527,14 @@ def test_worker_runs_against_the_secured_broker_by_configuration_only(
         kafka_sasl_username=principals["agency"].name,
         kafka_sasl_password=principals["agency"].password,
     )
-    cases = [f"{tag}:{AGENCY}/2024/{i}" for i in range(3)]
-    with Publisher(AGENCY, settings, outbox_path=tmp_path / "outbox.sqlite") as publisher:
-        publisher.publish_many(
-            [
-                make_event(
-                    "case_opened",
-                    AGENCY,
-                    case,
-                    "2024-03-05T09:30:00+07:00",
-                    {
-                        "origin": "inspection",
-                        "field": "land",
-                        "subject_kind": "official",
-                        "prominent": False,
-                    },
-                )
-                for case in cases
-            ]
-        )
-    worker = WorkerProcess(
+    log_text = publish_and_derive(
         stack,
-        env={
-            **_secured_env(secure, principals["worker"]),
-            "CASESTREAM_WORKER_APP_ID": WORKER_APP_ID,
-            "CASESTREAM_CLICKHOUSE_DATABASE": database,
-            "CASESTREAM_WORKER_METRICS_ADDR": "off",
-        },
-    ).start()
-    try:
-        client = stack.clickhouse_client(database="default")
-
-        def rows() -> int:
-            if not client.command(f"EXISTS TABLE {database}.cases"):  # the view, created last
-                return 0
-            return client.command(
-                f"SELECT count() FROM {database}.cases WHERE case_id LIKE {{p:String}}",
-                parameters={"p": f"{tag}:%"},
-            )
-
-        wait_for(
-            lambda: rows() == len(cases) or not worker.alive(),
-            timeout=180,
-            what="the secured worker's rows",
-        )
-        assert worker.alive(), worker.log_tail()
-        assert rows() == len(cases)
-    finally:
-        worker.stop()
-    log_text = worker.log.read_text(errors="replace")
+        AGENCY,
+        settings,
+        {**_secured_env(secure, principals["worker"]), "CASESTREAM_WORKER_APP_ID": WORKER_APP_ID},
+        database,
+        tmp_path,
+    )
     for principal in principals.values():
         assert principal.password not in log_text
     assert secure.admin_password not in log_text
