@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from services.contracts.events import parse_event
-from services.processor.batch import StoredFacts, apply_batch
+from services.processor.batch import StoredState, apply_batch
 from services.processor.facts import Fact
 from services.serving.migrations import migrate
 from services.serving.sink import ClickHouseSink
@@ -40,7 +40,7 @@ class OwnDatabase:
         self.name = f"t_{purpose}_{uuid.uuid4().hex[:8]}"
         self.tag = tag
         self.settings = replace(stack, clickhouse_database=self.name)
-        self.state: dict[str, StoredFacts] = {}  # the worker's case-facts table
+        self.state: dict[str, StoredState] = {}  # the worker's case-facts table
         self._sink = ClickHouseSink(lambda: self.settings.clickhouse_client())
 
     def __enter__(self) -> OwnDatabase:

@@ -1,11 +1,14 @@
 """One consumed batch of re-keyed facts → updated case states and the rows to write.
 
-Pure apart from the `load` callback that reads a case's stored facts (the faust table in the
-worker, a dict in the tests), so the whole derivation can be tested with in-memory state.
+Pure apart from the `load` callback that reads a case's stored state (the worker's state store,
+a dict in the tests), so the whole derivation can be tested with in-memory state. The stored
+state is opaque bytes (`encode_state` / `decode_state`): the worker keeps it in RocksDB and its
+changelog without knowing its shape.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -15,7 +18,16 @@ from services.processor.case_state import derive_rows
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.serving.sink import RowBatch
 
-StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (the table value)
+StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (decoded state)
+StoredState = bytes  # a case's state as the store and the changelog keep it
+
+
+def encode_state(stored: StoredFacts) -> StoredState:
+    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode_state(raw: StoredState | None) -> StoredFacts:
+    return [] if raw is None else json.loads(raw)
 
 
 def fact_to_stored(fact: Fact) -> list[Any]:
@@ -34,7 +46,7 @@ def fact_to_stored(fact: Fact) -> list[Any]:
 @dataclass
 class BatchResult:
     rows: RowBatch
-    changed: dict[str, StoredFacts] = field(default_factory=dict)  # case_id → new table value
+    changed: dict[str, StoredState] = field(default_factory=dict)  # case_id → new stored state
     duplicates: int = 0
 
 
@@ -53,7 +65,7 @@ def agency_activity(facts: Iterable[Fact], now_ms: int | None = None) -> list[li
     return list(per_agency.values())
 
 
-def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]) -> BatchResult:
+def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]) -> BatchResult:
     """Add the facts to their cases' stored sets and derive every touched case's rows once.
 
     A duplicate (event_id already stored) changes no state, yet its case's rows are still
@@ -70,7 +82,7 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
         rows.add("events", event_row(fact))
         stored = touched.get(fact.case_id)
         if stored is None:
-            stored = list(load(fact.case_id) or [])
+            stored = decode_state(load(fact.case_id))
             touched[fact.case_id] = stored
             known[fact.case_id] = {f[0] for f in stored}
         if fact.event_id in known[fact.case_id]:
@@ -78,7 +90,7 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
             continue
         known[fact.case_id].add(fact.event_id)
         stored.append(fact_to_stored(fact))
-        result.changed[fact.case_id] = stored
+        result.changed[fact.case_id] = stored  # type: ignore[assignment] - encoded below
     rows.extend("agency_activity", agency_activity(facts_seen))
     for stored in touched.values():
         derived = derive_rows(Fact(*f) for f in stored)
@@ -86,4 +98,5 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredFacts | None]
         rows.extend("transfers_state", derived.transfers)
         rows.extend("appraisals_state", derived.appraisals)
         rows.extend("integrity_violations_state", derived.violations)
+    result.changed = {case_id: encode_state(stored) for case_id, stored in result.changed.items()}  # type: ignore[arg-type]
     return result

@@ -211,7 +211,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         "case-facts",
         default=None,
         partitions=settings.topic_partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
         use_partitioner=True,
     )
     changelog_topic = case_facts.changelog_topic
