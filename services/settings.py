@@ -32,6 +32,8 @@ tests keep working without any password setting.
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
 | CASESTREAM_TOPIC_REPLICATION_FACTOR | 1 | replicas of the topics the platform creates: changelog, facts, DLQ, agency topics (3 on a real cluster; 1 leaves the latter to the broker's default) |
 | CASESTREAM_WORKER_APP_ID | casestream-worker | faust app id and derive group; the intake's group is `<id>-intake` (a rebuild uses another id) |
+| CASESTREAM_WORKER_INSTANCE | 0 | this worker process's name among those of one app id on one host (its RocksDB state lives in `<home>/worker/<app_id>/<instance>`; `casestream-worker@<instance>`) |
+| CASESTREAM_WORKER_STANDBY_REPLICAS | 1 | standby copies of each partition's case state kept by the other workers of the app id (fast fail-over; 0 = none) |
 | CASESTREAM_WORKER_METRICS_ADDR | 127.0.0.1:9464 | worker Prometheus `/metrics` (host:port; `off` disables) |
 | CASESTREAM_PROBE_INTERVAL_SECONDS | 10 | the worker sends a latency probe this often (0 disables) |
 | CASESTREAM_HEALTH_MAX_LAG | 5000 | `health`: max messages behind, per consumer group |
@@ -123,6 +125,8 @@ class Settings:
     topic_replication_factor: int = 1
     # Operations (services/ops/health.py): worker metrics, latency probes, health thresholds.
     worker_metrics_addr: str = "127.0.0.1:9464"
+    worker_instance: str = "0"
+    worker_standby_replicas: int = 1
     probe_interval_seconds: float = 10.0
     health_max_lag: int = 5000
     health_max_silence_seconds: float = 172800.0
@@ -251,6 +255,8 @@ class Settings:
             worker_app_id=_env("CASESTREAM_WORKER_APP_ID", "casestream-worker"),
             topic_replication_factor=int(_env("CASESTREAM_TOPIC_REPLICATION_FACTOR", "1")),
             worker_metrics_addr=_env("CASESTREAM_WORKER_METRICS_ADDR", "127.0.0.1:9464"),
+            worker_instance=_env("CASESTREAM_WORKER_INSTANCE", "0"),
+            worker_standby_replicas=int(_env("CASESTREAM_WORKER_STANDBY_REPLICAS", "1")),
             probe_interval_seconds=float(_env("CASESTREAM_PROBE_INTERVAL_SECONDS", "10")),
             health_max_lag=int(_env("CASESTREAM_HEALTH_MAX_LAG", "5000")),
             health_max_silence_seconds=float(

@@ -1,16 +1,21 @@
-"""The ``case-facts`` table's changelog, written through librdkafka instead of faust's producer.
+"""The case-state changelog, written through librdkafka to the partition of the facts it derives.
 
-Why: in full test-suite runs the derive agent was seen blocked for minutes inside faust's
-producer (aiokafka's accumulator waits for a partition's batch to drain, up to faust's 20-minute
-producer request timeout) with facts waiting and nothing logged; with ``send_soon`` the same
-wait sat behind faust's producer buffer. librdkafka batches and retries in its own threads and
-``delivered()`` is bounded, so a stuck write becomes a restart (replay), never a silent stall.
-It is also faster: a changelog entry costs a ``produce()`` call instead of a coroutine, a future
-and a trip through aiokafka's Python accumulator (docs/benchmarks.md).
+Why librdkafka: in full test-suite runs the derive agent was seen blocked for minutes inside
+faust's producer (aiokafka's accumulator waits for a partition's batch to drain, up to faust's
+20-minute producer request timeout) with facts waiting and nothing logged. librdkafka batches
+and retries in its own threads and ``delivered()`` is bounded, so a stuck write becomes a
+restart (replay), never a silent stall.
 
-What stays faust's: the bytes (the caller serializes with the changelog topic's own codecs) and
-the partition (``murmur2_random`` is the Java/aiokafka key hash), so faust's recovery reads these
-records exactly as if it had written them.
+Why an explicit partition: a case's state must live in the changelog partition with the number
+of the facts partition it is derived from, so that faust's assignor, which hands out partition
+*p* of every topic of one partition count to the same worker, restores that state on the worker
+that derives those facts, and moves it with them on a rebalance. (faust's own changelog keyed
+the JSON-encoded case id, which murmur2 put elsewhere: several workers per app id were unsafe.)
+
+Why delivery reports for every record: the highest offset delivered per partition is the
+"persisted offset" the state store records with the state, so a restart reads only the
+changelog's tail. Records of one partition are delivered in order (idempotent producer), so the
+last report is the highest; a report costs ~1 µs, a few per envelope of hundreds of facts.
 """
 
 from __future__ import annotations
@@ -31,16 +36,14 @@ class ChangelogProducer:
         from confluent_kafka import Producer
 
         self._failed: list[str] = []
+        self._offsets: dict[int, int] = {}  # partition → highest delivered offset
         self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
         self._producer = Producer(
             settings.kafka_client_config(
                 **{
                     "enable.idempotence": True,  # acks=all; retries never duplicate or reorder
                     "linger.ms": 5,
-                    "partitioner": "murmur2_random",
-                    # Only failures come back to Python: a callback per message cost more than the
-                    # produce call itself.
-                    "delivery.report.only.error": True,
+                    "compression.type": "lz4",
                     "on_delivery": self._on_delivery,
                     "message.timeout.ms": 60_000,
                     **overrides,
@@ -48,17 +51,17 @@ class ChangelogProducer:
             )
         )
 
-    def send(self, topic: str, key: bytes, value: bytes) -> None:
-        """Queue one record; waits only while librdkafka's local queue is full."""
+    def send(self, topic: str, partition: int, key: bytes, value: bytes) -> None:
+        """Queue one record for ``partition``; waits only while librdkafka's queue is full."""
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                self._producer.produce(topic, value, key, partition=partition)
                 return
             except BufferError:
                 self._producer.poll(0.05)
 
-    async def delivered(self, timeout: float) -> None:
-        """Until Kafka acknowledged every queued record (flushed off the event loop).
+    async def delivered(self, timeout: float) -> dict[int, int]:
+        """Wait until Kafka acknowledged every queued record; the highest offset per partition.
 
         Raises TimeoutError if some are still in flight after ``timeout`` seconds and
         DeliveryFailed if Kafka refused any: the caller must not acknowledge its input then.
@@ -67,12 +70,18 @@ class ChangelogProducer:
         left = await loop.run_in_executor(None, self._producer.flush, timeout)
         with self._lock:
             failed, self._failed = self._failed, []
+            offsets, self._offsets = self._offsets, {}
         if failed:
             raise DeliveryFailed(f"{len(failed)} records not delivered: {failed[0]}")
         if left:
             raise TimeoutError(f"{left} records not acknowledged in {timeout:.0f}s")
+        return offsets
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
             with self._lock:
                 self._failed.append(f"{msg.topic()}: {err}")
+            return
+        partition, offset = msg.partition(), msg.offset()
+        if offset > self._offsets.get(partition, -1):
+            self._offsets[partition] = offset

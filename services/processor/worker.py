@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -34,22 +35,25 @@ from services.ops import probe as ops_probe  # ops: end-to-end latency probes
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
-from services.processor import restarts
+from services.processor import envelope, restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
 from services.processor.intake import Intake
 from services.processor.refetch import read_offsets
 from services.processor.stall import StallTracker
+from services.processor.state_store import PartitionStates
 from services.processor.written_offsets import WrittenOffsets
 from services.serving.sink import TABLES as SINK_TABLES
-from services.serving.sink import ClickHouseSink
-from services.settings import Settings
+from services.serving.sink import ClickHouseSink, RowBatch
+from services.settings import Settings, SettingsError
 
 log = logging.getLogger("casestream.worker")
+_INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
-BATCH_SIZE = 5000
-BATCH_WITHIN_SECONDS = 0.2  # at low traffic a batch waits this long to fill (latency)
+ENVELOPES_PER_BATCH = 20  # up to ~20,000 facts (an envelope holds up to 1,000: intake.py)
+BATCH_WITHIN_SECONDS = 0.05  # envelopes arrive filled: wait briefly for more (latency)
+CASE_STATE_TABLE = "case-state"
 DELIVERY_TIMEOUT_SECONDS = 60.0
 FETCH_MAX_WAIT_MS = 100
 STALL_CHECK_SECONDS = 15.0
@@ -176,13 +180,14 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     _shorten_faust_fetch_wait()  # latency
     _commit_only_written_facts()
     app_id = app_id or settings.worker_app_id
-    (settings.home / "worker").mkdir(parents=True, exist_ok=True)
+    worker_datadir(settings, app_id).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=settings.faust_broker_credentials(),  # SASL/SSL by config
-        store="memory://",
-        datadir=str(settings.home / "worker" / app_id),
+        store="rocksdb://",  # case state on disk (state_store.py)
+        datadir=str(worker_datadir(settings, app_id)),
+        table_standby_replicas=settings.worker_standby_replicas,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
@@ -203,19 +208,18 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         value_serializer="raw",
         partitions=settings.topic_partitions,
     )
-    # Caveat for running several workers: faust sends this table's changelog keyed by the
-    # JSON-encoded case_id (it ignores the schema's key_serializer for changelogs), so murmur2
-    # puts a case's state in another partition than its facts on facts_in (raw case_id).
-    # Harmless with one worker, which owns every partition (docs/benchmarks.md).
-    case_facts = app.Table(
-        "case-facts",
+    # The case state, one RocksDB database per facts partition (state_store.py). Its changelog
+    # is written by derive_batch to the partition of the facts the state comes from, so faust's
+    # assignor gives partition p of both topics to one worker and a rebalance moves the state
+    # with the facts; standby replicas (faust's table_standby_replicas) follow the changelog.
+    case_state = app.Table(
+        CASE_STATE_TABLE,
         default=None,
         partitions=settings.topic_partitions,
         schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
-        use_partitioner=True,
     )
-    changelog_topic = case_facts.changelog_topic
-    changelog_name = changelog_topic.get_topic_name()
+    states = PartitionStates(case_state)
+    changelog_name = case_state.changelog_topic.get_topic_name()
     changelog_out = ChangelogProducer(settings)
     sink = ClickHouseSink(
         lambda: settings.clickhouse_client(),
@@ -227,36 +231,57 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
 
     async def derive_batch(events: list) -> None:
+        """Derive a batch of envelopes, in this order (each step safe to crash after):
+
+        1. derive every partition's touched cases in memory (nothing written yet);
+        2. send the new states to the changelog, to the facts' partition, and wait for Kafka:
+           the changelog must hold them before the input is acknowledged, or a crash would
+           restore a state lacking facts whose offsets were committed;
+        3. write the new states and the changelog offset they reach to RocksDB, atomically;
+        4. write the rows to ClickHouse (idempotent: a replay writes the same rows);
+        5. mark the envelopes written, which lets faust commit their offsets.
+
+        A crash before 5 replays the envelopes: their facts are duplicates of the restored
+        state, and their cases' rows are derived and written again.
+        """
         batch_started = time.perf_counter()  # ops
         events = await _fill_holes(app, written, events, settings, app_id)
         fact_events, probes = ops_probe.split_probes(events)  # ops: probes go to `probes` only
-        facts = [Fact.from_json(event.message.value) for event in fact_events]
-        result = apply_batch(facts, case_facts.get)
-        result.rows.extend("probes", probes)  # ops: written with the batch's rows
-        for case_id, stored in result.changed.items():
-            # What `case_facts[case_id] = stored` does (faust's bytes and partitioner), through
-            # librdkafka (changelog_producer.py says why). The changelog must hold the new
-            # state before the input is acknowledged, or a crash would restore a table lacking
-            # facts whose offsets were committed. (The memory store keeps no persisted
-            # changelog offsets, so faust's on-sent callback has nothing to record.)
-            case_facts.data[case_id] = stored
-            key, _ = changelog_topic.prepare_key(case_id, None)
-            value, _ = changelog_topic.prepare_value(stored, None)
-            changelog_out.send(changelog_name, key, value)
+        by_partition: dict[int, list[Fact]] = {}
+        for event in fact_events:
+            by_partition.setdefault(event.message.partition, []).extend(
+                _facts_of(event.message.value)
+            )
+        rows = RowBatch()
+        changed: dict[int, dict[str, bytes]] = {}
+        facts: list[Fact] = []
+        for partition, partition_facts in by_partition.items():
+            result = apply_batch(partition_facts, states.getter(partition))
+            for table, table_rows in result.rows.rows.items():
+                rows.extend(table, table_rows)
+            changed[partition] = result.changed
+            facts.extend(partition_facts)
+        rows.extend("probes", probes)  # ops: written with the batch's rows
+        for partition, partition_changed in changed.items():
+            for case_id, state in partition_changed.items():
+                changelog_out.send(changelog_name, partition, case_id.encode(), state)
         try:
-            await changelog_out.delivered(DELIVERY_TIMEOUT_SECONDS)
+            offsets = await changelog_out.delivered(DELIVERY_TIMEOUT_SECONDS)
         except (TimeoutError, DeliveryFailed) as exc:
-            _restart(f"case-facts changelog not delivered ({exc})")
+            _restart(f"case-state changelog not delivered ({exc})")
+        for partition, partition_changed in changed.items():
+            if partition_changed:
+                states.commit(partition, partition_changed, offsets[partition])
         started = time.perf_counter()
-        await asyncio.get_running_loop().run_in_executor(None, sink.write, result.rows)
-        log.debug("wrote %d rows in %.3fs", len(result.rows), time.perf_counter() - started)
+        await asyncio.get_running_loop().run_in_executor(None, sink.write, rows)
+        log.debug("wrote %d rows in %.3fs", len(rows), time.perf_counter() - started)
         _note_written(written, events)
         metrics.written(facts, probes, time.perf_counter() - started)  # ops
-        metrics.batch("derive", len(events), time.perf_counter() - batch_started)  # ops
+        metrics.batch("derive", len(facts), time.perf_counter() - batch_started)  # ops
 
     @app.agent(facts_in)
     async def derive(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_SECONDS):
+        async for events in stream.take_events(ENVELOPES_PER_BATCH, within=BATCH_WITHIN_SECONDS):
             await _finish_or_die(derive_batch(events))
 
     if settings.probe_interval_seconds > 0:  # ops: continuous end-to-end latency probes
@@ -310,6 +335,25 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             loop.add_signal_handler(sig, _leave_now)
 
     return app
+
+
+def _facts_of(raw: bytes) -> list[Fact]:
+    """The facts of one message of the facts topic: an envelope, or one fact as older workers'
+    intakes sent them (read during an upgrade, until their messages are consumed)."""
+    if envelope.is_envelope(raw):
+        return envelope.decode(raw)
+    return [Fact.from_json(raw)]
+
+
+def worker_datadir(settings: Settings, app_id: str) -> Path:
+    """A worker instance's own state directory: RocksDB allows one process per database."""
+    instance = settings.worker_instance
+    if not _INSTANCE_NAME.fullmatch(instance) or instance in (".", ".."):
+        raise SettingsError(
+            f"CASESTREAM_WORKER_INSTANCE={instance!r} is not a plain name (letters, digits, "
+            "'.', '_', '-'; it names the worker's state directory)"
+        )
+    return settings.home / "worker" / app_id / instance
 
 
 async def _finish_or_die(batch: Awaitable[None]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from datetime import date
 
@@ -47,6 +48,24 @@ def _case_events(tag: str, n: int, start_day: int = 1) -> list[dict]:
 def _publish(settings, events: list[dict]) -> None:
     with Publisher(None, settings) as operator:
         operator.publish_many(events)
+
+
+def _publish_in_waves(
+    settings, events: list[dict], *, waves: int, pause: float
+) -> threading.Thread:
+    """Publish `events` in `waves` slices, `pause` seconds apart, on a thread (returned)."""
+    size = -(-len(events) // waves)
+
+    def publish() -> None:
+        with Publisher(None, settings) as operator:
+            for start in range(0, len(events), size):
+                operator.publish_many(events[start : start + size])
+                operator.flush()
+                time.sleep(pause)
+
+    thread = threading.Thread(target=publish, name="publish-in-waves", daemon=True)
+    thread.start()
+    return thread
 
 
 def test_receipt_before_its_transfer_yields_one_correct_row(stack, worker, ch):
@@ -281,10 +300,15 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
     try:
         crashy = isolated_worker("crashy").start()
         workers.append(crashy)
-        _publish(stack, events)
+        # A batch of envelopes derives thousands of facts at once: published in one go, the
+        # whole history could be written before the kill. Published in waves, the kill lands
+        # while facts are still arriving.
+        publishing = _publish_in_waves(stack, events, waves=10, pause=2.0)
         wait_for(lambda: crashy_rows() > 0, timeout=180, what="the first rows")
         assert crashy_rows() < len(events), "too late to crash mid-stream"
         crashy.kill()  # SIGKILL mid-stream
+        publishing.join(timeout=300)
+        assert not publishing.is_alive(), "publishing the waves did not finish"
         crashy = isolated_worker("crashy").start()
         workers.append(crashy)
         _caught_up(stack, crashy, f"crashy-{tag}")

@@ -8,9 +8,16 @@ import pytest
 
 from services.ops.probe import PROBE_KEY_PREFIX
 from services.ops.topics import DLQ_TOPIC, PROBE_TOPIC, facts_topic
+from services.processor import envelope
 from services.processor.facts import Fact
 from services.processor.ingest import RegistryUnavailable, Rejected
-from services.processor.intake import SUBSCRIPTION, Intake, intake_group
+from services.processor.intake import (
+    ENVELOPE_MAX_BYTES,
+    SUBSCRIPTION,
+    Intake,
+    envelopes,
+    intake_group,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -78,9 +85,11 @@ class FakeProducer:
     fail: set[str] = field(default_factory=set)
     sent: list[tuple] = field(default_factory=list)
     pending: list[tuple] = field(default_factory=list)
+    partitions: list[int | None] = field(default_factory=list)
 
-    def produce(self, topic, key, value, headers, on_delivery):
+    def produce(self, topic, key, value, headers, on_delivery, partition=None):
         self.pending.append((topic, key, value, headers, on_delivery))
+        self.partitions.append(partition)
 
     def poll(self, timeout):
         return 0
@@ -134,6 +143,7 @@ def make(consumer=None, producer=None, metrics=None):
         FakeIngestor(),
         metrics,
         facts=FACTS_TOPIC,
+        facts_partitions=PARTITIONS,
         sleep=sleeps.append,
         topic_partition=lambda t, p, o: (t, p, o),
     )
@@ -142,22 +152,50 @@ def make(consumer=None, producer=None, metrics=None):
 
 TOPIC = "agency.20-INSP.events"
 FACTS_TOPIC = facts_topic("w1")
+PARTITIONS = 4
 
 
-def test_valid_events_are_rekeyed_by_case_and_offsets_committed_past_the_batch():
+def test_valid_events_travel_in_one_envelope_per_case_partition_and_offsets_are_committed():
     consumer, producer, metrics = FakeConsumer(), FakeProducer(), Recorder()
     intake, _ = make(consumer, producer, metrics)
-    assert intake.handle(
-        [Msg(TOPIC, 0, 7, b"ok:C1"), Msg(TOPIC, 0, 8, b"ok:C2"), Msg(TOPIC, 3, 2, b"ok:C1")]
+    cases = ["C1", "C2", "C1", "C7", "C9"]
+    messages = [Msg(TOPIC, 0, 7, b"ok:C1"), Msg(TOPIC, 0, 8, b"ok:C2"), Msg(TOPIC, 3, 2, b"ok:C1")]
+    messages += [Msg(TOPIC, 3, 3, b"ok:C7"), Msg(TOPIC, 3, 4, b"ok:C9")]
+    assert intake.handle(messages)
+    expected: dict[int, list[str]] = {}
+    for case in cases:
+        expected.setdefault(envelope.partition_for(case, PARTITIONS), []).append(case)
+    assert len(expected) > 1, "the cases must hash to several partitions for this test"
+    assert producer.partitions == list(expected)
+    assert all(t == FACTS_TOPIC and k is None for t, k, *_ in producer.sent)
+    assert [[f.case_id for f in envelope.decode(v)] for _, _, v, _ in producer.sent] == list(
+        expected.values()
     )
-    assert [(t, k) for t, k, *_ in producer.sent] == [
-        (FACTS_TOPIC, b"C1"),
-        (FACTS_TOPIC, b"C2"),
-        (FACTS_TOPIC, b"C1"),
+    assert consumer.commits == [[(TOPIC, 0, 9), (TOPIC, 3, 5)]]
+    assert metrics.calls == [("accepted", "20-INSP")] * 5 + [("batch", "ingest", 5)]
+
+
+def test_a_large_batch_is_split_into_envelopes_within_kafkas_message_size():
+    facts = [
+        Fact(f"e{i}", "case_opened", "C1", "20-INSP", 0, 420, None, {"note": "x" * 2000})
+        for i in range(1200)
     ]
-    assert Fact.from_json(producer.sent[1][2]).case_id == "C2"
-    assert consumer.commits == [[(TOPIC, 0, 9), (TOPIC, 3, 3)]]
-    assert metrics.calls == [("accepted", "20-INSP")] * 3 + [("batch", "ingest", 3)]
+    bodies = envelopes(facts)
+    assert len(bodies) > 2
+    assert all(len(body) <= ENVELOPE_MAX_BYTES for body in bodies)
+    assert [f.event_id for body in bodies for f in envelope.decode(body)] == [
+        f.event_id for f in facts
+    ]
+
+
+def test_the_old_one_fact_per_message_layout_is_not_produced_any_more():
+    consumer, producer = FakeConsumer(), FakeProducer()
+    intake, _ = make(consumer, producer)
+    assert intake.handle([Msg(TOPIC, 0, 7, b"ok:C1")])
+    ((_, _, value, _),) = producer.sent
+    assert envelope.is_envelope(value)
+    with pytest.raises(ValueError):
+        Fact.from_json(value)
 
 
 def test_a_rejected_event_goes_to_the_dlq_with_its_bytes_reason_and_origin():
