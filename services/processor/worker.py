@@ -230,6 +230,8 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     app.casestream_written = (facts_in.get_topic_name(), written)  # read by the commit patch
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
 
+    deriving: set = set()
+
     async def derive_batch(events: list) -> None:
         """Derive a batch of envelopes, in this order (each step safe to crash after):
 
@@ -248,6 +250,9 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         events = await _fill_holes(app, written, events, settings, app_id)
         fact_events, probes = ops_probe.split_probes(events)  # ops: probes go to `probes` only
         by_partition: dict[int, list[Fact]] = {}
+        for tp in {event.message.tp for event in events} - deriving:
+            deriving.add(tp)  # said once per partition and process: who derives what
+            log.info("deriving %s[%d]", tp.topic, tp.partition)
         for event in fact_events:
             by_partition.setdefault(event.message.partition, []).extend(
                 _facts_of(event.message.value)

@@ -529,3 +529,15 @@ def test_production_refuses_plain_http_clickhouse_to_another_host(production):
         Settings.from_env()
     production.setenv("CASESTREAM_CLICKHOUSE_URL", "https://clickhouse.internal:8443")
     assert Settings.from_env().production
+
+
+@pytest.mark.unit
+def test_the_worker_unit_is_a_template_that_gives_each_instance_its_own_state():
+    """N workers per app id on one host need N state directories (RocksDB locks one per process)
+    and N metrics ports: the instance name sets the first, an optional per-instance file the
+    second."""
+    (unit,) = [u for u in UNITS if u.name.startswith("casestream-worker")]
+    assert unit.name == "casestream-worker@.service"
+    service = parse_unit(unit)["Service"]
+    assert "CASESTREAM_WORKER_INSTANCE=%i" in service["Environment"]
+    assert "-/etc/casestream/casestream-worker-%i.env" in service["EnvironmentFile"]
