@@ -150,12 +150,10 @@ def test_two_and_three_workers_on_one_app_id_give_the_tables_of_one_worker(stack
                 timeout=180,
                 what=f"every event in the {name} group's tables",
             )
-        # The work was shared: every instance of the pair derived facts partitions, and more
-        # than one instance of the trio did (faust's assignor may keep a joiner as a standby).
+        # The work was shared: every instance derived some of the 4 facts partitions (seen:
+        # duo {2, 3} / {0, 1}; trio {2, 3} / {1} / {0}).
         deriving = {w.name: _derived_partitions(w) for w in everyone}
-        print("facts partitions derived per instance:", deriving)
-        assert all(deriving[w.name] for w in groups["duo"]), deriving
-        assert sum(1 for w in groups["trio"] if deriving[w.name]) >= 2, deriving
+        assert all(deriving[w.name] for w in groups["duo"] + groups["trio"]), deriving
         _no_watchdog_restarts(everyone)
     finally:
         for worker in everyone:
