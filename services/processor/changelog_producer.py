@@ -33,12 +33,24 @@ class DeliveryFailed(RuntimeError):
 
 class ChangelogProducer:
     def __init__(self, settings: Settings, **overrides: Any) -> None:
-        from confluent_kafka import Producer
-
         self._failed: list[str] = []
         self._offsets: dict[int, int] = {}  # partition → highest delivered offset
         self._lock = threading.Lock()  # delivery reports arrive on the flushing thread
-        self._producer = Producer(
+        self._settings = settings
+        self._overrides = overrides
+        self._client: Any = None
+
+    @property
+    def _producer(self) -> Any:
+        """Created on first use: building the app (and its unit tests) connects to nothing."""
+        if self._client is None:
+            self._client = self._new_producer(self._settings, self._overrides)
+        return self._client
+
+    def _new_producer(self, settings: Settings, overrides: dict[str, Any]) -> Any:
+        from confluent_kafka import Producer
+
+        return Producer(
             settings.kafka_client_config(
                 **{
                     "enable.idempotence": True,  # acks=all; retries never duplicate or reorder

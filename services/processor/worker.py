@@ -212,11 +212,15 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     # is written by derive_batch to the partition of the facts the state comes from, so faust's
     # assignor gives partition p of both topics to one worker and a rebalance moves the state
     # with the facts; standby replicas (faust's table_standby_replicas) follow the changelog.
+    # key_type/value_type bytes: faust decodes the changelog in recovery with serializers taken
+    # from these types, not from a schema (with the default, JSON, recovery failed on the first
+    # case id that is not a JSON literal, and the worker stalled).
     case_state = app.Table(
         CASE_STATE_TABLE,
         default=None,
         partitions=settings.topic_partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="raw"),
+        key_type=bytes,
+        value_type=bytes,
     )
     states = PartitionStates(case_state)
     changelog_name = case_state.changelog_topic.get_topic_name()
