@@ -46,6 +46,7 @@ from functools import lru_cache
 
 from services.contracts.reference import current_province
 from services.processor.facts import Fact, agency_type_of, province_of
+from services.processor.transfer_lag import by_event_time
 
 CENTRAL_PROVINCE = "00"
 STEERING_COMMITTEE = "SC"
@@ -130,11 +131,26 @@ def _when(ms: int) -> str:
 
 def judge(facts: Iterable[Fact]) -> Verdict:
     """Which of a case's facts count, and which break a rule (with the rule and why)."""
-    unique = {f.event_id: f for f in facts}.values()
+    unique = {f.event_id: f for f in facts}
+    case_id = next(iter(unique.values())).case_id if unique else ""
+    return judge_ordered(sorted(unique.values(), key=by_event_time), case_id)
+
+
+def judge_ordered(ordered: list[Fact], case_id: str) -> Verdict:
+    """`judge` of distinct facts of the case `case_id` already in event-time order
+    (`by_event_time`): derive_rows sorts a case's facts once and hands them here. `admitted`
+    comes back in that order."""
     transfers: dict[str, Fact] = {}  # transfer_id → its earliest case_transferred
-    for fact in sorted(unique, key=lambda f: f.order_key):
-        if fact.event_type == "case_transferred":
+    openings: list[Fact] = []  # in event-time order
+    receipts = False
+    for fact in ordered:
+        kind = fact.event_type
+        if kind == "case_transferred":
             transfers.setdefault(fact.payload.get("transfer_id") or "", fact)
+        elif kind == "case_opened":
+            openings.append(fact)
+        elif kind in RECEIPTS:
+            receipts = True
 
     def order(fact: Fact) -> tuple[int, int, str]:
         # A receipt is judged after its transfer even if its clock says earlier.
@@ -143,15 +159,14 @@ def judge(facts: Iterable[Fact]) -> Verdict:
             return (max(fact.occurred_ms, sent.occurred_ms), 1, fact.event_id)
         return (fact.occurred_ms, 0, fact.event_id)
 
-    case_id = next(iter(unique)).case_id if unique else ""
+    # Without a receipt of a known transfer, the judging order is the event-time order.
+    judged = sorted(ordered, key=order) if receipts and transfers else ordered
     owner = case_owner(case_id)
-    openings = sorted(
-        (f for f in unique if f.event_type == "case_opened"), key=lambda f: f.order_key
-    )
     opening = next(
         (f for f in openings if owner is None or same_office(f.agency_id, owner, f.occurred_ms)),
         None,
     )
+    opened_at = opening.occurred_ms if opening is not None else None
     opener: Fact | None = None
     holders: set[str] = set()
     admitted_transfers: set[str] = set()
@@ -162,18 +177,18 @@ def judge(facts: Iterable[Fact]) -> Verdict:
         known = holders or ({owner} if owner else set())
         if not known:
             return None  # nobody known to hold the case yet: cannot be judged
-        return any(same_office(agency, h, at_ms) for h in known)
+        return agency in known or any(same_office(agency, h, at_ms) for h in known)
 
     def refuse(fact: Fact, rule: str, detail: str) -> None:
         violations.append(Violation(fact, rule, detail))
 
-    for fact in sorted(unique, key=order):
+    for fact in judged:
         kind, agency, at = fact.event_type, fact.agency_id, fact.occurred_ms
-        if kind != "case_opened" and opening is not None and at < opening.occurred_ms:
+        if kind != "case_opened" and opened_at is not None and at < opened_at:
             refuse(
                 fact,
                 BEFORE_THE_OPENING,
-                f"dated {_when(at)}, before the case was opened at {_when(opening.occurred_ms)}",
+                f"dated {_when(at)}, before the case was opened at {_when(opened_at)}",
             )
             continue
         if kind == "case_opened":
@@ -247,5 +262,6 @@ def judge(facts: Iterable[Fact]) -> Verdict:
             if kind == "case_transferred":
                 admitted_transfers.add(fact.payload.get("transfer_id") or "")
         admitted.append(fact)
-    admitted.sort(key=lambda f: f.order_key)
+    if judged is not ordered:
+        admitted.sort(key=by_event_time)
     return Verdict(admitted, violations)

@@ -4,43 +4,54 @@ Pure apart from the `load` callback that reads a case's stored state (the worker
 a dict in the tests), so the whole derivation can be tested with in-memory state. The stored
 state is opaque bytes (`encode_state` / `decode_state`): the worker keeps it in RocksDB and its
 changelog without knowing its shape.
+
+The state of a case is the set of its facts, as `STATE_MAGIC` + msgpack of `Fact` arrays,
+decoded straight into `Fact`s. The first format, JSON lists of the fact fields, is still read
+(a worker upgraded over an old changelog finds it there) and is still written for a case whose
+payload holds an integer msgpack cannot carry (beyond 64 bits).
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.processor.case_state import derive_rows
+import msgspec
+
+from services.processor.case_state import derive_distinct
+from services.processor.envelope import json_body
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.serving.sink import RowBatch
 
-StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (decoded state)
 StoredState = bytes  # a case's state as the store and the changelog keep it
 
+#: First bytes of a stored state in the msgpack format (a JSON state begins with `[`).
+STATE_MAGIC = b"CSS1"
 
-def encode_state(stored: StoredFacts) -> StoredState:
-    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode()
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[Fact]).decode
+_unpack_json = msgspec.json.Decoder(list[Fact]).decode
 
 
-def decode_state(raw: StoredState | None) -> StoredFacts:
-    return [] if raw is None else json.loads(raw)
+def encode_state(facts: Sequence[Fact]) -> StoredState:
+    """A case's facts as stored state bytes."""
+    try:
+        return STATE_MAGIC + _pack(facts)
+    except OverflowError:  # an integer msgpack cannot carry: the JSON lists of before
+        return json_body(facts)
 
 
-def fact_to_stored(fact: Fact) -> list[Any]:
-    return [
-        fact.event_id,
-        fact.event_type,
-        fact.case_id,
-        fact.agency_id,
-        fact.occurred_ms,
-        fact.utc_offset_minutes,
-        fact.sequence,
-        fact.payload,
-    ]
+def decode_state(raw: StoredState | None) -> list[Fact]:
+    """The facts of a stored state, in either format (an absent state: no facts)."""
+    if raw is None:
+        return []
+    if raw[:4] == STATE_MAGIC:
+        return _unpack(memoryview(raw)[4:])
+    if raw[:1] == b"[":
+        return _unpack_json(raw)
+    raise ValueError(f"not a stored case state (it begins with {bytes(raw[:8])!r})")
 
 
 @dataclass
@@ -55,11 +66,15 @@ def agency_activity(facts: Iterable[Fact], now_ms: int | None = None) -> list[li
     now = ms_to_datetime(now_ms if now_ms is not None else int(time.time() * 1000))
     per_agency: dict[str, list[Any]] = {}
     for fact in facts:
-        entry = per_agency.setdefault(fact.agency_id, [fact.agency_id, 0, 0, None, now])
+        entry = per_agency.get(fact.agency_id)
+        if entry is None:
+            entry = per_agency[fact.agency_id] = [fact.agency_id, 0, 0, None, now]
         entry[1] += 1
-        entry[2] = max(entry[2], fact.occurred_ms)
-        if fact.sequence is not None:
-            entry[3] = fact.sequence if entry[3] is None else max(entry[3], fact.sequence)
+        if fact.occurred_ms > entry[2]:
+            entry[2] = fact.occurred_ms
+        sequence = fact.sequence
+        if sequence is not None and (entry[3] is None or sequence > entry[3]):
+            entry[3] = sequence
     for entry in per_agency.values():
         entry[2] = ms_to_datetime(entry[2])
     return list(per_agency.values())
@@ -72,31 +87,38 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]
     derived and written: after a crash between the state update and the ClickHouse write, the
     replayed batch must still produce the rows.
     """
+    batch = facts if isinstance(facts, list) else list(facts)
     rows = RowBatch()
-    facts_seen: list[Fact] = []
-    touched: dict[str, StoredFacts] = {}
-    known: dict[str, set[str]] = {}
     result = BatchResult(rows)
-    for fact in facts:
-        facts_seen.append(fact)
-        rows.add("events", event_row(fact))
-        stored = touched.get(fact.case_id)
+    rows.extend("events", [event_row(fact) for fact in batch])
+    touched: dict[str, list[Fact]] = {}
+    known: dict[str, set[str]] = {}
+    changed: dict[str, list[Fact]] = {}
+    for fact in batch:
+        case_id = fact.case_id
+        stored = touched.get(case_id)
         if stored is None:
-            stored = decode_state(load(fact.case_id))
-            touched[fact.case_id] = stored
-            known[fact.case_id] = {f[0] for f in stored}
-        if fact.event_id in known[fact.case_id]:
+            stored = touched[case_id] = decode_state(load(case_id))
+            ids = known[case_id] = {f.event_id for f in stored}
+        else:
+            ids = known[case_id]
+        if fact.event_id in ids:
             result.duplicates += 1
             continue
-        known[fact.case_id].add(fact.event_id)
-        stored.append(fact_to_stored(fact))
-        result.changed[fact.case_id] = stored  # type: ignore[assignment] - encoded below
-    rows.extend("agency_activity", agency_activity(facts_seen))
+        ids.add(fact.event_id)
+        stored.append(fact)
+        changed[case_id] = stored
+    rows.extend("agency_activity", agency_activity(batch))
+    cases, transfers, appraisals, violations = [], [], [], []
     for stored in touched.values():
-        derived = derive_rows(Fact(*f) for f in stored)
-        rows.add("cases_state", derived.case)
-        rows.extend("transfers_state", derived.transfers)
-        rows.extend("appraisals_state", derived.appraisals)
-        rows.extend("integrity_violations_state", derived.violations)
-    result.changed = {case_id: encode_state(stored) for case_id, stored in result.changed.items()}  # type: ignore[arg-type]
+        derived = derive_distinct(stored)
+        cases.append(derived.case)
+        transfers += derived.transfers
+        appraisals += derived.appraisals
+        violations += derived.violations
+    rows.extend("cases_state", cases)
+    rows.extend("transfers_state", transfers)
+    rows.extend("appraisals_state", appraisals)
+    rows.extend("integrity_violations_state", violations)
+    result.changed = {case_id: encode_state(stored) for case_id, stored in changed.items()}
     return result

@@ -14,12 +14,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.processor.authority import Violation, judge
+from services.processor.authority import Violation, judge_ordered
 from services.processor.facts import Fact, ms_to_datetime, province_of
 from services.processor.transfer_lag import (
+    Transfer,
     appraisal_row,
-    pair_appraisals,
-    pair_transfers,
+    by_event_time,
+    pair_appraisals_ordered,
+    pair_transfers_ordered,
     transfer_row,
 )
 
@@ -88,9 +90,14 @@ class CaseState:
 
 def fold(facts: Iterable[Fact]) -> CaseState:
     """The case's state after all its facts, applied in event-time order."""
-    ordered = sorted({f.event_id: f for f in facts}.values(), key=lambda f: f.order_key)
+    ordered = sorted({f.event_id: f for f in facts}.values(), key=by_event_time)
     if not ordered:
         raise ValueError("a case state needs at least one fact")
+    return _fold_ordered(ordered, pair_transfers_ordered(ordered))
+
+
+def _fold_ordered(ordered: list[Fact], transfers: dict[str, Transfer]) -> CaseState:
+    """`fold` of distinct facts in event-time order, given their paired transfers."""
     state = CaseState(case_id=ordered[0].case_id)
     senders: dict[str, str] = {}  # transfer_id -> agency that sent it (its earliest send)
     for fact in ordered:
@@ -100,7 +107,6 @@ def fold(facts: Iterable[Fact]) -> CaseState:
     for fact in ordered:
         _apply(state, fact, senders, received)
     state.event_count = len(ordered)
-    transfers = pair_transfers(ordered)
     state.transfers_sent = sum(1 for t in transfers.values() if t.sent_ms is not None)
     state.transfers_in_flight = sum(
         1 for t in transfers.values() if t.sent_ms is not None and t.status == "pending"
@@ -240,19 +246,28 @@ def derive_rows(facts: Iterable[Fact]) -> CaseRows:
     whether or not it is admitted, and the latest derivation always wins.
     """
     unique = list({f.event_id: f for f in facts}.values())
+    return derive_distinct(unique)
+
+
+def derive_distinct(unique: list[Fact]) -> CaseRows:
+    """`derive_rows` of facts with distinct event ids (a case's stored set), in any order.
+
+    The facts are sorted by event time once; the rules, the fold and the pairing all walk that
+    order (each of them used to sort the set again).
+    """
     version = len(unique)
-    verdict = judge(unique)
+    ordered = sorted(unique, key=by_event_time)
+    verdict = judge_ordered(ordered, unique[0].case_id)
     admitted = verdict.admitted
+    transfers = pair_transfers_ordered(admitted)
     if admitted:
-        state = fold(admitted)
+        state = _fold_ordered(admitted, transfers)
     else:  # every fact of the case breaks a rule: a case row that claims nothing
         state = CaseState(case_id=unique[0].case_id, status="")
         state.last_event_ms = max(f.occurred_ms for f in unique)
-    transfers = [
-        row
-        for t in pair_transfers(admitted).values()
-        if (row := transfer_row(t, version)) is not None
+    transfer_rows = [
+        row for t in transfers.values() if (row := transfer_row(t, version)) is not None
     ]
-    appraisals = [appraisal_row(a, version) for a in pair_appraisals(admitted).values()]
+    appraisals = [appraisal_row(a, version) for a in pair_appraisals_ordered(admitted).values()]
     violations = [violation_row(v, version) for v in verdict.violations]
-    return CaseRows(case_row(state, version), transfers, appraisals, violations)
+    return CaseRows(case_row(state, version), transfer_rows, appraisals, violations)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from services.processor.facts import Fact, agency_type_of, ms_to_datetime, province_of
 
@@ -68,34 +69,58 @@ class Appraisal:
         return lag_hours(self.requested_ms, self.completed_ms)
 
 
+#: A fact's place in its case's event-time order (`Fact.order_key`, without the property call).
+by_event_time = attrgetter("occurred_ms", "event_id")
+
+TRANSFER_EVENTS = frozenset({"case_transferred", "transfer_received", "transfer_returned"})
+APPRAISAL_EVENTS = frozenset({"appraisal_requested", "appraisal_completed"})
+
+
 def pair_transfers(facts: Iterable[Fact]) -> dict[str, Transfer]:
     """Transfers by id from a case's facts (sorted by event time, so the first receipt counts)."""
+    return pair_transfers_ordered(sorted(facts, key=by_event_time))
+
+
+def pair_transfers_ordered(ordered: Iterable[Fact]) -> dict[str, Transfer]:
+    """`pair_transfers` of facts already in event-time order (the fold sorts them once)."""
     transfers: dict[str, Transfer] = {}
-    for fact in sorted(facts, key=lambda f: f.order_key):
-        if fact.event_type not in ("case_transferred", "transfer_received", "transfer_returned"):
+    for fact in ordered:
+        kind = fact.event_type
+        if kind not in TRANSFER_EVENTS:
             continue
         tid = fact.payload["transfer_id"]
-        t = transfers.setdefault(tid, Transfer(transfer_id=tid, case_id=fact.case_id))
-        if fact.event_type == "case_transferred" and t.sent_ms is None:
-            t.from_agency_id = fact.agency_id
-            t.to_agency_id = fact.payload["to_agency_id"]
-            t.reason = fact.payload.get("reason") or ""
-            t.sent_ms = fact.occurred_ms
-        elif fact.event_type == "transfer_received" and t.received_ms is None:
-            t.received_ms = fact.occurred_ms
-        elif fact.event_type == "transfer_returned" and t.returned_ms is None:
+        t = transfers.get(tid)
+        if t is None:
+            t = transfers[tid] = Transfer(transfer_id=tid, case_id=fact.case_id)
+        if kind == "case_transferred":
+            if t.sent_ms is None:
+                t.from_agency_id = fact.agency_id
+                t.to_agency_id = fact.payload["to_agency_id"]
+                t.reason = fact.payload.get("reason") or ""
+                t.sent_ms = fact.occurred_ms
+        elif kind == "transfer_received":
+            if t.received_ms is None:
+                t.received_ms = fact.occurred_ms
+        elif t.returned_ms is None:
             t.returned_ms = fact.occurred_ms
             t.return_reason = fact.payload.get("reason")
     return transfers
 
 
 def pair_appraisals(facts: Iterable[Fact]) -> dict[str, Appraisal]:
+    return pair_appraisals_ordered(sorted(facts, key=by_event_time))
+
+
+def pair_appraisals_ordered(ordered: Iterable[Fact]) -> dict[str, Appraisal]:
+    """`pair_appraisals` of facts already in event-time order."""
     appraisals: dict[str, Appraisal] = {}
-    for fact in sorted(facts, key=lambda f: f.order_key):
-        if fact.event_type not in ("appraisal_requested", "appraisal_completed"):
+    for fact in ordered:
+        if fact.event_type not in APPRAISAL_EVENTS:
             continue
         aid = fact.payload["appraisal_id"]
-        a = appraisals.setdefault(aid, Appraisal(appraisal_id=aid, case_id=fact.case_id))
+        a = appraisals.get(aid)
+        if a is None:
+            a = appraisals[aid] = Appraisal(appraisal_id=aid, case_id=fact.case_id)
         a.kind = a.kind or fact.payload.get("kind") or ""
         if fact.event_type == "appraisal_requested" and a.requested_ms is None:
             a.requested_ms = fact.occurred_ms
