@@ -9,8 +9,9 @@ way. Pure functions: the worker, the tests and the rollup cross-checks all use t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from operator import attrgetter
+
+import msgspec
 
 from services.processor.facts import Fact, agency_type_of, ms_to_datetime, province_of
 
@@ -24,8 +25,7 @@ def lag_hours(start_ms: int | None, end_ms: int | None) -> float | None:
     return (end_ms - start_ms) / MS_PER_HOUR
 
 
-@dataclass
-class Transfer:
+class Transfer(msgspec.Struct, gc=False):
     transfer_id: str
     case_id: str
     from_agency_id: str = ""
@@ -51,8 +51,7 @@ class Transfer:
         return lag_hours(self.sent_ms, self.received_ms)
 
 
-@dataclass
-class Appraisal:
+class Appraisal(msgspec.Struct, gc=False):
     appraisal_id: str
     case_id: str
     agency_id: str = ""
@@ -81,9 +80,13 @@ def pair_transfers(facts: Iterable[Fact]) -> dict[str, Transfer]:
     return pair_transfers_ordered(sorted(facts, key=by_event_time))
 
 
-def pair_transfers_ordered(ordered: Iterable[Fact]) -> dict[str, Transfer]:
-    """`pair_transfers` of facts already in event-time order (the fold sorts them once)."""
-    transfers: dict[str, Transfer] = {}
+def pair_transfers_ordered(
+    ordered: Iterable[Fact], transfers: dict[str, Transfer] | None = None
+) -> dict[str, Transfer]:
+    """`pair_transfers` of facts already in event-time order (the fold sorts them once); given
+    `transfers` paired from earlier facts, it goes on with those (and returns them)."""
+    if transfers is None:
+        transfers = {}
     for fact in ordered:
         kind = fact.event_type
         if kind not in TRANSFER_EVENTS:
@@ -111,9 +114,12 @@ def pair_appraisals(facts: Iterable[Fact]) -> dict[str, Appraisal]:
     return pair_appraisals_ordered(sorted(facts, key=by_event_time))
 
 
-def pair_appraisals_ordered(ordered: Iterable[Fact]) -> dict[str, Appraisal]:
-    """`pair_appraisals` of facts already in event-time order."""
-    appraisals: dict[str, Appraisal] = {}
+def pair_appraisals_ordered(
+    ordered: Iterable[Fact], appraisals: dict[str, Appraisal] | None = None
+) -> dict[str, Appraisal]:
+    """`pair_appraisals` of facts already in event-time order (going on with `appraisals`)."""
+    if appraisals is None:
+        appraisals = {}
     for fact in ordered:
         if fact.event_type not in APPRAISAL_EVENTS:
             continue
