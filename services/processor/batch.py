@@ -21,6 +21,7 @@ bytes are the same set of facts, so the rows are the same either way.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import OrderedDict
@@ -151,7 +152,23 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]
     A duplicate (event_id already stored) changes no state, yet its case's rows are still
     derived and written: after a crash between the state update and the ClickHouse write, the
     replayed batch must still produce the rows.
+
+    The cyclic garbage collector is paused for the batch: the batch builds tens of thousands of
+    rows that all live until it returns, and each of the collections they would trigger walks
+    every tracked object of the process (the kept derivations too). It creates no reference
+    cycles, so nothing is left for the collector; its next run comes after the batch. Measured
+    with `benchmarks.derive_micro --events 100000 --batch 5000`: 34-37 → 27-30 µs per fact.
     """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _apply_batch(facts, load)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]) -> BatchResult:
     batch = facts if isinstance(facts, list) else list(facts)
     rows = RowBatch()
     result = BatchResult(rows)

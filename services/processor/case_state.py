@@ -287,6 +287,8 @@ class CaseDerivation:
         "transfers",
         "appraisals",
         "violations",
+        "transfer_rows",
+        "moved",
     )
 
     def __init__(self, unique: list[Fact]) -> None:
@@ -309,6 +311,10 @@ class CaseDerivation:
         self.state = CaseState(case_id=admitted[0].case_id if admitted else case_id)
         self.transfers: dict[str, Transfer] = {}
         self.appraisals: dict[str, Appraisal] = {}
+        # transfer_id → its last row without the version (None: no row), and the transfers the
+        # facts added since then touched: an untouched transfer's row only takes the new version
+        self.transfer_rows: dict[str, list[Any] | None] = {}
+        self.moved: set[str] = set()
         self._fold(admitted)
 
     def _judge(self, ordered: list[Fact]) -> list[Fact]:
@@ -337,6 +343,10 @@ class CaseDerivation:
         for fact in admitted:
             _apply(state, fact, senders, received)
         self.admitted += len(admitted)
+        moved = self.moved
+        for fact in admitted:
+            if fact.event_type in TRANSFER_KINDS:
+                moved.add(fact.payload["transfer_id"])
         pair_transfers_ordered(admitted, self.transfers)
         pair_appraisals_ordered(admitted, self.appraisals)
 
@@ -380,9 +390,18 @@ class CaseDerivation:
         else:  # every fact of the case breaks a rule: a case row that claims nothing
             state = CaseState(case_id=self.case_id, status="")
             state.last_event_ms = self.latest_ms
-        transfer_rows = [
-            row for t in transfers.values() if (row := transfer_row(t, version)) is not None
-        ]
+        known, moved = self.transfer_rows, self.moved
+        transfer_rows = []
+        for transfer_id, t in transfers.items():
+            if transfer_id in moved or transfer_id not in known:
+                row = transfer_row(t, version)
+                known[transfer_id] = None if row is None else row[:-1]
+            else:
+                kept = known[transfer_id]
+                row = None if kept is None else [*kept, version]
+            if row is not None:
+                transfer_rows.append(row)
+        moved.clear()
         appraisals = [appraisal_row(a, version) for a in self.appraisals.values()]
         violations = [violation_row(v, version) for v in self.violations]
         return CaseRows(case_row(state, version), transfer_rows, appraisals, violations)

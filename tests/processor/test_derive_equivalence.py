@@ -12,6 +12,7 @@ import json
 import random
 from collections import defaultdict
 from functools import cache
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,43 @@ def test_event_rows_serialise_the_payload_as_before() -> None:
     assert event_row(fact) == legacy_derive.event_row(fact)
     for fact in history()[:500]:
         assert event_row(fact) == legacy_derive.event_row(fact)
+
+
+def _fact(event_id: str, kind: str, agency: str, day: int, **payload: Any) -> Fact:
+    return Fact(event_id, kind, "20-POLICE/2024/9", agency, day * 86_400_000, 420, None, payload)
+
+
+@pytest.mark.parametrize(
+    "deliveries",
+    [
+        pytest.param(  # an opening later than everything stored turns it into violations
+            [
+                [_fact("a", "stage_changed", "20-POLICE", 1, stage="investigation")],
+                [_fact("b", "case_opened", "20-POLICE", 2, origin="inspection")],
+            ],
+            id="late-opening",
+        ),
+        pytest.param(  # a receipt dated before its transfer: the transfer comes later in time
+            [
+                [_fact("a", "case_opened", "20-POLICE", 1, origin="inspection")],
+                [_fact("b", "transfer_received", "20-PROC", 2, transfer_id="T1")],
+                [
+                    _fact(
+                        "c",
+                        "case_transferred",
+                        "20-POLICE",
+                        3,
+                        transfer_id="T1",
+                        to_agency_id="20-PROC",
+                    )
+                ],
+                [_fact("d", "stage_changed", "20-PROC", 4, stage="prosecution")],
+            ],
+            id="transfer-after-its-receipt",
+        ),
+    ],
+)
+def test_facts_that_change_what_was_derived_before(deliveries: list[list[Fact]]) -> None:
+    """Later in time than every stored fact, yet they change the past: an opening, and a
+    transfer that a stored receipt names."""
+    run_both(deliveries)
