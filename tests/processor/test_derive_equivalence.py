@@ -207,3 +207,20 @@ def test_facts_that_change_what_was_derived_before(deliveries: list[list[Fact]])
     """Later in time than every stored fact, yet they change the past: an opening, and a
     transfer that a stored receipt names."""
     run_both(deliveries)
+
+
+def test_a_batch_that_fails_leaves_no_half_derived_case_behind() -> None:
+    """A fact that breaks the derivation (a receipt without its transfer_id) fails the batch
+    after its case's kept derivation took the batch's first facts; the batch is then replayed
+    without it, over the state from before: the rows are those of a derivation from scratch."""
+    opened = _fact("a", "case_opened", "20-POLICE", 1, origin="inspection")
+    good = _fact("b", "stage_changed", "20-POLICE", 2, stage="investigation")
+    broken = _fact("c", "transfer_received", "20-PROC", 3)
+    state: dict[str, bytes] = {}
+    state.update(apply_batch([opened], state.get).changed)
+    with pytest.raises(KeyError, match="transfer_id"):
+        apply_batch([good, broken], state.get)
+    replayed = apply_batch([good], state.get)
+    reference = legacy_derive.apply_batch([opened, good], {}.get)
+    for table in TABLES[1:]:
+        assert replayed.rows.rows[table] == reference.rows.rows[table], table
