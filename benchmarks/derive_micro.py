@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 from services.agency.generator import GeneratorOptions, generate
 from services.contracts.events import parse_event
+from services.processor import batch as batch_module
 from services.processor import envelope
 from services.processor.batch import apply_batch
 from services.processor.facts import Fact
@@ -115,9 +116,17 @@ def main() -> None:
     parser.add_argument("--duplicates", type=float, default=0.0)
     parser.add_argument("--violations", type=float, default=0.0)
     parser.add_argument("--clock", choices=sorted(CLOCK), default="cpu")
+    parser.add_argument(
+        "--kept",
+        type=int,
+        help="cases whose derivation apply_batch keeps between batches (0: none; default: its own)",
+    )
     args = parser.parse_args()
     global clock
     clock = CLOCK[args.clock]
+    cache = getattr(batch_module, "derivations", None)  # absent before the kept derivations
+    if cache is not None and args.kept is not None:
+        cache.capacity = args.kept
     if args.events is None and args.cases is None:
         args.cases = 5000
     facts = generated_facts(
@@ -132,7 +141,14 @@ def main() -> None:
     print(
         f"{len(facts)} facts, {cases} cases, batch {args.batch}, best of {args.repeat} ({args.clock})"
     )
+    if cache is not None:
+        cache.clear()
     print(f"apply_batch:     {apply_batch_us(facts, args.batch, args.repeat):8.2f} µs/fact")
+    if cache is not None:
+        runs = cache.hits + cache.misses
+        print(
+            f"  kept derivations: {cache.capacity}, went on with {cache.hits / runs:.0%} of cases"
+        )
     print(f"envelope decode: {envelope_decode_us(facts, args.batch, args.repeat):8.2f} µs/fact")
     print(f"envelope encode: {envelope_encode_us(facts, args.batch, args.repeat):8.2f} µs/fact")
 

@@ -16,7 +16,11 @@ exactly those bytes, its new facts are added to the kept derivation (when they c
 the past, see `CaseDerivation.extend`) and appended to the stored bytes without decoding them;
 otherwise the case is derived from all its facts, as before. A state written elsewhere (another
 worker, a replay, an older version) never equals the kept bytes by accident of content: equal
-bytes are the same set of facts, so the rows are the same either way.
+bytes are the same set of facts, so the rows are the same either way. Measured (CPU time, best
+of 3, `python -m benchmarks.derive_micro --events 100000 --batch 5000`, same machine, back to
+back): the JSON state re-derived from all facts 75.9 µs/fact; msgpack state and one sort per
+case 37.6 (`--kept 0`); with the kept derivations 28.4 (65 % of derivations went on from a kept
+one, the rest were new cases).
 """
 
 from __future__ import annotations
@@ -92,8 +96,10 @@ def agency_activity(facts: Iterable[Fact], now_ms: int | None = None) -> list[li
 
 
 #: How many cases' derivations a thread keeps (least recently touched dropped first). Measured
-#: on a generated history: ~3 KB each, so 50,000 cost ~150 MB at most.
-KEPT_DERIVATIONS = 50_000
+#: on 100,000 generated facts (16,847 cases): 3.3 KB per derivation plus its state bytes
+#: (0.85 KB on average), so 20,000 cost ~85 MB at most. A case that fell out is derived from all
+#: its facts on its next fact, and kept again.
+KEPT_DERIVATIONS = 20_000
 
 
 class DerivationCache(threading.local):

@@ -7,9 +7,9 @@ hashes to (`partition_for`, the same murmur2 as Java's and librdkafka's `murmur2
 partitioner) and sends one envelope per partition, to that partition; derive unpacks it.
 
 The body after `MAGIC` is msgpack of the facts as arrays (`Fact` is an array-like Struct), decoded
-straight into `Fact`s. Measured on 100,000 generated facts in envelopes of 5,000 (best of 3,
-`python -m benchmarks.derive_micro --events 100000 --batch 5000`): decode 11.9 → 1.1 µs/fact and
-encode 10.2 → 0.4 µs/fact against the JSON lists of before. A body that msgpack cannot hold (an
+straight into `Fact`s. Measured on 100,000 generated facts in envelopes of 5,000 (CPU time, best
+of 3, `python -m benchmarks.derive_micro --events 100000 --batch 5000`): decode 5.2 → 2.2
+µs/fact and encode 3.1 → 0.3 µs/fact against the JSON lists of before. A body that msgpack cannot hold (an
 integer beyond 64 bits) is written as those JSON lists, which `decode` still reads: the body's
 first byte tells them apart (`[` never begins a msgpack array).
 """
