@@ -44,8 +44,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 
+import msgspec
+
 from services.contracts.reference import current_province
 from services.processor.facts import Fact, agency_type_of, province_of
+from services.processor.transfer_lag import by_event_time
 
 CENTRAL_PROVINCE = "00"
 STEERING_COMMITTEE = "SC"
@@ -87,8 +90,7 @@ NOT_THE_STEERING_COMMITTEE = "not_the_steering_committee"
 BEFORE_THE_OPENING = "before_the_opening"
 
 
-@dataclass(frozen=True)
-class Violation:
+class Violation(msgspec.Struct, frozen=True, gc=False):
     fact: Fact
     rule: str
     detail: str
@@ -130,86 +132,135 @@ def _when(ms: int) -> str:
 
 def judge(facts: Iterable[Fact]) -> Verdict:
     """Which of a case's facts count, and which break a rule (with the rule and why)."""
-    unique = {f.event_id: f for f in facts}.values()
-    transfers: dict[str, Fact] = {}  # transfer_id → its earliest case_transferred
-    for fact in sorted(unique, key=lambda f: f.order_key):
-        if fact.event_type == "case_transferred":
-            transfers.setdefault(fact.payload.get("transfer_id") or "", fact)
+    unique = {f.event_id: f for f in facts}
+    case_id = next(iter(unique.values())).case_id if unique else ""
+    return judge_ordered(sorted(unique.values(), key=by_event_time), case_id)
 
-    def order(fact: Fact) -> tuple[int, int, str]:
+
+def judge_ordered(ordered: list[Fact], case_id: str) -> Verdict:
+    """`judge` of distinct facts of the case `case_id` already in event-time order
+    (`by_event_time`): derive_rows sorts a case's facts once and hands them here. `admitted`
+    comes back in that order."""
+    rules = Rules(ordered, case_id)
+    judged = rules.judging_order(ordered)
+    admitted: list[Fact] = []
+    violations: list[Violation] = []
+    for fact in judged:
+        violation = rules.judge(fact)
+        if violation is None:
+            admitted.append(fact)
+        else:
+            violations.append(violation)
+    if judged is not ordered:
+        admitted.sort(key=by_event_time)
+    return Verdict(admitted, violations)
+
+
+class Rules:
+    """The rules' walk over one case's facts in judging order, one fact at a time.
+
+    Built from the case's facts in event-time order (it needs their transfers and openings up
+    front), then `judge` each fact in `judging_order`. The walk can go on with facts that come
+    strictly after every fact it has seen, when none of them is an opening or a transfer that an
+    earlier fact names (`add_transfers`): such facts change nothing that was judged before
+    (case_state.CaseDerivation.extend checks this).
+    """
+
+    __slots__ = ("transfers", "owner", "opened_at", "opener", "holders", "admitted_transfers")
+
+    def __init__(self, ordered: list[Fact], case_id: str) -> None:
+        self.transfers: dict[str, Fact] = {}  # transfer_id → its earliest case_transferred
+        openings: list[Fact] = []  # in event-time order
+        self.add_transfers(ordered)
+        for fact in ordered:
+            if fact.event_type == "case_opened":
+                openings.append(fact)
+        self.owner = owner = case_owner(case_id)
+        opening = next(
+            (
+                f
+                for f in openings
+                if owner is None or same_office(f.agency_id, owner, f.occurred_ms)
+            ),
+            None,
+        )
+        self.opened_at = opening.occurred_ms if opening is not None else None
+        self.opener: Fact | None = None
+        self.holders: set[str] = set()
+        self.admitted_transfers: set[str] = set()
+
+    def add_transfers(self, ordered: list[Fact]) -> None:
+        """Note the transfers among facts in event-time order (the earliest of an id counts)."""
+        transfers = self.transfers
+        for fact in ordered:
+            if fact.event_type == "case_transferred":
+                transfers.setdefault(fact.payload.get("transfer_id") or "", fact)
+
+    def order(self, fact: Fact) -> tuple[int, int, str]:
         # A receipt is judged after its transfer even if its clock says earlier.
-        sent = transfers.get(fact.payload.get("transfer_id") or "")
+        sent = self.transfers.get(fact.payload.get("transfer_id") or "")
         if fact.event_type in RECEIPTS and sent is not None:
             return (max(fact.occurred_ms, sent.occurred_ms), 1, fact.event_id)
         return (fact.occurred_ms, 0, fact.event_id)
 
-    case_id = next(iter(unique)).case_id if unique else ""
-    owner = case_owner(case_id)
-    openings = sorted(
-        (f for f in unique if f.event_type == "case_opened"), key=lambda f: f.order_key
-    )
-    opening = next(
-        (f for f in openings if owner is None or same_office(f.agency_id, owner, f.occurred_ms)),
-        None,
-    )
-    opener: Fact | None = None
-    holders: set[str] = set()
-    admitted_transfers: set[str] = set()
-    admitted: list[Fact] = []
-    violations: list[Violation] = []
+    def judging_order(self, ordered: list[Fact]) -> list[Fact]:
+        """The facts (in event-time order) in the order they are judged: `ordered` itself
+        unless a receipt of a known transfer is among them."""
+        transfers = self.transfers
+        if transfers and any(f.event_type in RECEIPTS for f in ordered):
+            return sorted(ordered, key=self.order)
+        return ordered
 
-    def holds(agency: str, at_ms: int) -> bool | None:
-        known = holders or ({owner} if owner else set())
+    def holds(self, agency: str, at_ms: int) -> bool | None:
+        owner = self.owner
+        known = self.holders or ({owner} if owner else set())
         if not known:
             return None  # nobody known to hold the case yet: cannot be judged
-        return any(same_office(agency, h, at_ms) for h in known)
+        return agency in known or any(same_office(agency, h, at_ms) for h in known)
 
-    def refuse(fact: Fact, rule: str, detail: str) -> None:
-        violations.append(Violation(fact, rule, detail))
-
-    for fact in sorted(unique, key=order):
+    def judge(self, fact: Fact) -> Violation | None:
+        """The next fact in judging order: None when it is admitted, else what it breaks."""
         kind, agency, at = fact.event_type, fact.agency_id, fact.occurred_ms
-        if kind != "case_opened" and opening is not None and at < opening.occurred_ms:
-            refuse(
+        owner, opener, opened_at = self.owner, self.opener, self.opened_at
+        if kind != "case_opened" and opened_at is not None and at < opened_at:
+            return Violation(
                 fact,
                 BEFORE_THE_OPENING,
-                f"dated {_when(at)}, before the case was opened at {_when(opening.occurred_ms)}",
+                f"dated {_when(at)}, before the case was opened at {_when(opened_at)}",
             )
-            continue
         if kind == "case_opened":
             if opener is not None:
-                refuse(
+                return Violation(
                     fact,
                     OPENED_TWICE,
                     f"already opened by {opener.agency_id} at {_when(opener.occurred_ms)}",
                 )
-                continue
             if owner is not None and not same_office(agency, owner, at):
-                refuse(fact, OPENED_BY_ANOTHER, f"the case id names {owner}, not {agency}")
-                continue
-            opener = fact
-            holders = {agency}
+                return Violation(
+                    fact, OPENED_BY_ANOTHER, f"the case id names {owner}, not {agency}"
+                )
+            self.opener = fact
+            self.holders = {agency}
         elif kind in RECEIPTS:
             transfer_id = fact.payload.get("transfer_id") or ""
-            sent = transfers.get(transfer_id)
+            sent = self.transfers.get(transfer_id)
             if sent is None:
-                admitted.append(fact)  # its transfer has not arrived: no custody yet
-                continue
-            if transfer_id not in admitted_transfers:
-                refuse(fact, TRANSFER_NOT_ADMITTED, f"transfer {transfer_id} itself breaks a rule")
-                continue
+                return None  # its transfer has not arrived: admitted, no custody yet
+            if transfer_id not in self.admitted_transfers:
+                return Violation(
+                    fact, TRANSFER_NOT_ADMITTED, f"transfer {transfer_id} itself breaks a rule"
+                )
             addressee = sent.payload.get("to_agency_id") or ""
             if not same_office(agency, addressee, at):
-                refuse(
+                return Violation(
                     fact,
                     NOT_THE_ADDRESSEE,
                     f"transfer {transfer_id} is addressed to {addressee}, not {agency}",
                 )
-                continue
             if kind == "transfer_received":
-                holders.add(agency)
+                self.holders.add(agency)
             elif opener is None or agency != opener.agency_id:
-                holders.discard(agency)
+                self.holders.discard(agency)
         elif kind == "monitoring_assigned":
             home = (
                 province_of(opener.agency_id) if opener else (province_of(owner) if owner else None)
@@ -220,32 +271,26 @@ def judge(facts: Iterable[Fact]) -> Verdict:
                 and not same_office(agency, f"{home}-{STEERING_COMMITTEE}", at)
             ):
                 where = f"{home}-SC or " if home else ""
-                refuse(
+                return Violation(
                     fact,
                     NOT_THE_STEERING_COMMITTEE,
                     f"monitoring is assigned by {where}00-SC, not {agency}",
                 )
-                continue
         else:
             allowed = AGENCY_TYPES.get(kind)
             if allowed is not None and agency_type_of(agency) not in allowed:
-                refuse(
+                return Violation(
                     fact,
                     WRONG_AGENCY_TYPE,
                     f"{kind} is recorded by {', '.join(sorted(allowed))}, not {agency}",
                 )
-                continue
-            verdict = holds(agency, at)
-            if verdict is False:
-                held_by = ", ".join(sorted(holders or {owner or ""}))
-                refuse(
+            if self.holds(agency, at) is False:
+                held_by = ", ".join(sorted(self.holders or {owner or ""}))
+                return Violation(
                     fact,
                     NOT_A_HOLDER,
                     f"{agency} does not hold the case at {_when(at)} (held by {held_by})",
                 )
-                continue
             if kind == "case_transferred":
-                admitted_transfers.add(fact.payload.get("transfer_id") or "")
-        admitted.append(fact)
-    admitted.sort(key=lambda f: f.order_key)
-    return Verdict(admitted, violations)
+                self.admitted_transfers.add(fact.payload.get("transfer_id") or "")
+        return None

@@ -4,43 +4,69 @@ Pure apart from the `load` callback that reads a case's stored state (the worker
 a dict in the tests), so the whole derivation can be tested with in-memory state. The stored
 state is opaque bytes (`encode_state` / `decode_state`): the worker keeps it in RocksDB and its
 changelog without knowing its shape.
+
+The state of a case is the set of its facts, as `STATE_MAGIC` + msgpack of `Fact` arrays,
+decoded straight into `Fact`s. The first format, JSON lists of the fact fields, is still read
+(a worker upgraded over an old changelog finds it there) and is still written for a case whose
+payload holds an integer msgpack cannot carry (beyond 64 bits).
+
+Incremental derivation: each thread keeps the derivations (case_state.CaseDerivation) of the
+cases it touched last, with the state bytes each belongs to. When a case's loaded state is
+exactly those bytes, its new facts are added to the kept derivation (when they cannot change
+the past, see `CaseDerivation.extend`) and appended to the stored bytes without decoding them;
+otherwise the case is derived from all its facts, as before. A state written elsewhere (another
+worker, a replay, an older version) never equals the kept bytes by accident of content: equal
+bytes are the same set of facts, so the rows are the same either way. Measured (CPU time, best
+of 3, `python -m benchmarks.derive_micro --events 100000 --batch 5000`, same machine, back to
+back): the JSON state re-derived from all facts 75.9 µs/fact; msgpack state and one sort per
+case 37.6 (`--kept 0`); with the kept derivations 28.4 (65 % of derivations went on from a kept
+one, the rest were new cases).
 """
 
 from __future__ import annotations
 
-import json
+import gc
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.processor.case_state import derive_rows
+import msgspec
+
+from services.processor.case_state import CaseDerivation
+from services.processor.envelope import json_body
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.serving.sink import RowBatch
 
-StoredFacts = list[list[Any]]  # a case's facts as JSON-able lists (decoded state)
 StoredState = bytes  # a case's state as the store and the changelog keep it
 
+#: First bytes of a stored state in the msgpack format (a JSON state begins with `[`).
+STATE_MAGIC = b"CSS1"
 
-def encode_state(stored: StoredFacts) -> StoredState:
-    return json.dumps(stored, separators=(",", ":"), ensure_ascii=False).encode()
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[Fact]).decode
+_unpack_json = msgspec.json.Decoder(list[Fact]).decode
 
 
-def decode_state(raw: StoredState | None) -> StoredFacts:
-    return [] if raw is None else json.loads(raw)
+def encode_state(facts: Sequence[Fact]) -> StoredState:
+    """A case's facts as stored state bytes."""
+    try:
+        return STATE_MAGIC + _pack(facts)
+    except OverflowError:  # an integer msgpack cannot carry: the JSON lists of before
+        return json_body(facts)
 
 
-def fact_to_stored(fact: Fact) -> list[Any]:
-    return [
-        fact.event_id,
-        fact.event_type,
-        fact.case_id,
-        fact.agency_id,
-        fact.occurred_ms,
-        fact.utc_offset_minutes,
-        fact.sequence,
-        fact.payload,
-    ]
+def decode_state(raw: StoredState | None) -> list[Fact]:
+    """The facts of a stored state, in either format (an absent state: no facts)."""
+    if raw is None:
+        return []
+    if raw[:4] == STATE_MAGIC:
+        return _unpack(memoryview(raw)[4:])
+    if raw[:1] == b"[":
+        return _unpack_json(raw)
+    raise ValueError(f"not a stored case state (it begins with {bytes(raw[:8])!r})")
 
 
 @dataclass
@@ -55,14 +81,75 @@ def agency_activity(facts: Iterable[Fact], now_ms: int | None = None) -> list[li
     now = ms_to_datetime(now_ms if now_ms is not None else int(time.time() * 1000))
     per_agency: dict[str, list[Any]] = {}
     for fact in facts:
-        entry = per_agency.setdefault(fact.agency_id, [fact.agency_id, 0, 0, None, now])
+        entry = per_agency.get(fact.agency_id)
+        if entry is None:
+            entry = per_agency[fact.agency_id] = [fact.agency_id, 0, 0, None, now]
         entry[1] += 1
-        entry[2] = max(entry[2], fact.occurred_ms)
-        if fact.sequence is not None:
-            entry[3] = fact.sequence if entry[3] is None else max(entry[3], fact.sequence)
+        if fact.occurred_ms > entry[2]:
+            entry[2] = fact.occurred_ms
+        sequence = fact.sequence
+        if sequence is not None and (entry[3] is None or sequence > entry[3]):
+            entry[3] = sequence
     for entry in per_agency.values():
         entry[2] = ms_to_datetime(entry[2])
     return list(per_agency.values())
+
+
+#: How many cases' derivations a thread keeps (least recently touched dropped first). Measured
+#: on 100,000 generated facts (16,847 cases): 3.3 KB per derivation plus its state bytes
+#: (0.85 KB on average), so 20,000 cost ~85 MB at most. A case that fell out is derived from all
+#: its facts on its next fact, and kept again.
+KEPT_DERIVATIONS = 20_000
+
+
+class DerivationCache(threading.local):
+    """The derivations of the cases a thread touched last, each with its stored state bytes."""
+
+    def __init__(self) -> None:
+        self.entries: OrderedDict[str, tuple[StoredState, CaseDerivation]] = OrderedDict()
+        self.capacity = KEPT_DERIVATIONS
+        self.hits = 0  # a kept derivation went on with the new facts
+        self.misses = 0  # derived from all the case's facts
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.hits = self.misses = 0
+
+
+derivations = DerivationCache()
+
+
+def _array_header(count: int) -> bytes:
+    if count < 16:
+        return bytes((0x90 | count,))
+    if count < 1 << 16:
+        return b"\xdc" + count.to_bytes(2, "big")
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+def _array_body(packed: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    """A msgpack array's length and its items' bytes."""
+    first = packed[0]
+    if 0x90 <= first <= 0x9F:
+        return first & 0x0F, packed[1:]
+    if first == 0xDC:
+        return int.from_bytes(packed[1:3], "big"), packed[3:]
+    if first == 0xDD:
+        return int.from_bytes(packed[1:5], "big"), packed[5:]
+    raise ValueError(f"not a msgpack array (it begins with {first:#x})")
+
+
+def append_state(raw: StoredState, facts: Sequence[Fact]) -> StoredState | None:
+    """The msgpack state `raw` with `facts` added at its end, without decoding it; None when
+    `raw` is not in that format or the facts need the JSON one."""
+    if raw[:4] != STATE_MAGIC:
+        return None
+    try:
+        added, items = _array_body(_pack(facts))
+    except OverflowError:
+        return None
+    count, stored = _array_body(memoryview(raw)[4:])
+    return b"".join((STATE_MAGIC, _array_header(count + added), stored, items))
 
 
 def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]) -> BatchResult:
@@ -71,32 +158,85 @@ def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]
     A duplicate (event_id already stored) changes no state, yet its case's rows are still
     derived and written: after a crash between the state update and the ClickHouse write, the
     replayed batch must still produce the rows.
+
+    The cyclic garbage collector is paused for the batch: the batch builds tens of thousands of
+    rows that all live until it returns, and each of the collections they would trigger walks
+    every tracked object of the process (the kept derivations too). It creates no reference
+    cycles, so nothing is left for the collector; its next run comes after the batch. Measured
+    with `benchmarks.derive_micro --events 100000 --batch 5000`: 34-37 → 27-30 µs per fact.
     """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        return _apply_batch(facts, load)
+    finally:
+        if paused:
+            gc.enable()
+
+
+def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]) -> BatchResult:
+    batch = facts if isinstance(facts, list) else list(facts)
     rows = RowBatch()
-    facts_seen: list[Fact] = []
-    touched: dict[str, StoredFacts] = {}
-    known: dict[str, set[str]] = {}
     result = BatchResult(rows)
-    for fact in facts:
-        facts_seen.append(fact)
-        rows.add("events", event_row(fact))
-        stored = touched.get(fact.case_id)
-        if stored is None:
-            stored = decode_state(load(fact.case_id))
-            touched[fact.case_id] = stored
-            known[fact.case_id] = {f[0] for f in stored}
-        if fact.event_id in known[fact.case_id]:
-            result.duplicates += 1
-            continue
-        known[fact.case_id].add(fact.event_id)
-        stored.append(fact_to_stored(fact))
-        result.changed[fact.case_id] = stored  # type: ignore[assignment] - encoded below
-    rows.extend("agency_activity", agency_activity(facts_seen))
-    for stored in touched.values():
-        derived = derive_rows(Fact(*f) for f in stored)
-        rows.add("cases_state", derived.case)
-        rows.extend("transfers_state", derived.transfers)
-        rows.extend("appraisals_state", derived.appraisals)
-        rows.extend("integrity_violations_state", derived.violations)
-    result.changed = {case_id: encode_state(stored) for case_id, stored in result.changed.items()}  # type: ignore[arg-type]
+    rows.extend("events", [event_row(fact) for fact in batch])
+    kept = derivations.entries
+    # case_id → [stored state, kept derivation or None, stored facts or None, stored ids,
+    #            new facts, their ids]
+    touched: dict[str, list[Any]] = {}
+    try:
+        for fact in batch:
+            case_id = fact.case_id
+            case = touched.get(case_id)
+            if case is None:
+                raw = load(case_id)
+                entry = kept.get(case_id)
+                if entry is not None and raw is not None and (entry[0] is raw or entry[0] == raw):
+                    derivation = entry[1]
+                    case = [raw, derivation, None, derivation.ids, [], set()]
+                else:
+                    stored = decode_state(raw)
+                    case = [raw, None, stored, {f.event_id for f in stored}, [], set()]
+                touched[case_id] = case
+            event_id = fact.event_id
+            if event_id in case[3] or event_id in case[5]:
+                result.duplicates += 1
+                continue
+            case[5].add(event_id)
+            case[4].append(fact)
+        rows.extend("agency_activity", agency_activity(batch))
+        cases, transfers, appraisals, violations = [], [], [], []
+        for case_id, (raw, derivation, stored, _, new, _) in touched.items():
+            state = raw
+            if derivation is not None and new:
+                if derivation.extend(new):
+                    state = append_state(raw, new)
+                    derivations.hits += 1
+                else:
+                    derivation = None
+                if derivation is None or state is None:
+                    stored = decode_state(raw)
+            if derivation is None:
+                derivation = CaseDerivation(stored + new)
+                derivations.misses += 1
+            if new:
+                if state is raw or state is None:
+                    state = encode_state(stored + new)
+                result.changed[case_id] = state
+            kept[case_id] = (state, derivation)
+            kept.move_to_end(case_id)
+            derived = derivation.rows()
+            cases.append(derived.case)
+            transfers += derived.transfers
+            appraisals += derived.appraisals
+            violations += derived.violations
+    except BaseException:
+        for case_id in touched:  # a derivation may be half-extended: derive those again
+            kept.pop(case_id, None)
+        raise
+    while len(kept) > derivations.capacity:
+        kept.popitem(last=False)
+    rows.extend("cases_state", cases)
+    rows.extend("transfers_state", transfers)
+    rows.extend("appraisals_state", appraisals)
+    rows.extend("integrity_violations_state", violations)
     return result

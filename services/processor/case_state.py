@@ -14,12 +14,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services.processor.authority import Violation, judge
+import msgspec
+
+from services.processor.authority import Rules, Violation
 from services.processor.facts import Fact, ms_to_datetime, province_of
 from services.processor.transfer_lag import (
+    Appraisal,
+    Transfer,
     appraisal_row,
-    pair_appraisals,
-    pair_transfers,
+    by_event_time,
+    pair_appraisals_ordered,
+    pair_transfers_ordered,
     transfer_row,
 )
 
@@ -54,8 +59,7 @@ CASE_COLUMNS = [
 ]
 
 
-@dataclass
-class CaseState:
+class CaseState(msgspec.Struct, gc=False):
     case_id: str
     opened_agency_id: str = ""
     opened_ms: int | None = None
@@ -88,9 +92,14 @@ class CaseState:
 
 def fold(facts: Iterable[Fact]) -> CaseState:
     """The case's state after all its facts, applied in event-time order."""
-    ordered = sorted({f.event_id: f for f in facts}.values(), key=lambda f: f.order_key)
+    ordered = sorted({f.event_id: f for f in facts}.values(), key=by_event_time)
     if not ordered:
         raise ValueError("a case state needs at least one fact")
+    return _fold_ordered(ordered, pair_transfers_ordered(ordered))
+
+
+def _fold_ordered(ordered: list[Fact], transfers: dict[str, Transfer]) -> CaseState:
+    """`fold` of distinct facts in event-time order, given their paired transfers."""
     state = CaseState(case_id=ordered[0].case_id)
     senders: dict[str, str] = {}  # transfer_id -> agency that sent it (its earliest send)
     for fact in ordered:
@@ -100,7 +109,6 @@ def fold(facts: Iterable[Fact]) -> CaseState:
     for fact in ordered:
         _apply(state, fact, senders, received)
     state.event_count = len(ordered)
-    transfers = pair_transfers(ordered)
     state.transfers_sent = sum(1 for t in transfers.values() if t.sent_ms is not None)
     state.transfers_in_flight = sum(
         1 for t in transfers.values() if t.sent_ms is not None and t.status == "pending"
@@ -240,19 +248,160 @@ def derive_rows(facts: Iterable[Fact]) -> CaseRows:
     whether or not it is admitted, and the latest derivation always wins.
     """
     unique = list({f.event_id: f for f in facts}.values())
-    version = len(unique)
-    verdict = judge(unique)
-    admitted = verdict.admitted
-    if admitted:
-        state = fold(admitted)
-    else:  # every fact of the case breaks a rule: a case row that claims nothing
-        state = CaseState(case_id=unique[0].case_id, status="")
-        state.last_event_ms = max(f.occurred_ms for f in unique)
-    transfers = [
-        row
-        for t in pair_transfers(admitted).values()
-        if (row := transfer_row(t, version)) is not None
-    ]
-    appraisals = [appraisal_row(a, version) for a in pair_appraisals(admitted).values()]
-    violations = [violation_row(v, version) for v in verdict.violations]
-    return CaseRows(case_row(state, version), transfers, appraisals, violations)
+    return derive_distinct(unique)
+
+
+def derive_distinct(unique: list[Fact]) -> CaseRows:
+    """`derive_rows` of facts with distinct event ids (a case's stored set), in any order."""
+    return CaseDerivation(unique).rows()
+
+
+TRANSFER_KINDS = frozenset({"case_transferred", "transfer_received", "transfer_returned"})
+
+
+class CaseDerivation:
+    """A case's derivation from its set of facts: the rules' walk, the fold, the pairing, the
+    violations, kept so that later facts can be added without walking the earlier ones again.
+
+    Built from the whole set (sorted by event time once; the rules, the fold and the pairing all
+    walk that order). `extend` adds new facts when they cannot change the past: each is strictly
+    later than every fact seen, none is an opening (an opening can turn earlier facts into
+    violations), and none is a transfer whose id an earlier fact names (a receipt that arrived
+    before its transfer is judged and folded again with it). Otherwise it refuses, and the
+    caller derives the case again from the whole set: the rows are the same either way
+    (tests/processor/test_derive_equivalence.py holds both against a frozen copy of the
+    derivation before this class).
+    """
+
+    __slots__ = (
+        "case_id",
+        "count",
+        "ids",
+        "latest_ms",
+        "transfer_ids",
+        "rules",
+        "state",
+        "senders",
+        "received",
+        "admitted",
+        "transfers",
+        "appraisals",
+        "violations",
+        "transfer_rows",
+        "moved",
+    )
+
+    def __init__(self, unique: list[Fact]) -> None:
+        if not unique:
+            raise ValueError("a case derivation needs at least one fact")
+        ordered = sorted(unique, key=by_event_time)
+        self.case_id = case_id = unique[0].case_id
+        self.count = len(ordered)  # the version of the rows
+        self.ids = {f.event_id for f in ordered}
+        self.latest_ms = ordered[-1].occurred_ms
+        self.transfer_ids = {
+            f.payload.get("transfer_id") or "" for f in ordered if f.event_type in TRANSFER_KINDS
+        }
+        self.rules = Rules(ordered, case_id)
+        self.violations: list[Violation] = []
+        admitted = self._judge(ordered)
+        self.admitted = 0
+        self.senders: dict[str, str] = {}  # transfer_id -> agency that sent it (earliest send)
+        self.received: set[str] = set()
+        self.state = CaseState(case_id=admitted[0].case_id if admitted else case_id)
+        self.transfers: dict[str, Transfer] = {}
+        self.appraisals: dict[str, Appraisal] = {}
+        # transfer_id → its last row without the version (None: no row), and the transfers the
+        # facts added since then touched: an untouched transfer's row only takes the new version
+        self.transfer_rows: dict[str, list[Any] | None] = {}
+        self.moved: set[str] = set()
+        self._fold(admitted)
+
+    def _judge(self, ordered: list[Fact]) -> list[Fact]:
+        """Judge facts (in event-time order, all after those judged before); the admitted ones
+        in event-time order."""
+        rules = self.rules
+        judged = rules.judging_order(ordered)
+        admitted: list[Fact] = []
+        violations = self.violations
+        for fact in judged:
+            violation = rules.judge(fact)
+            if violation is None:
+                admitted.append(fact)
+            else:
+                violations.append(violation)
+        if judged is not ordered:
+            admitted.sort(key=by_event_time)
+        return admitted
+
+    def _fold(self, admitted: list[Fact]) -> None:
+        senders = self.senders
+        for fact in admitted:
+            if fact.event_type == "case_transferred" and fact.payload.get("transfer_id"):
+                senders.setdefault(fact.payload["transfer_id"], fact.agency_id)
+        state, received = self.state, self.received
+        for fact in admitted:
+            _apply(state, fact, senders, received)
+        self.admitted += len(admitted)
+        moved = self.moved
+        for fact in admitted:
+            if fact.event_type in TRANSFER_KINDS:
+                moved.add(fact.payload["transfer_id"])
+        pair_transfers_ordered(admitted, self.transfers)
+        pair_appraisals_ordered(admitted, self.appraisals)
+
+    def extend(self, new: list[Fact]) -> bool:
+        """Add facts not seen before (distinct event ids), if they cannot change the past;
+        False (and nothing changed) if they can: derive the case from all its facts then."""
+        latest, transfer_ids = self.latest_ms, self.transfer_ids
+        for fact in new:
+            kind = fact.event_type
+            if (
+                fact.occurred_ms <= latest
+                or kind == "case_opened"
+                or (
+                    kind == "case_transferred"
+                    and (fact.payload.get("transfer_id") or "") in transfer_ids
+                )
+            ):
+                return False
+        ordered = sorted(new, key=by_event_time)
+        self.count += len(ordered)
+        self.ids.update(f.event_id for f in ordered)
+        self.latest_ms = ordered[-1].occurred_ms
+        transfer_ids.update(
+            f.payload.get("transfer_id") or "" for f in ordered if f.event_type in TRANSFER_KINDS
+        )
+        self.rules.add_transfers(ordered)
+        self._fold(self._judge(ordered))
+        return True
+
+    def rows(self) -> CaseRows:
+        """Every ClickHouse row that describes the case now, all carrying the same version."""
+        version = self.count
+        transfers = self.transfers
+        if self.admitted:
+            state = self.state
+            state.event_count = self.admitted
+            state.transfers_sent = sum(1 for t in transfers.values() if t.sent_ms is not None)
+            state.transfers_in_flight = sum(
+                1 for t in transfers.values() if t.sent_ms is not None and t.status == "pending"
+            )
+        else:  # every fact of the case breaks a rule: a case row that claims nothing
+            state = CaseState(case_id=self.case_id, status="")
+            state.last_event_ms = self.latest_ms
+        known, moved = self.transfer_rows, self.moved
+        transfer_rows = []
+        for transfer_id, t in transfers.items():
+            if transfer_id in moved or transfer_id not in known:
+                row = transfer_row(t, version)
+                known[transfer_id] = None if row is None else row[:-1]
+            else:
+                kept = known[transfer_id]
+                row = None if kept is None else [*kept, version]
+            if row is not None:
+                transfer_rows.append(row)
+        moved.clear()
+        appraisals = [appraisal_row(a, version) for a in self.appraisals.values()]
+        violations = [violation_row(v, version) for v in self.violations]
+        return CaseRows(case_row(state, version), transfer_rows, appraisals, violations)

@@ -5,12 +5,21 @@ Why: faust's per-message stream machinery cost ~120 µs per fact before any of o
 once per envelope instead. The intake groups a validated batch by the partition each case
 hashes to (`partition_for`, the same murmur2 as Java's and librdkafka's `murmur2_random`
 partitioner) and sends one envelope per partition, to that partition; derive unpacks it.
+
+The body after `MAGIC` is msgpack of the facts as arrays (`Fact` is an array-like Struct), decoded
+straight into `Fact`s. Measured on 100,000 generated facts in envelopes of 5,000 (CPU time, best
+of 3, `python -m benchmarks.derive_micro --events 100000 --batch 5000`): decode 5.2 → 2.2
+µs/fact and encode 3.1 → 0.3 µs/fact against the JSON lists of before. A body that msgpack cannot hold (an
+integer beyond 64 bits) is written as those JSON lists, which `decode` still reads: the body's
+first byte tells them apart (`[` never begins a msgpack array).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+
+import msgspec
 
 from services.processor.facts import Fact
 
@@ -19,7 +28,20 @@ from services.processor.facts import Fact
 MAGIC = b"CSE1"
 
 
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder(list[Fact]).decode
+_unpack_json = msgspec.json.Decoder(list[Fact]).decode
+
+
 def encode(facts: Sequence[Fact]) -> bytes:
+    try:
+        return MAGIC + _pack(facts)
+    except OverflowError:  # an integer msgpack cannot carry: JSON lists, as before
+        return MAGIC + json_body(facts)
+
+
+def json_body(facts: Sequence[Fact]) -> bytes:
+    """The facts as JSON lists `[[event_id, event_type, ...], ...]` (the first envelope body)."""
     body = [
         [
             f.event_id,
@@ -33,7 +55,7 @@ def encode(facts: Sequence[Fact]) -> bytes:
         ]
         for f in facts
     ]
-    return MAGIC + json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def is_envelope(raw: bytes | None) -> bool:
@@ -43,7 +65,10 @@ def is_envelope(raw: bytes | None) -> bool:
 def decode(raw: bytes) -> list[Fact]:
     if not is_envelope(raw):
         raise ValueError("not an envelope (it does not begin with CSE1)")
-    return [Fact(*f) for f in json.loads(raw[4:])]
+    body = memoryview(raw)[4:]
+    if body[:1] == b"[":
+        return _unpack_json(body)
+    return _unpack(body)
 
 
 def murmur2(data: bytes) -> int:

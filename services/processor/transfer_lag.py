@@ -9,7 +9,9 @@ way. Pure functions: the worker, the tests and the rollup cross-checks all use t
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from operator import attrgetter
+
+import msgspec
 
 from services.processor.facts import Fact, agency_type_of, ms_to_datetime, province_of
 
@@ -23,8 +25,7 @@ def lag_hours(start_ms: int | None, end_ms: int | None) -> float | None:
     return (end_ms - start_ms) / MS_PER_HOUR
 
 
-@dataclass
-class Transfer:
+class Transfer(msgspec.Struct, gc=False):
     transfer_id: str
     case_id: str
     from_agency_id: str = ""
@@ -50,8 +51,7 @@ class Transfer:
         return lag_hours(self.sent_ms, self.received_ms)
 
 
-@dataclass
-class Appraisal:
+class Appraisal(msgspec.Struct, gc=False):
     appraisal_id: str
     case_id: str
     agency_id: str = ""
@@ -68,34 +68,65 @@ class Appraisal:
         return lag_hours(self.requested_ms, self.completed_ms)
 
 
+#: A fact's place in its case's event-time order (`Fact.order_key`, without the property call).
+by_event_time = attrgetter("occurred_ms", "event_id")
+
+TRANSFER_EVENTS = frozenset({"case_transferred", "transfer_received", "transfer_returned"})
+APPRAISAL_EVENTS = frozenset({"appraisal_requested", "appraisal_completed"})
+
+
 def pair_transfers(facts: Iterable[Fact]) -> dict[str, Transfer]:
     """Transfers by id from a case's facts (sorted by event time, so the first receipt counts)."""
-    transfers: dict[str, Transfer] = {}
-    for fact in sorted(facts, key=lambda f: f.order_key):
-        if fact.event_type not in ("case_transferred", "transfer_received", "transfer_returned"):
+    return pair_transfers_ordered(sorted(facts, key=by_event_time))
+
+
+def pair_transfers_ordered(
+    ordered: Iterable[Fact], transfers: dict[str, Transfer] | None = None
+) -> dict[str, Transfer]:
+    """`pair_transfers` of facts already in event-time order (the fold sorts them once); given
+    `transfers` paired from earlier facts, it goes on with those (and returns them)."""
+    if transfers is None:
+        transfers = {}
+    for fact in ordered:
+        kind = fact.event_type
+        if kind not in TRANSFER_EVENTS:
             continue
         tid = fact.payload["transfer_id"]
-        t = transfers.setdefault(tid, Transfer(transfer_id=tid, case_id=fact.case_id))
-        if fact.event_type == "case_transferred" and t.sent_ms is None:
-            t.from_agency_id = fact.agency_id
-            t.to_agency_id = fact.payload["to_agency_id"]
-            t.reason = fact.payload.get("reason") or ""
-            t.sent_ms = fact.occurred_ms
-        elif fact.event_type == "transfer_received" and t.received_ms is None:
-            t.received_ms = fact.occurred_ms
-        elif fact.event_type == "transfer_returned" and t.returned_ms is None:
+        t = transfers.get(tid)
+        if t is None:
+            t = transfers[tid] = Transfer(transfer_id=tid, case_id=fact.case_id)
+        if kind == "case_transferred":
+            if t.sent_ms is None:
+                t.from_agency_id = fact.agency_id
+                t.to_agency_id = fact.payload["to_agency_id"]
+                t.reason = fact.payload.get("reason") or ""
+                t.sent_ms = fact.occurred_ms
+        elif kind == "transfer_received":
+            if t.received_ms is None:
+                t.received_ms = fact.occurred_ms
+        elif t.returned_ms is None:
             t.returned_ms = fact.occurred_ms
             t.return_reason = fact.payload.get("reason")
     return transfers
 
 
 def pair_appraisals(facts: Iterable[Fact]) -> dict[str, Appraisal]:
-    appraisals: dict[str, Appraisal] = {}
-    for fact in sorted(facts, key=lambda f: f.order_key):
-        if fact.event_type not in ("appraisal_requested", "appraisal_completed"):
+    return pair_appraisals_ordered(sorted(facts, key=by_event_time))
+
+
+def pair_appraisals_ordered(
+    ordered: Iterable[Fact], appraisals: dict[str, Appraisal] | None = None
+) -> dict[str, Appraisal]:
+    """`pair_appraisals` of facts already in event-time order (going on with `appraisals`)."""
+    if appraisals is None:
+        appraisals = {}
+    for fact in ordered:
+        if fact.event_type not in APPRAISAL_EVENTS:
             continue
         aid = fact.payload["appraisal_id"]
-        a = appraisals.setdefault(aid, Appraisal(appraisal_id=aid, case_id=fact.case_id))
+        a = appraisals.get(aid)
+        if a is None:
+            a = appraisals[aid] = Appraisal(appraisal_id=aid, case_id=fact.case_id)
         a.kind = a.kind or fact.payload.get("kind") or ""
         if fact.event_type == "appraisal_requested" and a.requested_ms is None:
             a.requested_ms = fact.occurred_ms
