@@ -43,6 +43,7 @@ from services.processor.intake import Intake
 from services.processor.refetch import read_offsets
 from services.processor.stall import StallTracker
 from services.processor.state_store import PartitionStates
+from services.processor.state_upgrade import upgrade_state
 from services.processor.written_offsets import WrittenOffsets
 from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink, RowBatch
@@ -518,6 +519,9 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     if restarts.restarts_so_far():
         log.warning("restarted in place %d time(s) so far", restarts.restarts_so_far())
     ensure_topics(settings, {facts_topic(settings.worker_app_id): settings.topic_partitions})
+    upgrade_state(  # once, from the layout before envelopes (state_upgrade.py)
+        settings, settings.worker_app_id, CASE_STATE_TABLE, settings.topic_partitions, log.warning
+    )
     ops_probe.ensure_probe_topic(settings)  # ops: before the intake subscribes to it
     app = create_app(settings)
     app.casestream_metrics.restarts.set(restarts.restarts_so_far())
