@@ -177,6 +177,14 @@ def test_spilled_facts_come_back_by_bucket_in_write_order(history, tmp_path, mon
         assert back == [f for f in facts if bucket_of(f.case_id, 4) == bucket]
 
 
+def test_a_payload_messagepack_cannot_hold_is_spilled_as_json(history, tmp_path):
+    huge = replace(history[0], payload={**history[0].payload, "damage_vnd": 10**30})
+    with BucketWriter(tmp_path, 1, "r0") as writer:
+        for fact in [huge, *history[1:20]]:
+            writer.add(fact)
+    assert list(read_facts(bucket_paths(tmp_path, 0, ["r0"]))) == [huge, *history[1:20]]
+
+
 def test_a_truncated_bucket_file_names_the_file(history, tmp_path):
     facts = history[:50]
     with BucketWriter(tmp_path, 1, "r0") as writer:
@@ -184,7 +192,7 @@ def test_a_truncated_bucket_file_names_the_file(history, tmp_path):
             writer.add(fact)
     path = bucket_paths(tmp_path, 0, ["r0"])[0]
     path.write_bytes(path.read_bytes()[:-7])
-    with pytest.raises(ValueError, match=r"b00000\.r0: truncated envelope"):
+    with pytest.raises(ValueError, match=r"b00000\.r0: truncated chunk"):
         list(read_facts([path]))
 
 
