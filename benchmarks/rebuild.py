@@ -96,6 +96,15 @@ def run(ctx: BenchContext) -> list[Result]:
                 "read_rate": round(replay.read.rate),
                 "derive_s": round(replay.derive.seconds, 1),
                 "derive_rate": round(replay.derive.rate),
+                # CPU per event of the replay's processes (user + system): what the replay
+                # costs whatever else runs on the machine; 2 cores of it ≈ the rate it reaches
+                # on a machine of its own (the endpoint's and Kafka's share not included).
+                "read_cpu_us_per_event": round(1e6 * replay.read.cpu_seconds / replayed)
+                if replayed
+                else None,
+                "derive_cpu_us_per_event": round(1e6 * replay.derive.cpu_seconds / replayed)
+                if replayed
+                else None,
                 "replay_rate": round(replay_rate) if replay_rate else None,
                 "other_s": round(wall - replay.seconds, 1),  # migrations, catch-up, checksums
                 "buckets": replay.buckets,
