@@ -230,8 +230,9 @@ class RebuildResult:
 
 
 def drop_worker_topics(settings: Settings, app_id: str) -> list[str]:
-    """Delete a finished rebuild worker's own topics (re-keyed facts, faust's changelog and
-    leader topic): a full copy of the history each, of no use once the rebuild is over."""
+    """Delete the own topics of a worker app id that is done (re-keyed facts, faust's
+    changelog and leader topic): a full copy of the history each. The rebuild no longer runs
+    a worker (it replays, see `services.ops.replay`); isolated workers, e.g. of tests, do."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka_client_config())

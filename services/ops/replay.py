@@ -567,24 +567,35 @@ class Replay:
             raise RuntimeError("catch_up() before run()")
         self._rounds += 1
         writer_name = f"c{self._rounds}"
-        new: list[Fact] = []
+        sink = ClickHouseSink(
+            lambda: self.settings.clickhouse_client(database=database or self.database)
+        )
+        now = datetime.now(UTC)
+        new: list[Fact] = []  # written every BUCKET_EVENTS: a long backlog stays bounded
         touched: dict[int, set[str]] = {}
+
+        def write_new() -> None:
+            rows = RowBatch()
+            fact_rows(new, rows, now)
+            sink.write(rows)
+            new.clear()
+
         with BucketWriter(self.directory, self.buckets, writer_name) as writer:
 
             def on_fact(fact: Fact) -> None:
                 new.append(fact)
                 touched.setdefault(writer.add(fact), set()).add(fact.case_id)
+                if len(new) >= BUCKET_EVENTS:
+                    write_new()
 
             stats = read_ranges(self.settings, self.group, ranges, on_fact)
+        write_new()
         self.writers.append(writer_name)
         for r in ranges:
             self.positions[(r.topic, r.partition)] = r.end
-        rows = RowBatch()
-        fact_rows(new, rows, datetime.now(UTC))
         for bucket, cases in sorted(touched.items()):
+            rows = RowBatch()
             case_rows(read_facts(bucket_paths(self.directory, bucket, self.writers)), rows, cases)
-        ClickHouseSink(
-            lambda: self.settings.clickhouse_client(database=database or self.database)
-        ).write(rows)
+            sink.write(rows)
         self.stats.caught_up += stats.messages
         return stats.messages
