@@ -57,6 +57,7 @@ BUCKET_EVENTS = 50_000
 CONSUME_BATCH = 10_000
 PROGRESS_SECONDS = 5.0
 REGISTRY_RETRY_MAX_SECONDS = 10.0
+WATERMARK_ATTEMPTS = 5
 
 Partition = tuple[str, int]
 Progress = Callable[[str], None]
@@ -134,14 +135,25 @@ def watermarks(settings: Settings, partitions: Sequence[Partition]) -> dict[Part
 
     if not partitions:
         return {}
+    from confluent_kafka import KafkaException
+
     admin = AdminClient(settings.kafka_client_config())
     found: dict[Partition, list[int]] = {p: [0, 0] for p in partitions}
     for index, spec in enumerate((OffsetSpec.earliest(), OffsetSpec.latest())):
-        futures = admin.list_offsets(
-            {TopicPartition(t, p): spec for t, p in partitions}, request_timeout=60
-        )
-        for tp, future in futures.items():
-            found[(tp.topic, tp.partition)][index] = future.result().offset
+        for attempt in range(WATERMARK_ATTEMPTS):
+            try:
+                futures = admin.list_offsets(
+                    {TopicPartition(t, p): spec for t, p in partitions}, request_timeout=60
+                )
+                for tp, future in futures.items():
+                    found[(tp.topic, tp.partition)][index] = future.result().offset
+                break
+            except KafkaException as exc:
+                # A leader moving (UNKNOWN_LEADER_EPOCH, NOT_LEADER...) answers for a moment.
+                if attempt + 1 == WATERMARK_ATTEMPTS or not exc.args[0].retriable():
+                    raise
+                log.warning("listing offsets failed (%s); retrying", exc)
+                time.sleep(1.0 + attempt)
     return {p: (low, high) for p, (low, high) in found.items()}
 
 
