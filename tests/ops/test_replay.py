@@ -199,3 +199,37 @@ def test_a_truncated_bucket_file_names_the_file(history, tmp_path):
 def test_work_is_shared_by_weight():
     shares = _balanced(["a", "b", "c", "d"], [10, 1, 6, 5], 2)
     assert sorted(map(sorted, shares)) == [["a", "b"], ["c", "d"]]
+
+
+def test_offsets_are_listed_again_when_a_leader_moves(monkeypatch):
+    """A benchmark run met UNKNOWN_LEADER_EPOCH while a leader moved: a moment, not a failure."""
+    from concurrent.futures import Future
+
+    import confluent_kafka.admin
+    from confluent_kafka import KafkaError, KafkaException
+
+    from services.ops import replay
+    from services.settings import Settings
+
+    calls: list[int] = []
+
+    class Admin:
+        def __init__(self, _config) -> None:
+            pass
+
+        def list_offsets(self, request, request_timeout):
+            calls.append(1)
+            if len(calls) == 1:
+                raise KafkaException(KafkaError(KafkaError.UNKNOWN_LEADER_EPOCH))
+            futures = {}
+            for tp in request:
+                future: Future = Future()
+                future.set_result(type("Info", (), {"offset": 7 * len(calls)})())
+                futures[tp] = future
+            return futures
+
+    monkeypatch.setattr(confluent_kafka.admin, "AdminClient", Admin)
+    monkeypatch.setattr(replay.time, "sleep", lambda s: None)
+    marks = replay.watermarks(Settings.from_env(), [("agency.20-INSP.events", 0)])
+    assert marks == {("agency.20-INSP.events", 0): (14, 21)}
+    assert len(calls) == 3
