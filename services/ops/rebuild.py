@@ -3,13 +3,13 @@
 Kafka is the source of truth, so the fact tables are a cache that can always be rebuilt:
 
 1. a new database `<db>_rebuild_<stamp>` gets the same migrations;
-2. a second worker with its own consumer group (so the live worker's offsets are untouched)
-   reads every agency topic from offset 0 into it: the live tables keep serving analysts and the
-   live worker keeps processing. Its intake re-keys every event into the rebuild's own facts
-   topic (`<app_id>-facts-by-case`), which only its derive reads; the topic, like faust's
-   changelog of the rebuild, is deleted when the rebuild worker stops;
-3. once the rebuild worker has caught up, both sets of tables are compared: row counts and a
-   digest of each table's rows (`TableDigest`); when they differ, the differing keys are named;
+2. the replay (`services.ops.replay`) reads every agency topic from its first offset, validates
+   each message as the intake does, spills the facts by case to disk and derives each case once
+   with the live worker's pure code into it. No worker, consumer group commit or topic of its
+   own: the live tables keep serving analysts and the live worker keeps processing meanwhile;
+3. both sets of tables are compared once the live worker is caught up and the replay has read
+   what arrived meanwhile (`Replay.catch_up`): row counts and a digest of each table's rows
+   (`TableDigest`); when they differ, the differing keys are named;
 4. the switch exchanges each rebuilt table with its live twin (`EXCHANGE TABLES`, atomic per
    table); from then on the live worker writes into the rebuilt tables. The old tables stay in
    the rebuild database, for comparison or rollback, until dropped.
@@ -20,16 +20,19 @@ the two sets of tables can be compared row for row and exchanged without a visib
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from services.ops.consumer_lag import wait_caught_up
+from services.ops.replay import Replay, ReplayStats
 from services.serving.migrations import migrate
 from services.settings import Settings
-from services.stack.process import ManagedProcess
-from services.stack.worker import worker_env
 
 # Written by the worker; everything else (rollups, ops tables) is derived from these.
 FACT_TABLES = [
@@ -219,6 +222,7 @@ class RebuildResult:
     switched: bool = False
     # Only when the tables differ: which tables, and a few of their differing keys.
     differences: list[TableDifference] = field(default_factory=list)
+    replay: ReplayStats | None = None
 
     @property
     def equal(self) -> bool:
@@ -226,8 +230,9 @@ class RebuildResult:
 
 
 def drop_worker_topics(settings: Settings, app_id: str) -> list[str]:
-    """Delete a finished rebuild worker's own topics (re-keyed facts, faust's changelog and
-    leader topic): a full copy of the history each, of no use once the rebuild is over."""
+    """Delete the own topics of a worker app id that is done (re-keyed facts, faust's
+    changelog and leader topic): a full copy of the history each. The rebuild no longer runs
+    a worker (it replays, see `services.ops.replay`); isolated workers, e.g. of tests, do."""
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(settings.kafka_client_config())
@@ -240,34 +245,35 @@ def drop_worker_topics(settings: Settings, app_id: str) -> list[str]:
     return names
 
 
-def _rebuild_worker(settings: Settings, database: str, app_id: str) -> ManagedProcess:
-    proc = ManagedProcess(f"rebuild-worker-{app_id}", settings.home)
-    proc.start(
-        [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "warning"],
-        env=worker_env(
-            {"CASESTREAM_CLICKHOUSE_DATABASE": database, "CASESTREAM_WORKER_APP_ID": app_id}
-        ),
-        marker="worker run",
-    )
-    return proc
+def default_processes() -> int:
+    """One replay process per core, at most 2 by default: reading and deriving are CPU-bound,
+    and the live worker, Kafka and ClickHouse need the machine too."""
+    return max(1, min(2, os.cpu_count() or 1))
 
 
-def _compare(settings: Settings, client, result: RebuildResult, timeout: float) -> None:
-    """Digest both sets of tables once both workers are caught up, up to COMPARE_ATTEMPTS times;
-    when they still differ, record which tables and keys differ.
+def _compare(
+    settings: Settings,
+    client,
+    result: RebuildResult,
+    timeout: float,
+    catch_up: Callable[[], Any],
+) -> None:
+    """Digest both sets of tables once the live worker is caught up and the replay has read
+    what arrived meanwhile (`catch_up`), up to COMPARE_ATTEMPTS times; when they still differ,
+    record which tables and keys differ.
 
     Why more than one attempt: the live side keeps processing during a rebuild (that is its
-    point), and the two workers read the same topics independently. Being caught up is a
-    moment, not a state: an event published after the two lag checks, or between the two
+    point), and the replay reads the same topics independently. Being caught up is a moment,
+    not a state: an event published after the lag check and the catch-up, or between the two
     digests, is in one set of tables and not yet in the other. That difference goes away once
-    both workers have written the event (each commits its offsets only after ClickHouse took
-    the rows, so "caught up" means "written"), hence: wait until both are caught up again and
-    compare again. A real difference (the rebuild derived other rows) survives every attempt
-    and is reported. Without live traffic the first comparison is final.
+    both have written the event (the worker commits its offsets only after ClickHouse took the
+    rows, so "caught up" means "written"; the catch-up returns once its rows are written),
+    hence: catch up again and compare again. A real difference (the rebuild derived other rows)
+    survives every attempt and is reported. Without live traffic the first comparison is final.
     """
     for _attempt in range(COMPARE_ATTEMPTS):
         wait_caught_up(settings, group=settings.worker_app_id, timeout=timeout)
-        wait_caught_up(settings, group=result.app_id, timeout=timeout)
+        catch_up()
         result.live = table_digests(client, settings.clickhouse_database)
         result.rebuilt = table_digests(client, result.database)
         if result.equal:
@@ -287,27 +293,37 @@ def rebuild(
     switch: bool = True,
     timeout: float = 3600.0,
     stamp: str | None = None,
+    processes: int | None = None,
+    spill_dir: Path | None = None,
     log=print,
 ) -> RebuildResult:
+    """Replay into `<db>_rebuild_<stamp>`, compare with the live tables, switch when equal.
+
+    `spill_dir` (default `<home>/rebuild/<stamp>`) holds the spilled facts, ~0.3 kB per event,
+    and is removed at the end; `timeout` bounds each wait for the live worker to catch up.
+    """
     stamp = stamp or time.strftime("%Y%m%d%H%M%S")
     database = f"{settings.clickhouse_database}_rebuild_{stamp}"
     app_id = f"{settings.worker_app_id}-rebuild-{stamp}"
+    directory = spill_dir or settings.home / "rebuild" / stamp
     started = time.monotonic()
-    log(f"rebuilding into {database} with consumer group {app_id}")
+    log(f"rebuilding into {database}")
     migrate(settings, database=database, log=log)
-    worker = _rebuild_worker(settings, database, app_id)
+    replay = Replay(
+        settings,
+        database,
+        directory,
+        group=app_id,
+        processes=processes or default_processes(),
+        progress=log,
+    )
     try:
-        time.sleep(3)  # let the group form before measuring its lag
-        wait_caught_up(
-            settings,
-            group=app_id,
-            timeout=timeout,
-            progress=lambda lag: log(f"  rebuild: {lag:,} messages behind"),
-        )
+        result = RebuildResult(database, app_id, 0.0, replay=replay.run())
         client = settings.clickhouse_client(database="default")
-        result = RebuildResult(database, app_id, 0.0)
-        _compare(settings, client, result, timeout)
+        _compare(settings, client, result, timeout, replay.catch_up)
         result.seconds = time.monotonic() - started
+        if replay.stats.caught_up:
+            log(f"  caught up with {replay.stats.caught_up:,} messages published meanwhile")
         for name in COMPARED_TABLES:
             same = "equal" if result.live[name] == result.rebuilt[name] else "DIFFERENT"
             log(
@@ -326,12 +342,13 @@ def rebuild(
                 f"switched: analysts now read the rebuilt tables; the previous ones are in "
                 f"{database}"
             )
-            # Events that arrived during the switch went to both workers; let the rebuild
-            # worker finish what it has read before it goes.
-            wait_caught_up(settings, group=app_id, timeout=timeout)
+            # Events the live worker wrote into the previous tables after the last comparison
+            # are not in the rebuilt ones yet: replay them into the tables that are live now
+            # (every row is idempotent, so those the live worker writes again change nothing).
+            replay.catch_up(settings.clickhouse_database)
         elif switch:
             log("not switched: the rebuilt tables differ from the live ones")
+        log(f"rebuild done in {time.monotonic() - started:.0f} s")
         return result
     finally:
-        worker.stop()
-        drop_worker_topics(settings, app_id)
+        shutil.rmtree(directory, ignore_errors=True)

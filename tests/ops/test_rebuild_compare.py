@@ -182,16 +182,19 @@ def test_rebuild_compares_until_equal_and_names_what_still_differs(
     settings = replace(settings, clickhouse_database=live)
     insert_cases(client, live, [open_case("C-1", "verification")])
     insert_cases(client, rebuilt, [open_case("C-1", "verification")])
+    catch_ups: list[int] = []
     result = RebuildResult(rebuilt, "rebuild-group", 0.0)
-    rebuild_module._compare(settings, client, result, timeout=1)
+    rebuild_module._compare(settings, client, result, 1, lambda: catch_ups.append(1))
     assert result.equal and result.differences == []
-    assert waits == [settings.worker_app_id, "rebuild-group"]  # equal at once: one comparison
+    # Equal at once: one comparison, after the live worker and the replay caught up.
+    assert waits == [settings.worker_app_id] and len(catch_ups) == 1
 
     waits.clear()
+    catch_ups.clear()
     insert_cases(client, live, [open_case("C-2", "indicted")])
-    rebuild_module._compare(settings, client, result, timeout=1)
+    rebuild_module._compare(settings, client, result, 1, lambda: catch_ups.append(1))
     assert not result.equal
-    assert len(waits) == 2 * COMPARE_ATTEMPTS
+    assert len(waits) == len(catch_ups) == COMPARE_ATTEMPTS
     assert result.live["cases"].rows == 2 and result.rebuilt["cases"].rows == 1
     assert result.differences == [TableDifference("cases", 1, (KeyDifference("C-2", 1, 0),))]
 
