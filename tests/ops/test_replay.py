@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import random
 import uuid
-from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from msgspec.structs import replace
 
 from services.agency.generator import GeneratorOptions, write_jsonl
 from services.ops import spill
