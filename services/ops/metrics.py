@@ -20,7 +20,8 @@ when the worker restarts, as Prometheus expects):
 
 Each worker has its own registry (several apps can live in one test process). The HTTP server
 is prometheus_client's ``start_http_server``; if the port is taken (a second worker on one
-machine, e.g. a rebuild worker) the worker logs a warning and runs without metrics.
+machine without its own CASESTREAM_WORKER_METRICS_ADDR) the worker logs a warning and runs
+without metrics.
 """
 
 from __future__ import annotations
