@@ -137,6 +137,10 @@ class Outbox:
         """An outbox written by an earlier version (validated JSON per row) -> Avro bodies."""
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            if "event_json" not in columns:  # another process migrated it meanwhile
+                self._db.execute("COMMIT")
+                return
             self._db.execute("DROP INDEX IF EXISTS outbox_pending")
             self._db.execute("ALTER TABLE outbox RENAME TO outbox_json")
             self._create()
