@@ -11,6 +11,10 @@ linger 5 ms, lz4) sending the *pre-encoded* Avro bytes of the same events to a m
 topics (same names prefixed ``benchbare.``, same partitions), then ``flush()``. No per-message
 callback; the delivered count is checked on the topics' watermarks afterwards.
 
+After the timed run, each step of the SDK is timed alone on the first 20,000 events (validate,
+storable form, chain links, Avro body, outbox insert, delivered marking; ``step_us_*``), so the
+result says where the SDK's time per event goes.
+
 py-spy samples this process (non-blocking, from outside) during the SDK run, as the process
 scenario does with the worker; `--no-profile` measures without it.
 
@@ -22,8 +26,11 @@ the rate.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 from benchmarks.common import (
     BenchContext,
@@ -63,6 +70,61 @@ def _bare_produce(settings, messages: list[tuple[str, bytes, bytes]]) -> float:
     if left:
         raise RuntimeError(f"bare producer: {left} messages not delivered")
     return t.seconds
+
+
+def _stage_costs(events: list[dict], work: Path) -> dict[str, float]:
+    """Microseconds per event of each step the SDK takes, on the first 20,000 events, each
+    step alone (not timed with the rate): where the SDK's time goes, next to the bare rate."""
+    from services.agency.bulk_import import CHUNK as IMPORT_CHUNK
+    from services.agency.chain_store import ChainStore
+    from services.agency.outbox import Outbox, storable_form
+    from services.contracts.events import parse_event
+
+    sample = events[:20_000]
+    n = len(sample)
+    scratch = work / "stages"
+    shutil.rmtree(scratch, ignore_errors=True)
+    costs: dict[str, float] = {}
+
+    def timed(name: str, step) -> Any:
+        started = time.perf_counter()
+        result = step()
+        costs[name] = round(1e6 * (time.perf_counter() - started) / n, 1)
+        return result
+
+    valid = timed("validate", lambda: [parse_event(e) for e in sample])
+    stored = timed("storable", lambda: [storable_form(e) for e in valid])
+    unique = list({e["event_id"]: e for e in stored}.values())
+    chain = ChainStore(scratch / "chain.sqlite")
+    outbox = Outbox(scratch / "outbox.sqlite")
+    try:
+
+        def link() -> None:
+            for part in chunks(unique, IMPORT_CHUNK):
+                with chain.assigning(part) as links:
+                    for event, fields in zip(part, links, strict=True):
+                        event.update(fields)
+
+        timed("chain", link)
+        rows = timed(
+            "encode",
+            lambda: [
+                (e["event_id"], e["agency_id"], e["case_id"], outbox.encode(e)) for e in unique
+            ],
+        )
+        seqs = timed(
+            "outbox_insert",
+            lambda: [seq for part in chunks(rows, IMPORT_CHUNK) for seq in outbox.add(part)],
+        )
+        timed(
+            "delivered_marking",
+            lambda: [outbox.mark_delivered(part) for part in chunks(seqs, IMPORT_CHUNK)],
+        )
+    finally:
+        chain.close()
+        outbox.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    return costs
 
 
 def run(ctx: BenchContext) -> list[Result]:
@@ -122,6 +184,10 @@ def run(ctx: BenchContext) -> list[Result]:
             summarize_profile(spy.output).render() if spy.stop() else f"py-spy failed: {spy.error}"
         )
     pub.close(timeout=30)
+    stages = _stage_costs(events, ctx.work)
+    ctx.log(
+        "publish: SDK steps alone, us/event: " + ", ".join(f"{k} {v}" for k, v in stages.items())
+    )
     sdk_rate = n / sdk.seconds
     delivered = ctx.agency_messages() - topics_before
     ctx.published = True
@@ -149,6 +215,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 "registration_seconds": round(registration.seconds, 2),
                 "sdk_us_per_event": round(1e6 * sdk.seconds / n, 1),
                 "bare_us_per_event": round(1e6 * bare_seconds / n, 1),
+                **{f"step_us_{name}": value for name, value in stages.items()},
             },
             memory={"publisher process": round(sdk_rss or 0)},
             command=ctx.repro("publish"),

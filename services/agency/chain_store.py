@@ -65,28 +65,53 @@ class ChainStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                links = [self._link(event) for event in events]
+                links = self._links(events)
                 yield links
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def _link(self, event: Mapping[str, Any]) -> dict[str, Any]:
-        event_id, agency = str(event["event_id"]), event["agency_id"]
-        row = self._db.execute(
-            "SELECT seq, prev, hash FROM links WHERE event_id = ?", (event_id,)
-        ).fetchone()
-        if row is not None:  # a retry: the same position, never a second one
-            return {"chain_seq": row[0], "chain_prev": row[1], "chain_hash": row[2]}
-        fields, head = chain_event(event, self._head(agency))
-        self._record(event_id, agency, fields)
-        self._db.execute(
+    def _links(self, events: list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The links of a batch with a few statements, not four per event: the known links in
+        one query per 500 ids, each agency's head read once, the new links inserted with one
+        executemany and each touched head written once (4 statements per event cost ~5 us of
+        the SDK's per-event budget in the publish benchmark)."""
+        ids = [str(event["event_id"]) for event in events]
+        given: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for event_id, seq, prev, digest in self._db.execute(
+                f"SELECT event_id, seq, prev, hash FROM links WHERE event_id IN ({marks})", chunk
+            ):
+                given[event_id] = {"chain_seq": seq, "chain_prev": prev, "chain_hash": digest}
+        heads: dict[str, ChainHead] = {}
+        new_links = []
+        links = []
+        for event_id, event in zip(ids, events, strict=True):
+            link = given.get(event_id)
+            if link is None:  # not a retry: the next position of its agency
+                agency = event["agency_id"]
+                head = heads.get(agency)
+                if head is None:
+                    head = self._head(agency)
+                link, heads[agency] = chain_event(event, head)
+                given[event_id] = link
+                new_links.append(
+                    (event_id, agency, link["chain_seq"], link["chain_prev"], link["chain_hash"])
+                )
+            links.append(dict(link))
+        self._db.executemany(
+            "INSERT INTO links (event_id, agency_id, seq, prev, hash) VALUES (?, ?, ?, ?, ?)",
+            new_links,
+        )
+        self._db.executemany(
             "INSERT INTO heads (agency_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (agency_id) "
             "DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            (agency, head.seq, head.hash),
+            [(agency, head.seq, head.hash) for agency, head in heads.items()],
         )
-        return fields
+        return links
 
     def _record(self, event_id: str, agency: str, fields: Mapping[str, Any]) -> None:
         self._db.execute(

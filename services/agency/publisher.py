@@ -10,6 +10,11 @@ Guarantees: an event that `publish` accepted is on disk before `publish` returns
 with an idempotent producer (acks=all) and marked delivered only from Kafka's delivery report.
 The broker or the registry being down delays delivery, it loses nothing.
 
+Speed (the publish benchmark, docs/benchmarks.md): each event is validated, chained and encoded
+once; the outbox keeps the Avro body that is sent (outbox.py), a resend prepends the header and
+does not encode again; delivery reports append the event's outbox sequence number to a list and
+the outbox marks runs of consecutive numbers, not one row per event.
+
 Every accepted event is linked into its agency's hash chain (chain_seq, chain_prev, chain_hash;
 services/contracts/chain.py) before it is stored: the heads live in one file per host
 (services/agency/chain_store.py) shared by the SDK, bulk import and the gateway, and advance in
@@ -23,16 +28,16 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaError, Producer
 
 from services.agency.chain_store import ChainStore
-from services.agency.outbox import Outbox
-from services.contracts.codec import AvroCodec
+from services.agency.outbox import Message, Outbox, storable_form
+from services.contracts.codec import HEADER, MAGIC_BYTE
 from services.contracts.events import (
-    kafka_key,
     parse_event,
     topic_for_agency,
     validate_publisher,
@@ -49,11 +54,10 @@ class Accepted:
     new: bool  # False when this event_id was accepted before (idempotent no-op)
 
 
-def _to_storable(event: Mapping[str, Any]) -> dict[str, Any]:
-    """Normalized event → JSON-safe dict (occurred_at as epoch ms, which Avro accepts)."""
-    stored = dict(event)
-    stored["occurred_at"] = round(event["occurred_at"].timestamp() * 1000)
-    return stored
+_to_storable = storable_form  # the benchmark's name for it
+
+#: Serve delivery reports (poll) once per this many produced messages, not after each one.
+_POLL_EVERY = 500
 
 
 class Publisher:
@@ -84,13 +88,14 @@ class Publisher:
         self.chain = ChainStore(chain_path or self.settings.home / "chain" / "chain.sqlite")
         self.chain.adopt(event for _, event in self.outbox.pending())
         self._registry = registry_client or make_client(self.settings.registry_url, timeout=10)
-        self._codec = AvroCodec()
         self._schema_ids: dict[str, int] = {}
-        self._in_flight: set[str] = set()
+        self._headers: dict[str, bytes] = {}  # agency -> wire-format header (magic, schema id)
+        self._topics: dict[str, str] = {}
+        self._in_flight: set[int] = set()  # outbox sequence numbers produced, not yet marked
         # Acknowledged by Kafka, not yet marked in the outbox: marked in one transaction per
         # produce/flush call (one SQLite commit per event capped bulk imports at ~600 events/s).
         # An acknowledged event stays in _in_flight until it is marked, so it is never re-sent.
-        self._acked: list[str] = []
+        self._acked: list[int] = []
         self._lock = threading.Lock()  # guards _in_flight/_acked (callbacks run in poll/flush)
         self._send_lock = threading.RLock()  # serialises outbox reads/writes with producing
         self.delivery_errors = 0
@@ -124,18 +129,42 @@ class Publisher:
             if self.agency_id is not None:
                 validate_publisher(valid, self.agency_id)
             normalized.append(valid)
-        stored = [(e["event_id"], _to_storable(e)) for e in normalized]
+        stored = [(e["event_id"], storable_form(e)) for e in normalized]
         with self._send_lock:  # no re-send of pending rows between the commit and the produce
             # The chain commits only after the outbox did: a head never advances for an event
-            # the outbox did not take. Ids already in the outbox keep the links they have.
-            known = self.outbox.known([eid for eid, _ in stored])
-            fresh = [event for eid, event in stored if eid not in known]
+            # the outbox did not take. Ids already in the outbox keep the links they have; an
+            # id given twice in one call is accepted once (the first), as the outbox would.
+            seen = self.outbox.known([eid for eid, _ in stored])
+            fresh = []
+            for eid, event in stored:
+                if eid not in seen:
+                    seen.add(eid)
+                    fresh.append(event)
             with self.chain.assigning(fresh) as links:
+                rows = []
                 for event, link in zip(fresh, links, strict=True):
                     event.update(link)
-                added = self.outbox.add_many(stored)
-            self._produce([item for item, new in zip(stored, added, strict=True) if new])
-        return [Accepted(eid, new) for (eid, _), new in zip(stored, added, strict=True)]
+                    rows.append(
+                        (
+                            event["event_id"],
+                            event["agency_id"],
+                            event["case_id"],
+                            self.outbox.encode(event),
+                        )
+                    )
+                seqs = self.outbox.add(rows)
+            messages = [
+                Message(seq, row[0], row[1], row[2].encode("utf-8"), row[3])
+                for row, seq in zip(rows, seqs, strict=True)
+                if seq is not None
+            ]
+            self._produce(messages)
+        new = {message.event_id for message in messages}
+        accepted = []
+        for eid, _ in stored:
+            accepted.append(Accepted(eid, eid in new))
+            new.discard(eid)  # the second of a duplicate pair was not new
+        return accepted
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait for acknowledgements, re-sending what failed; returns events still pending."""
@@ -189,12 +218,12 @@ class Publisher:
         with self._send_lock:
             self._mark_acked()
             with self._lock:
-                todo = [item for item in self.outbox.pending() if item[0] not in self._in_flight]
-            self._produce(todo)
+                in_flight = set(self._in_flight)
+            self._produce([m for m in self.outbox.pending_messages() if m.seq not in in_flight])
 
-    def _produce(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+    def _produce(self, messages: list[Message]) -> None:
         try:
-            self._produce_items(items)
+            self._produce_messages(messages)
         finally:
             self._mark_acked()
 
@@ -218,40 +247,51 @@ class Publisher:
             log.warning("could not ensure the topics of %s (%s)", ", ".join(sorted(new)), exc)
             self._topics_retry_at = time.monotonic() + 30  # as the gateway: not on every send
 
-    def _produce_items(self, items: list[tuple[str, dict[str, Any]]]) -> None:
-        self._ensure_topics({event["agency_id"] for _, event in items})
-        for event_id, event in items:
-            agency = event["agency_id"]
+    def _header(self, agency: str) -> bytes:
+        header = self._headers.get(agency)
+        if header is None:
+            header = self._headers[agency] = HEADER.pack(MAGIC_BYTE, self.schema_id(agency))
+            self._topics[agency] = topic_for_agency(agency)
+        return header
+
+    def _produce_messages(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        self._ensure_topics({m.agency_id for m in messages})
+        produce, poll = self._producer.produce, self._producer.poll
+        in_flight, delivered = self._in_flight, self._delivered
+        for n, message in enumerate(messages, 1):
+            agency = message.agency_id
             try:
-                schema_id = self.schema_id(agency)
+                header = self._header(agency)
             except Exception as exc:  # noqa: BLE001 - registry down: events wait in the outbox
                 log.warning("registry unavailable (%s); events wait in the outbox", exc)
                 return
-            value = self._codec.encode(event, schema_id)
             with self._lock:
-                self._in_flight.add(event_id)
+                in_flight.add(message.seq)
+            value = header + message.body
             while True:
                 try:
-                    self._producer.produce(
-                        topic_for_agency(agency),
-                        key=kafka_key(event),
+                    produce(
+                        self._topics[agency],
+                        key=message.key,
                         value=value,
-                        on_delivery=self._delivered(event_id),
+                        on_delivery=partial(delivered, message.seq, message.event_id),
                     )
                     break
                 except BufferError:  # local queue full: let deliveries drain
-                    self._producer.poll(0.1)
-            self._producer.poll(0)
+                    poll(0.1)
+            if n % _POLL_EVERY == 0:
+                poll(0)
+        poll(0)
 
-    def _delivered(self, event_id: str):
-        def callback(err: KafkaError | None, _msg: Any) -> None:
-            if err is None:
-                with self._lock:  # stays in flight until _mark_acked wrote it to the outbox
-                    self._acked.append(event_id)
-            else:
-                with self._lock:
-                    self._in_flight.discard(event_id)  # re-sent by the next _send_pending
-                self.delivery_errors += 1
-                log.warning("delivery of %s failed (%s); it stays in the outbox", event_id, err)
-
-        return callback
+    def _delivered(self, seq: int, event_id: str, err: KafkaError | None, _msg: Any) -> None:
+        """Delivery report of one message (runs inside poll/flush)."""
+        if err is None:
+            with self._lock:  # stays in flight until _mark_acked wrote it to the outbox
+                self._acked.append(seq)
+            return
+        with self._lock:
+            self._in_flight.discard(seq)  # re-sent by the next _send_pending
+        self.delivery_errors += 1
+        log.warning("delivery of %s failed (%s); it stays in the outbox", event_id, err)

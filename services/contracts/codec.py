@@ -23,7 +23,7 @@ from typing import Any
 
 import fastavro
 
-from services.contracts.schema import PAYLOAD_RECORD_BY_EVENT_TYPE, parsed_schema
+from services.contracts.schema import PAYLOAD_RECORD_BY_EVENT_TYPE, parsed_schema, schema_dict
 
 MAGIC_BYTE = 0
 HEADER = struct.Struct(">bI")
@@ -79,6 +79,222 @@ def _null_defaults(schema: dict[str, Any]) -> tuple[str, ...]:
 _NULL_DEFAULTS: dict[int, tuple[dict[str, Any], tuple[str, ...]]] = {}
 
 
+class _Unsupported(Exception):
+    """A value the compiled body writer does not handle itself: fastavro decides instead."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1
+_ZIGZAG_SMALL = [_varint((n << 1) ^ (n >> 63)) for n in range(-64, 4096)]
+
+
+def _zigzag(n: int) -> bytes:
+    """Avro's long/int encoding (zig-zag, then base-128 varint)."""
+    if -64 <= n < 4096:
+        return _ZIGZAG_SMALL[n + 64]
+    return _varint(((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF)
+
+
+class BodyWriter:
+    """The Avro body (no header) of a normalized event, compiled once from the schema.
+
+    Why: ``fastavro.schemaless_writer`` walks the generic schema for every record (7.6 us per
+    event measured in the publish benchmark); this writer generates, once, one straight-line
+    Python function per record of the contract schema and writes the same bytes in a fraction
+    of that. It only handles the plain types a validated event has (str, int, bool, None, an
+    ``occurred_at`` given as epoch milliseconds); anything else (a datetime, a uuid.UUID, a
+    misspelt or missing key, an out-of-range number) raises ``_Unsupported`` and
+    :meth:`AvroCodec.encode_body` hands the record to fastavro, which encodes or refuses it
+    exactly as before. ``tests/contracts/test_codec.py`` checks the bytes against fastavro's.
+    """
+
+    def __init__(self, schema: Mapping[str, Any]) -> None:
+        self._named: dict[str, Any] = {}
+        self._sources: list[str] = []
+        self._globals: dict[str, Any] = {
+            "U": _Unsupported,
+            "ZZ": _ZIGZAG_SMALL,
+            "zz": _zigzag,
+            "LMIN": _LONG_MIN,
+            "LMAX": _LONG_MAX,
+            "IMIN": _INT_MIN,
+            "IMAX": _INT_MAX,
+            "RECORDS": PAYLOAD_RECORD_BY_EVENT_TYPE,
+        }
+        self._counter = 0
+        namespace = schema.get("namespace", "casestream")
+        self._named[self._full(schema["name"], namespace)] = schema
+        body, names = self._record_body(schema, namespace, envelope=True)
+        self._globals["ENVELOPE"] = frozenset(names)
+        self._globals["REQUIRED"] = frozenset(
+            f["name"] for f in schema["fields"] if not ("default" in f and f["default"] is None)
+        )
+        self._sources.append(
+            "def encode(v):\n"
+            "    if type(v) is not dict or not v.keys() <= ENVELOPE or not REQUIRED <= v.keys():\n"
+            "        raise U\n"
+            "    out = bytearray()\n" + body + "    return bytes(out)\n"
+        )
+        source = "\n".join(self._sources)
+        exec(compile(source, "<casestream BodyWriter>", "exec"), self._globals)  # noqa: S102
+        self._globals["BRANCHES"] = {
+            full: (index, self._globals[function])
+            for full, (index, function) in self._globals.pop("BRANCHES_SPEC").items()
+        }
+        self.encode: Callable[[Mapping[str, Any]], bytes] = self._globals["encode"]
+
+    @staticmethod
+    def _full(name: str, namespace: str) -> str:
+        return name if "." in name else f"{namespace}.{name}"
+
+    def _name(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def _record_body(
+        self, schema: Mapping[str, Any], namespace: str, envelope: bool = False
+    ) -> tuple[str, list[str]]:
+        namespace = schema.get("namespace", namespace)
+        lines = []
+        names = []
+        for field in schema["fields"]:
+            name = field["name"]
+            names.append(name)
+            nullable_default = "default" in field and field["default"] is None
+            value = f"v.get({name!r})" if envelope and nullable_default else f"v[{name!r}]"
+            lines.append(f"    x = {value}\n")
+            lines.append(self._write(field["type"], namespace, name, "x", envelope))
+        return "".join(lines), names
+
+    def _write(self, avro_type: Any, namespace: str, field: str, x: str, envelope: bool) -> str:
+        """Statements (4-space indent) appending the encoding of variable ``x`` to ``out``."""
+        if isinstance(avro_type, list):
+            return self._write_union(avro_type, namespace, field, x, envelope)
+        if isinstance(avro_type, str) and avro_type not in _PRIMITIVE_TYPES:
+            named = self._named.get(self._full(avro_type, namespace))
+            if named is None:
+                raise NotImplementedError(f"{field}: unknown type {avro_type!r}")
+            avro_type = named
+        if isinstance(avro_type, str):
+            avro_type = {"type": avro_type}
+        kind = avro_type["type"]
+        logical = avro_type.get("logicalType")
+        if kind in ("record", "enum"):
+            ns = avro_type.get("namespace", namespace)
+            self._named[self._full(avro_type["name"], ns)] = avro_type
+            function = self._function(avro_type, ns)
+            return f"    out += {function}({x})\n"
+        if kind == "string" and logical in (None, "uuid"):
+            return (
+                f"    if type({x}) is not str: raise U\n"
+                f"    b = {x}.encode()\n"
+                "    n = len(b)\n"
+                "    out += ZZ[n + 64] if n < 4096 else zz(n)\n"
+                "    out += b\n"
+            )
+        if kind in ("long", "int") and (logical is None or logical == "timestamp-millis"):
+            lo, hi = ("LMIN", "LMAX") if kind == "long" else ("IMIN", "IMAX")
+            return (
+                f"    if type({x}) is not int or not {lo} <= {x} <= {hi}: raise U\n"
+                f"    out += ZZ[{x} + 64] if -64 <= {x} < 4096 else zz({x})\n"
+            )
+        if kind == "boolean" and logical is None:
+            return (
+                f"    if type({x}) is not bool: raise U\n    out += b'\\x01' if {x} else b'\\x00'\n"
+            )
+        raise NotImplementedError(f"{field}: type {avro_type!r} is not compiled")
+
+    def _function(self, schema: Mapping[str, Any], namespace: str) -> str:
+        """A generated function encoding a record or enum value; returns its name."""
+        name = self._name("enum" if schema["type"] == "enum" else "record")
+        if schema["type"] == "enum":
+            self._globals[f"{name}_index"] = {
+                symbol: _zigzag(i) for i, symbol in enumerate(schema["symbols"])
+            }
+            self._sources.append(
+                f"def {name}(x):\n"
+                f"    found = {name}_index.get(x) if type(x) is str else None\n"
+                "    if found is None: raise U\n"
+                "    return found\n"
+            )
+            return name
+        body, names = self._record_body(schema, namespace)
+        self._globals[f"{name}_names"] = frozenset(names)
+        self._sources.append(
+            f"def {name}(v):\n"
+            f"    if type(v) is not dict or not v.keys() <= {name}_names: raise U\n"
+            "    out = bytearray()\n"
+            "    try:\n"
+            + "".join("    " + line if line.strip() else line for line in body.splitlines(True))
+            + "    except KeyError:\n"  # fastavro's strict mode refuses a missing field
+            "        raise U from None\n"
+            "    return out\n"
+        )
+        return name
+
+    def _write_union(
+        self, branches: list[Any], namespace: str, field: str, x: str, envelope: bool
+    ) -> str:
+        if len(branches) == 2 and "null" in branches:
+            null = branches.index("null")
+            other = branches[1 - null]
+            inner = self._write(other, namespace, field, x, envelope)
+            return (
+                f"    if {x} is None:\n"
+                f"        out += {_zigzag(null)!r}\n"
+                "    else:\n"
+                f"        out += {_zigzag(1 - null)!r}\n"
+                + "".join("    " + line for line in inner.splitlines(True))
+            )
+        if not envelope or field != "payload":
+            raise NotImplementedError(f"{field}: only [null, T] unions and the payload compiled")
+        # The payload's record is chosen by event_type (the normalized form's payload is the
+        # bare record; AvroCodec.encode passes (record name, value) to fastavro).
+        table = {}
+        for i, branch in enumerate(branches):
+            if not isinstance(branch, dict) or branch.get("type") != "record":
+                raise NotImplementedError(f"{field}: only unions of records compiled")
+            ns = branch.get("namespace", namespace)
+            full = self._full(branch["name"], ns)
+            self._named[full] = branch
+            table[full] = (_zigzag(i), self._function(branch, ns))
+        name = self._name("payload")
+        self._sources.append(
+            f"def {name}(event_type, x):\n"
+            "    found = BRANCHES.get(RECORDS.get(event_type)) if type(event_type) is str else None\n"
+            "    if found is None: raise U\n"
+            "    return found[0] + found[1](x)\n"
+        )
+        self._globals["BRANCHES_SPEC"] = table
+        return f"    out += {name}(v['event_type'], {x})\n"
+
+
+_PRIMITIVE_TYPES = frozenset(
+    {"string", "long", "int", "boolean", "null", "bytes", "float", "double"}
+)
+_BODY_WRITER: list[BodyWriter | None] = []
+
+
+def _body_writer() -> BodyWriter | None:
+    """The contract schema's compiled writer (built once per process); None when the schema
+    uses a type it does not compile (then fastavro writes every event)."""
+    if not _BODY_WRITER:
+        try:
+            _BODY_WRITER.append(BodyWriter(schema_dict()))
+        except NotImplementedError:
+            _BODY_WRITER.append(None)
+    return _BODY_WRITER[0]
+
+
 class _Writer:
     __slots__ = ("source", "parsed", "reader")
 
@@ -97,6 +313,8 @@ class AvroCodec:
         )
         self._max_cached = max_cached_schemas
         self._writers: dict[Any, _Writer] = {}
+        # The compiled writer serves the shipped contract schema only; a custom one is fastavro's.
+        self._body = _body_writer() if reader_schema is None else None
 
     # ------------------------------------------------------------------ encode
 
@@ -114,6 +332,23 @@ class AvroCodec:
         """
         if not isinstance(schema_id, int) or not 0 <= schema_id <= 0xFFFFFFFF:
             raise EncodeError(f"schema id must be an unsigned 32-bit integer, got {schema_id!r}")
+        return HEADER.pack(MAGIC_BYTE, schema_id) + self.encode_body(
+            event, writer_schema=writer_schema
+        )
+
+    def encode_body(
+        self, event: Mapping[str, Any], *, writer_schema: SchemaLike | None = None
+    ) -> bytes:
+        """Normalized event -> its Avro body alone (the wire format without the 5-byte header).
+
+        The body does not depend on the schema's registry id, so the SDK's outbox can keep it
+        while the registry is unreachable and prepend the header when it sends.
+        """
+        if writer_schema is None and self._body is not None:
+            try:
+                return self._body.encode(event)  # type: ignore[arg-type]
+            except _Unsupported:
+                pass  # fastavro encodes it or says why not
         schema = self.reader_schema if writer_schema is None else parse_schema(writer_schema)
         try:
             record_name = PAYLOAD_RECORD_BY_EVENT_TYPE[event["event_type"]]
@@ -124,7 +359,6 @@ class AvroCodec:
         except (KeyError, TypeError) as exc:
             raise EncodeError(f"not a normalized event: {exc!r}") from None
         buf = io.BytesIO()
-        buf.write(HEADER.pack(MAGIC_BYTE, schema_id))
         try:
             fastavro.schemaless_writer(buf, schema, record, strict=True)
         except Exception as exc:  # fastavro raises ValueError/TypeError/KeyError/...

@@ -71,6 +71,7 @@ JSON_FIELDS = (
     "payload",
 )
 REQUIRED_JSON_FIELDS = frozenset(JSON_FIELDS) - {"sequence"}
+_JSON_FIELD_SET = frozenset(JSON_FIELDS)
 
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -166,8 +167,11 @@ def _check_int(lo: int, hi: int) -> _Checker:
     return check
 
 
+_check_count = _check_int(0, LONG_MAX)  # built once: not a closure per checked value
+
+
 def _check_amount(value: Any, path: str, ctx: _Ctx) -> int:
-    amount = _check_int(0, LONG_MAX)(value, path, ctx)
+    amount = _check_count(value, path, ctx)
     if amount > MAX_PLAUSIBLE_VND:
         raise EventValidationError(
             path, value, f"is not a plausible amount (above {MAX_PLAUSIBLE_VND:,} VND)"
@@ -249,7 +253,7 @@ def _type_checker(field_name: str, avro_type: Any, types: dict[str, dict]) -> _C
         # Every number in a payload is a count or an amount of money: never negative.
         if field_name.endswith("_vnd"):
             return _check_amount
-        return _check_int(0, LONG_MAX)
+        return _check_count
     if kind == "int":
         return _check_int(0, INT_MAX)
     if kind == "string":
@@ -291,6 +295,7 @@ def _build_payload_specs() -> dict[str, tuple[_FieldSpec, ...]]:
 
 
 _PAYLOAD_SPECS = _build_payload_specs()
+_PAYLOAD_NAMES = {t: frozenset(s.name for s in specs) for t, specs in _PAYLOAD_SPECS.items()}
 
 
 def payload_fields(event_type: str) -> tuple[str, ...]:
@@ -306,8 +311,8 @@ def _parse_payload(event_type: str, payload: Any, ctx: _Ctx) -> dict[str, Any]:
     if not isinstance(payload, Mapping):
         raise EventValidationError("payload", payload, "must be a JSON object")
     specs = _PAYLOAD_SPECS[event_type]
-    names = {s.name for s in specs}
-    for key in sorted(payload, key=str):
+    names = _PAYLOAD_NAMES[event_type]
+    for key in () if payload.keys() <= names else sorted(payload, key=str):
         if key not in names:
             raise EventValidationError(
                 f"payload.{key}",
@@ -382,7 +387,8 @@ def parse_event(
     """
     if not isinstance(obj, Mapping):
         raise EventValidationError("<event>", obj, "event must be a JSON object")
-    for key in sorted(obj, key=str):
+    # The sorted walk names the first unknown field; skipped when every key is known.
+    for key in () if obj.keys() <= _JSON_FIELD_SET else sorted(obj, key=str):
         if key not in JSON_FIELDS:
             raise EventValidationError(
                 str(key), obj[key], f"unknown field (allowed: {', '.join(JSON_FIELDS)})"
@@ -425,7 +431,7 @@ def parse_event(
 
     sequence = obj.get("sequence")
     if sequence is not None:
-        _check_int(0, LONG_MAX)(sequence, "sequence", None)  # type: ignore[arg-type]
+        _check_count(sequence, "sequence", None)  # type: ignore[arg-type]
 
     payload = _parse_payload(event_type, obj["payload"], _Ctx(local_date, agency_id, ref))
 
@@ -452,6 +458,9 @@ def parse_json_line(
     return parse_event(obj, now=now, ref=ref)
 
 
+_ZONES: dict[int, timezone] = {}  # offset minutes -> zone (the chain formats every event)
+
+
 def format_occurred_at(occurred_at: datetime | int, utc_offset_minutes: int) -> str:
     """Reproduce the agency's ISO-8601 string from the UTC instant and the offset.
 
@@ -462,7 +471,12 @@ def format_occurred_at(occurred_at: datetime | int, utc_offset_minutes: int) -> 
         occurred_at = EARLIEST_OCCURRED_AT + timedelta(milliseconds=occurred_at)
     elif occurred_at.tzinfo is None:
         raise ValueError("occurred_at must be timezone-aware")
-    local = occurred_at.astimezone(timezone(timedelta(minutes=utc_offset_minutes)))
+    zone = _ZONES.get(utc_offset_minutes)
+    if zone is None:
+        zone = timezone(timedelta(minutes=utc_offset_minutes))
+        if len(_ZONES) < 4096:
+            _ZONES[utc_offset_minutes] = zone
+    local = occurred_at.astimezone(zone)
     text = local.isoformat(timespec="milliseconds" if local.microsecond else "seconds")
     return text[:-6] + "Z" if utc_offset_minutes == 0 else text
 

@@ -138,7 +138,7 @@ def test_the_head_does_not_advance_when_the_outbox_refuses_the_events(offline, m
     def broken(_events):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pub.outbox, "add_many", broken)
+    monkeypatch.setattr(pub.outbox, "add", broken)
     with pytest.raises(OSError, match="disk full"):
         pub.publish_many(events(3, start=2))
     assert pub.chain.head("20-INSP").seq == 2

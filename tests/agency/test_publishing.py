@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from services.agency.outbox import Outbox
+from services.agency.outbox import Outbox, storable_form
 from services.agency.publisher import Publisher
 from services.contracts.codec import decode, schema_id_of
 from services.contracts.events import (
@@ -258,6 +258,156 @@ def test_each_event_is_produced_once_unless_its_delivery_failed(offline, monkeyp
             assert in_transaction, "delivered events marked outside a transaction"
     assert commits <= 5
     pub.close(timeout=1)
+
+
+class SilentProducer(FakeProducer):
+    """Takes messages and never reports a delivery: the broker never acknowledged them."""
+
+    def poll(self, timeout: float = 0) -> int:
+        return 0
+
+    def flush(self, timeout: float = 0) -> int:
+        return len(self._waiting)
+
+    def purge(self) -> None:
+        self._waiting = []
+
+
+class ShuffledProducer(FakeProducer):
+    """Reports deliveries out of order (many partitions) and fails every third message."""
+
+    def poll(self, timeout: float = 0) -> int:
+        waiting, self._waiting = self._waiting, []
+        order = list(range(len(waiting)))
+        order = order[1::2] + order[::2]  # odd positions first, then even ones
+        for i in order:
+            if self.failing(i):
+                waiting[i](KafkaError(KafkaError._MSG_TIMED_OUT), None)
+            else:
+                waiting[i](None, None)
+        return len(waiting)
+
+    @staticmethod
+    def failing(i: int) -> bool:
+        return i % 3 == 1
+
+
+def _decoded(registry: InMemorySchemaRegistry, produced) -> dict[str, dict]:
+    cache = SchemaCache(registry)
+    return {e["event_id"]: e for e in (decode(value, cache) for _t, _k, value in produced)}
+
+
+@pytest.mark.unit
+def test_a_publisher_killed_before_any_acknowledgement_resends_every_event_at_next_start(
+    offline, monkeypatch, tmp_path
+):
+    """`publish_many` returned = on disk: a process that dies before Kafka acknowledged
+    anything (no close, no flush, no delivery report) loses nothing; the next publisher on the
+    same outbox sends every event, with the same bytes as an unbroken run would have."""
+    registry = InMemorySchemaRegistry()
+    path = tmp_path / "outbox.sqlite"
+    monkeypatch.setattr("services.agency.publisher.Producer", SilentProducer)
+    killed = Publisher("20-INSP", offline, registry_client=registry, outbox_path=path)
+    events = _events("k", 50)
+    assert all(a.new for a in killed.publish_many(events))
+    sent_before = list(killed._producer.produced)
+    assert len(sent_before) == 50  # produced, never acknowledged
+    killed.outbox._db.close()  # the process dies here: nothing else runs
+    killed.chain._db.close()
+
+    monkeypatch.setattr("services.agency.publisher.Producer", FakeProducer)
+    restarted = Publisher("20-INSP", offline, registry_client=registry, outbox_path=path)
+    try:
+        assert restarted.flush(timeout=5) == 0
+        resent = restarted._producer.produced
+        assert sorted(resent) == sorted(sent_before)  # every event, the same bytes
+        decoded = _decoded(registry, resent)
+        assert set(decoded) == {e["event_id"] for e in events}
+        for event in events:
+            assert to_json_form(decoded[event["event_id"]]) == _without_none(event)
+        assert restarted.outbox.counts() == {"pending": 0, "delivered": 50}
+        assert not any(a.new for a in restarted.publish_many(events))  # still idempotent
+    finally:
+        restarted.close(timeout=1)
+
+
+@pytest.mark.unit
+def test_delivery_marks_only_what_kafka_acknowledged_whatever_the_order(
+    offline, monkeypatch, tmp_path
+):
+    """Acknowledgements arrive out of order with failures between them: the outbox marks runs
+    of acknowledged sequence numbers, and never an event whose delivery failed."""
+    monkeypatch.setattr("services.agency.publisher.Producer", ShuffledProducer)
+    pub = Publisher(
+        "20-INSP", offline, registry_client=InMemorySchemaRegistry(), outbox_path=tmp_path / "o"
+    )
+    try:
+        events = _events("w", 60)
+        pub.publish_many(events)
+        failed = {e["event_id"] for i, e in enumerate(events) if ShuffledProducer.failing(i)}
+        pending = {event_id for event_id, _ in pub.outbox.pending()}
+        assert pending == failed
+        assert pub.outbox.counts() == {"pending": len(failed), "delivered": 60 - len(failed)}
+        assert pub.delivery_errors == len(failed)
+        monkeypatch.setattr(ShuffledProducer, "failing", staticmethod(lambda i: False))
+        assert pub.flush(timeout=5) == 0  # the failed ones are sent again and marked
+        assert pub.outbox.counts() == {"pending": 0, "delivered": 60}
+    finally:
+        pub.close(timeout=1)
+
+
+@pytest.mark.unit
+def test_a_run_of_marks_never_covers_a_number_it_was_not_given(tmp_path):
+    outbox = Outbox(tmp_path / "outbox.sqlite")
+    try:
+        events = [(e["event_id"], storable_form(parse_event(e))) for e in _events("r", 8)]
+        assert all(outbox.add_many(events))
+        seqs = [m.seq for m in outbox.pending_messages()]
+        assert seqs == list(range(seqs[0], seqs[0] + 8))  # one call: consecutive numbers
+        outbox.mark_delivered([seqs[5], seqs[0], seqs[1], seqs[3], seqs[7]])
+        assert [m.seq for m in outbox.pending_messages()] == [seqs[2], seqs[4], seqs[6]]
+        outbox.mark_delivered([seqs[0]])  # marking twice changes nothing
+        assert outbox.counts() == {"pending": 3, "delivered": 5}
+    finally:
+        outbox.close()
+
+
+@pytest.mark.unit
+def test_an_outbox_written_by_the_json_version_is_migrated_and_sent(offline, monkeypatch, tmp_path):
+    """An outbox file of the earlier layout (validated JSON per row) keeps its pending events
+    and its delivered ids (idempotency) after the upgrade."""
+    import json
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    old = sqlite3.connect(path)
+    old.execute(
+        "CREATE TABLE outbox (event_id TEXT PRIMARY KEY, event_json TEXT NOT NULL,"
+        " accepted_at REAL NOT NULL, delivered_at REAL, attempts INTEGER NOT NULL DEFAULT 0)"
+    )
+    old.execute("CREATE INDEX outbox_pending ON outbox (delivered_at, accepted_at)")
+    events = _events("m", 3)
+    for n, event in enumerate(events):
+        stored = storable_form(parse_event(event))
+        old.execute(
+            "INSERT INTO outbox (event_id, event_json, accepted_at, delivered_at) VALUES (?,?,?,?)",
+            (event["event_id"], json.dumps(stored), n, 1.0 if n == 0 else None),
+        )
+    old.commit()
+    old.close()
+
+    registry = InMemorySchemaRegistry()
+    monkeypatch.setattr("services.agency.publisher.Producer", FakeProducer)
+    pub = Publisher("20-INSP", offline, registry_client=registry, outbox_path=path)
+    try:
+        assert pub.flush(timeout=5) == 0
+        assert pub.outbox.counts() == {"pending": 0, "delivered": 3}
+        decoded = _decoded(registry, pub._producer.produced)
+        assert set(decoded) == {events[1]["event_id"], events[2]["event_id"]}
+        assert to_json_form(decoded[events[1]["event_id"]]) == _without_none(events[1])
+        assert not any(a.new for a in pub.publish_many(events))
+    finally:
+        pub.close(timeout=1)
 
 
 # =========================================================================== round trip

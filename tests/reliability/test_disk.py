@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from services.agency.chain_store import ChainStore
-from services.agency.outbox import Outbox
+from services.agency.outbox import Outbox, storable_form
 from services.contracts.events import parse_event
 from services.contracts.examples import example_event
 from services.private_files import private_file, repair
@@ -76,7 +76,9 @@ def _events(agency: str, count: int) -> list[dict]:
 def test_outbox_and_its_wal_and_shm_are_private_under_a_lax_umask(tmp_path, lax_umask):
     outbox = Outbox(tmp_path / "outbox" / "20-INSP.sqlite")
     try:
-        outbox.add_many([(e["event_id"], e) for e in _events("20-INSP", 3)])
+        outbox.add_many(
+            [(e["event_id"], storable_form(parse_event(e))) for e in _events("20-INSP", 3)]
+        )
         files = sorted((tmp_path / "outbox").iterdir())
         names = {p.name for p in files}
         assert {"20-INSP.sqlite", "20-INSP.sqlite-wal", "20-INSP.sqlite-shm"} <= names
