@@ -1,0 +1,154 @@
+"""scale: the same dataset derived by one worker and by two worker processes of one app id.
+
+Each group is fresh (its own app id, consumer groups, facts topic, state and database) and is
+started after the dataset is on the agency topics, like the process scenario's worker. The two
+processes of the second group share the intake's agency partitions and the derive step's facts
+partitions (each derives its own partitions from the case state of those partitions; their logs
+say which: "deriving <topic>[p]"). A group's rate is measured like the process scenario's:
+messages / (last ClickHouse write of the group's database, from `ingested_at` - first offset
+commit of its groups). The two databases must hold identical tables
+(`services.ops.rebuild.table_digests`: row count and checksum per analyst-facing table).
+
+What bounds the ratio here: the machine has 2 cores, and while a group runs they are shared by
+the Kafka broker (a JVM serving the agency topics, the facts topic and both changelogs), the
+ClickHouse endpoint (parsing and merging every insert), the benchmark's own polling and every
+worker process of the group, besides whatever else runs on the machine. One worker is already
+close to one core busy, so two workers can at best use what the broker and the endpoint leave of
+the second core: ratio <= (2 - their cores) / (one worker's cores). The scenario measures it:
+CPU seconds of each worker process (utime + stime from /proc/<pid>/stat), of the endpoint, and
+the machine's busy fraction (/proc/stat) over each group's run, and reports them with the ratio.
+"""
+
+from __future__ import annotations
+
+import time
+
+from benchmarks.common import (
+    BenchContext,
+    Result,
+    endpoint_pid,
+    fmt_num,
+    machine_cpu,
+    process_cpu_seconds,
+    worker_lag_total,
+    write_timeline,
+)
+
+FACTS_TOPIC_LOG = "deriving "
+
+
+def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
+    """Start `processes` fresh workers of one app id, wait until caught up, measure the rate."""
+    messages = ctx.agency_messages()
+    ep_pid = endpoint_pid(ctx.settings)
+    busy0, total0 = machine_cpu()
+    ep_cpu0 = process_cpu_seconds(ep_pid) if ep_pid else None
+    workers = [
+        ctx.start_worker(what, instance=f"i{n}", loglevel="info", log_name=f"{what}-i{n}")
+        for n in range(processes)
+    ]
+    lead = workers[0]
+    started = time.monotonic()
+    first_commit = None
+    while time.monotonic() - started < 600 and all(w.alive() for w in workers):
+        if worker_lag_total(ctx.settings, lead.app_id) is not None:
+            first_commit = time.time()
+            break
+        time.sleep(0.5)
+
+    def progress(lag: int | None) -> None:
+        now = time.monotonic()
+        if now - progress.last >= 10:  # type: ignore[attr-defined]
+            progress.last = now  # type: ignore[attr-defined]
+            ctx.log(f"   {what}: {processes} worker(s), lag {lag}")
+
+    progress.last = time.monotonic()  # type: ignore[attr-defined]
+    for worker in workers[1:]:
+        if not worker.alive():
+            raise RuntimeError(f"worker {worker.instance} exited:\n{worker.log_tail()}")
+    lead.wait_caught_up(timeout=3600, progress=progress)
+    for worker in workers[1:]:
+        if not worker.alive():
+            raise RuntimeError(f"worker {worker.instance} exited:\n{worker.log_tail()}")
+    caught_up = time.time()
+    cpu = [w.cpu_seconds() or 0.0 for w in workers]
+    ep_cpu = (process_cpu_seconds(ep_pid) or 0.0) - ep_cpu0 if ep_pid and ep_cpu0 else None
+    busy1, total1 = machine_cpu()
+    derived = {
+        w.instance: sorted(
+            line.split(FACTS_TOPIC_LOG, 1)[1].strip() for line in w.log_lines(FACTS_TOPIC_LOG)
+        )
+        for w in workers
+    }
+    for worker in workers:
+        worker.stop()
+
+    client = ctx.client()
+    timeline = write_timeline(client, lead.database)
+    last_write = timeline[-1][0] if timeline else caught_up
+    span = last_write - first_commit if first_commit else None
+    wall = caught_up - lead.started_at
+    return {
+        "database": lead.database,
+        "messages": messages,
+        "rate": messages / span if span and span > 0 else None,
+        "span_s": round(span, 1) if span else None,
+        "wall_s": round(wall, 1),
+        "worker_cpu_s": [round(c, 1) for c in cpu],
+        # cores busy on average from spawn to caught up (start-up included)
+        "worker_cores": round(sum(cpu) / wall, 2) if wall > 0 else None,
+        "endpoint_cores": round(ep_cpu / wall, 2) if ep_cpu is not None and wall > 0 else None,
+        "machine_busy": round((busy1 - busy0) / (total1 - total0), 2) if total1 > total0 else None,
+        "derived_partitions": derived,
+    }
+
+
+def compare_tables(client, left: str, right: str) -> list[str]:
+    """The analyst-facing tables whose digests differ between two databases."""
+    from services.ops.rebuild import table_digests
+
+    a, b = table_digests(client, left), table_digests(client, right)
+    return sorted(name for name in a.keys() | b.keys() if a.get(name) != b.get(name))
+
+
+def run(ctx: BenchContext) -> list[Result]:
+    ctx.ensure_published()
+    messages = ctx.agency_messages()
+    ctx.log(f"scale: one fresh worker over {messages:,} messages")
+    one = run_group(ctx, "scale1", 1)
+    ctx.log(f"   1 worker: {fmt_num(one['rate'], 'events/s')}")
+    ctx.log(f"scale: two fresh worker processes of one app id over {messages:,} messages")
+    two = run_group(ctx, "scale2", 2)
+    ctx.log(f"   2 workers: {fmt_num(two['rate'], 'events/s')}")
+    differing = compare_tables(ctx.client(), one["database"], two["database"])
+    ctx.log("   tables equal" if not differing else f"   tables differ: {', '.join(differing)}")
+    ratio = two["rate"] / one["rate"] if one["rate"] and two["rate"] else None
+    numbers: dict = {"messages": messages}
+    for label, group in (("1w", one), ("2w", two)):
+        for key in (
+            "span_s",
+            "wall_s",
+            "worker_cpu_s",
+            "worker_cores",
+            "endpoint_cores",
+            "machine_busy",
+        ):
+            numbers[f"{label}_{key}"] = group[key]
+    numbers["2w_derived"] = " / ".join(
+        f"{instance}: {' '.join(tps) or 'none'}"
+        for instance, tps in two["derived_partitions"].items()
+    )
+    numbers["tables"] = "equal" if not differing else f"differ: {', '.join(differing)}"
+    return [
+        Result(
+            scenario="scale: 2 workers vs 1",
+            result=f"2 workers {fmt_num(two['rate'], 'events/s')}",
+            baseline=f"1 worker {fmt_num(one['rate'], 'events/s')}",
+            ratio=ratio,
+            ratio_label="× one worker",
+            target="tables identical; ratio reported",
+            met=not differing,
+            numbers=numbers,
+            command=ctx.repro("scale"),
+        )
+    ]
