@@ -35,6 +35,15 @@ from benchmarks.common import (
 )
 
 FACTS_TOPIC_LOG = "deriving "
+# Log lines that must not occur in a healthy run (counted and reported per group).
+TROUBLE = {
+    "recovery_errors": "Error in recovery",  # faust could not apply a changelog record
+    "watchdog_restarts": "restarted in place",  # the worker's stall watchdog re-exec'd it
+}
+
+
+def trouble(workers) -> dict[str, int]:
+    return {key: sum(len(w.log_lines(needle)) for w in workers) for key, needle in TROUBLE.items()}
 
 
 def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
@@ -66,7 +75,15 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
     for worker in workers[1:]:
         if not worker.alive():
             raise RuntimeError(f"worker {worker.instance} exited:\n{worker.log_tail()}")
-    lead.wait_caught_up(timeout=3600, progress=progress)
+    # A group that does not move for minutes is stuck (e.g. a partition whose state recovery
+    # never ends), not slow: the scenario fails with the logs' evidence instead of waiting.
+    try:
+        lead.wait_caught_up(timeout=max(300.0, messages / 200), progress=progress)
+    except TimeoutError as exc:
+        for worker in workers:
+            worker.stop()
+        found = ", ".join(f"{k}={v}" for k, v in trouble(workers).items())
+        raise TimeoutError(f"{exc} ({found}; logs: {lead.log_path.parent})") from None
     for worker in workers[1:]:
         if not worker.alive():
             raise RuntimeError(f"worker {worker.instance} exited:\n{worker.log_tail()}")
@@ -100,6 +117,7 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
         "endpoint_cores": round(ep_cpu / wall, 2) if ep_cpu is not None and wall > 0 else None,
         "machine_busy": round((busy1 - busy0) / (total1 - total0), 2) if total1 > total0 else None,
         "derived_partitions": derived,
+        **trouble(workers),
     }
 
 
@@ -132,6 +150,8 @@ def run(ctx: BenchContext) -> list[Result]:
             "worker_cores",
             "endpoint_cores",
             "machine_busy",
+            "recovery_errors",
+            "watchdog_restarts",
         ):
             numbers[f"{label}_{key}"] = group[key]
     numbers["2w_derived"] = " / ".join(
