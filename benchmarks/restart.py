@@ -40,6 +40,31 @@ READY = "]: Ready"  # faust's worker, once recovery is done and the agents run
 TIMEOUT = 600.0
 
 
+def changelog_records_read(log_text: str) -> int:
+    """Changelog records faust's recovery set out to read, from its "Highwater for active
+    changelog partitions" and "active offsets at start of reading" tables (summed over every
+    recovery in the log): per partition, highwater - offset already in the local state."""
+    tables: dict[str, dict[int, int]] = {"high": {}, "start": {}}
+    total = 0
+    mode = None
+    for line in log_text.splitlines():
+        if "Highwater for active changelog partitions" in line:
+            mode, tables = "high", {"high": {}, "start": {}}
+        elif "active offsets at start of reading" in line:
+            mode = "start"
+        elif "standby offsets at start of reading" in line or "]: " in line:
+            if mode == "start":
+                total += sum(
+                    max(0, high - tables["start"].get(p, -1)) for p, high in tables["high"].items()
+                )
+            mode = None
+        elif mode and line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) == 3 and cells[1].isdigit():
+                tables[mode][int(cells[1])] = int(cells[2])
+    return total
+
+
 def top_up(ctx: BenchContext, facts: int) -> None:
     """Publish re-tagged copies of the history until the agency topics hold `facts` events."""
     from services.agency.publisher import Publisher
@@ -115,8 +140,11 @@ def timed_start(ctx: BenchContext, what: str, run: str) -> dict:
         time.sleep(0.1)
     if ready is None or visible is None:
         raise TimeoutError(f"worker {worker.app_id} ({run}) not ready / probe not visible")
+    text = worker.log_path.read_text(errors="replace")
     return {
         "worker": worker,
+        "changelog_read": changelog_records_read(text),
+        "recovery_errors": text.count("Error in recovery"),
         "ready_s": round(ready - worker.started_at, 1),
         "first_row_s": round(visible - worker.started_at, 1),
     }
@@ -166,6 +194,8 @@ def run(ctx: BenchContext) -> list[Result]:
     for r in restarts:
         numbers[f"{r['facts']}_facts_ready_s"] = r["ready_s"]
         numbers[f"{r['facts']}_facts_first_row_s"] = r["first_row_s"]
+        numbers[f"{r['facts']}_facts_changelog_records_read"] = r["changelog_read"]
+        numbers[f"{r['facts']}_facts_recovery_errors"] = r["recovery_errors"]
     numbers["fresh_ready_s"] = fresh["ready_s"]
     numbers["fresh_first_row_s"] = fresh["first_row_s"]
     return [

@@ -112,3 +112,31 @@ def test_cpu_counters_count_this_process_and_the_machine():
     assert after - before >= 0.2
     assert 0 < busy1 - busy0 <= total1 - total0
     assert process_cpu_seconds(2**22 + 1) is None  # no such process
+
+
+def test_changelog_records_read_sums_each_recovery_from_faust_tables():
+    from benchmarks.restart import changelog_records_read
+
+    log = """[t] [1] [INFO] [^---Recovery]: Highwater for active changelog partitions:
++Highwater - Active-----+-----------+-----------+
+| topic                | partition | highwater |
++----------------------+-----------+-----------+
+| app-case-changelog   | 0         | 99        |
+| 〃                   | 1         | 500       |
+| 〃                   | 2         | -1        |
++----------------------+-----------+-----------+
+[t] [1] [INFO] [^---Recovery]: active offsets at start of reading:
+| topic                | partition | offset |
+| app-case-changelog   | 0         | 89     |
+| 〃                   | 1         | -1     |
+| 〃                   | 2         | -1     |
+[t] [1] [INFO] [^---Recovery]: standby offsets at start of reading:
+| app-case-changelog   | 3         | 7      |
+[t] [1] [INFO] [^---Recovery]: Highwater for active changelog partitions:
+| app-case-changelog   | 3         | 9      |
+[t] [1] [INFO] [^---Recovery]: active offsets at start of reading:
+| app-case-changelog   | 3         | 7      |
+[t] [1] [INFO] [^Worker]: Ready
+"""
+    # 10 (tail of partition 0) + 501 (partition 1 from the start) + 0 + 2 (second recovery)
+    assert changelog_records_read(log) == 513
