@@ -140,3 +140,14 @@ def test_changelog_records_read_sums_each_recovery_from_faust_tables():
 """
     # 10 (tail of partition 0) + 501 (partition 1 from the start) + 0 + 2 (second recovery)
     assert changelog_records_read(log) == 513
+
+
+def test_faust_span_reads_the_log_timestamps():
+    from benchmarks.restart import faust_span
+
+    log = (
+        "[2026-12-04 11:25:15,754] [6019] [INFO] [^Worker]: Starting... \n"
+        "[2026-12-04 11:25:20,444] [6019] [INFO] [^Worker]: Ready \n"
+    )
+    assert faust_span(log) == 4.7
+    assert faust_span(log.splitlines()[0]) is None  # never ready
