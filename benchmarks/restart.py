@@ -5,9 +5,6 @@ co-partitioned with the facts topic; on start faust reads only the changelog rec
 offset persisted with the local state. So a restart should cost about what a fresh start costs,
 whatever the size of the state. Measured here:
 
-Ready minus faust's own "Starting" (log timestamps) is also reported: the part of (a) that is
-faust's start and state recovery, the rest being the process start (imports, migrations).
-
 1. A worker of its own (app id, database, instance) derives every event on the agency topics,
    which are topped up (re-tagged copies of the generated history, published with the SDK, not
    timed) to the first size of ``Sizes.restart_facts``; it is stopped with SIGTERM (the worker
@@ -19,6 +16,9 @@ faust's start and state recovery, the rest being the process start (imports, mig
    should not grow with the state.
 3. Baseline, same run: a fresh worker (new app id, no state, its intake group committed at the
    end of the agency topics so it has no backlog) started the same way, with its own probe.
+
+Ready minus faust's own "Starting" (log timestamps) is also reported: the part of (a) that is
+faust's start and state recovery, the rest being the process start (imports, migrations).
 
 Facts in the state = unique events in the worker's `events` table when it is stopped (one
 fact per event).
