@@ -201,7 +201,7 @@ def run(ctx: BenchContext) -> list[Result]:
         worker.stop()
 
     ctx.log("restart: baseline, a fresh worker with no state and no backlog")
-    fresh_what = "restart-fresh"
+    fresh_what = "freshstart"  # names a database too: no hyphen
     commit_intake_at_end(ctx, f"casestream-bench-{ctx.stamp}-{fresh_what}")
     fresh = timed_start(ctx, fresh_what, "fresh")
     fresh.pop("worker").stop()

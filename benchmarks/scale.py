@@ -92,8 +92,8 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
     ep_cpu = (process_cpu_seconds(ep_pid) or 0.0) - ep_cpu0 if ep_pid and ep_cpu0 else None
     busy1, total1 = machine_cpu()
     derived = {
-        w.instance: sorted(
-            line.split(FACTS_TOPIC_LOG, 1)[1].strip() for line in w.log_lines(FACTS_TOPIC_LOG)
+        w.instance: sorted(  # "deriving <facts topic>[p]" -> "p"
+            line.rsplit("[", 1)[1].split("]")[0] for line in w.log_lines(FACTS_TOPIC_LOG)
         )
         for w in workers
     }
@@ -155,7 +155,7 @@ def run(ctx: BenchContext) -> list[Result]:
         ):
             numbers[f"{label}_{key}"] = group[key]
     numbers["2w_derived"] = " / ".join(
-        f"{instance}: {' '.join(tps) or 'none'}"
+        f"{instance}: partitions {','.join(tps) or 'none'}"
         for instance, tps in two["derived_partitions"].items()
     )
     numbers["tables"] = "equal" if not differing else f"differ: {', '.join(differing)}"
