@@ -623,6 +623,14 @@ class WorkerRun:
             time.sleep(1.0)
         raise TimeoutError(f"worker {self.app_id} still behind after {timeout:.0f}s")
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed or persisted on the way out."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

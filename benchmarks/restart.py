@@ -13,7 +13,8 @@ whatever the size of the state. Measured here:
    (b) first row: an event published right after the spawn is visible in `events` (its
        `ingested_at`, ClickHouse's insert clock).
 2. The same at the next size (topped up again, caught up, stopped, started): recovery time
-   should not grow with the state.
+   should not grow with the state. Then the worker is killed (SIGKILL, a real crash: nothing
+   flushed on the way out) and started again, timed the same way.
 3. Baseline, same run: a fresh worker (new app id, no state, its intake group committed at the
    end of the agency topics so it has no backlog) started the same way, with its own probe.
 
@@ -198,7 +199,18 @@ def run(ctx: BenchContext) -> list[Result]:
             f"first new row after {timed['first_row_s']}s"
         )
     if worker is not None:
-        worker.stop()
+        # A crash: SIGKILL once the restarted worker caught up again (its state persisted with
+        # whatever offset RocksDB last flushed; the changelog tail after it is read back).
+        worker.wait_caught_up(timeout=TIMEOUT)
+        facts = facts_in_state(ctx, worker.database)
+        ctx.log(f"restart: SIGKILL with {facts:,} facts in the state; starting again")
+        worker.kill()
+        crash = timed_start(ctx, what, f"crash-{facts}")
+        crash.pop("worker").stop()
+        ctx.log(
+            f"   after SIGKILL: ready after {crash['ready_s']}s, "
+            f"first new row after {crash['first_row_s']}s"
+        )
 
     ctx.log("restart: baseline, a fresh worker with no state and no backlog")
     fresh_what = "freshstart"  # names a database too: no hyphen
@@ -216,6 +228,11 @@ def run(ctx: BenchContext) -> list[Result]:
         numbers[f"{r['facts']}_facts_faust_start_to_ready_s"] = r["faust_start_to_ready_s"]
         numbers[f"{r['facts']}_facts_changelog_records_read"] = r["changelog_read"]
         numbers[f"{r['facts']}_facts_recovery_errors"] = r["recovery_errors"]
+    if worker is not None:
+        numbers["sigkill_ready_s"] = crash["ready_s"]
+        numbers["sigkill_first_row_s"] = crash["first_row_s"]
+        numbers["sigkill_changelog_records_read"] = crash["changelog_read"]
+        numbers["sigkill_recovery_errors"] = crash["recovery_errors"]
     numbers["fresh_ready_s"] = fresh["ready_s"]
     numbers["fresh_first_row_s"] = fresh["first_row_s"]
     numbers["fresh_faust_start_to_ready_s"] = fresh["faust_start_to_ready_s"]
