@@ -110,7 +110,7 @@ def test_cpu_counters_count_this_process_and_the_machine():
         pass
     after, (busy1, total1) = process_cpu_seconds(os.getpid()), machine_cpu()
     assert after - before >= 0.2 - 1e-9  # tick-rounded seconds
-    assert 0 < busy1 - busy0 <= total1 - total0
+    assert 0 < busy1 - busy0 <= total1 - total0 + 1e-6  # equal on a saturated machine
     assert process_cpu_seconds(2**22 + 1) is None  # no such process
 
 
