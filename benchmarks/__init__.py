@@ -20,8 +20,9 @@ from pathlib import Path
 from benchmarks.common import BenchContext, Result, Sizes, bench_stack, failed_result, results_table
 
 # Run order matters only for reuse: `process` leaves a caught-up worker that `latency` and
-# `rebuild` use; `query` starts from that worker's tables.
-SCENARIOS = ["publish", "process", "latency", "rebuild", "query", "endpoint"]
+# `rebuild` use; `query` starts from that worker's tables. `scale` reads the dataset alone, before
+# `latency` adds events; `restart` publishes many more events, so it runs last.
+SCENARIOS = ["publish", "process", "scale", "latency", "rebuild", "query", "endpoint", "restart"]
 
 
 def run_benchmarks(

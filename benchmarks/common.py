@@ -47,6 +47,9 @@ class Sizes:
     bare_latency_seconds: float = 20.0
     query_repeats: int = 5
     small_queries: int = 300
+    # facts in a worker's state when it is restarted (measured at each size: recovery should not
+    # grow with it, since only the changelog tail after the persisted offset is read)
+    restart_facts: tuple[int, ...] = (500_000, 1_000_000)
 
     @classmethod
     def quick(cls, events: int | None = None) -> Sizes:
@@ -57,6 +60,7 @@ class Sizes:
             bare_latency_seconds=5.0,
             query_repeats=3,
             small_queries=100,
+            restart_facts=(100_000, 200_000),
         )
 
 
@@ -228,6 +232,25 @@ def peak_rss_mb(pid: int | None = None) -> float | None:
 def rss_mb(pid: int | None = None) -> float | None:
     kb = _status_kb(pid or os.getpid(), "VmRSS")
     return None if kb is None else kb / 1024
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process from /proc/<pid>/stat, in seconds."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # after "(comm)", field 3 (state) is fields[0]
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    tick = os.sysconf("SC_CLK_TCK")
+    return (total - idle) / tick, total / tick
 
 
 def reset_peak_rss(pid: int | None = None) -> bool:
@@ -503,11 +526,22 @@ def retag(event: dict[str, Any], tag: str) -> dict[str, Any]:
 class WorkerRun:
     """`casestream worker run` as a subprocess with its own consumer group and database."""
 
-    def __init__(self, settings: Settings, app_id: str, database: str, log_path: Path) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        app_id: str,
+        database: str,
+        log_path: Path,
+        *,
+        instance: str = "0",
+        loglevel: str = "warning",
+    ) -> None:
         self.settings = replace(settings, worker_app_id=app_id, clickhouse_database=database)
         self.app_id = app_id
         self.database = database
         self.log_path = log_path
+        self.instance = instance  # names the state directory: one per process of an app id
+        self.loglevel = loglevel  # `info` for faust's "Ready" and derive's "deriving <tp>"
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0  # wall clock (time.time()) of the spawn
 
@@ -518,11 +552,20 @@ class WorkerRun:
             **WORKER_ENV,
             "CASESTREAM_WORKER_APP_ID": self.app_id,
             "CASESTREAM_CLICKHOUSE_DATABASE": self.database,
+            "CASESTREAM_WORKER_INSTANCE": self.instance,
         }
         self.started_at = time.time()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "services.cli", "worker", "run", "--loglevel", "warning"],
+                [
+                    sys.executable,
+                    "-m",
+                    "services.cli",
+                    "worker",
+                    "run",
+                    "--loglevel",
+                    self.loglevel,
+                ],
                 cwd=REPO,
                 env=env,
                 stdout=log,
@@ -548,6 +591,18 @@ class WorkerRun:
     def peak_rss_mb(self) -> float | None:
         return peak_rss_mb(self.pid) if self.alive() else None
 
+    def log_lines(self, needle: str) -> list[str]:
+        """The lines of this run's log that contain `needle`."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if needle in line]
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time of the worker process so far (None once it exited)."""
+        return process_cpu_seconds(self.pid) if self.alive() and self.pid else None
+
     def lag(self) -> int | None:
         """Uncommitted messages on the agency topics and the facts topic (None: no commit yet)."""
         return worker_lag_total(self.settings, self.app_id)
@@ -567,6 +622,14 @@ class WorkerRun:
                 return time.monotonic() - started
             time.sleep(1.0)
         raise TimeoutError(f"worker {self.app_id} still behind after {timeout:.0f}s")
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed or persisted on the way out."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -870,12 +933,18 @@ class BenchContext:
         self.published = True
 
     # ------------------------------------------------------------------ workers
-    def start_worker(self, what: str) -> WorkerRun:
+    def start_worker(
+        self, what: str, *, instance: str = "0", loglevel: str = "warning", log_name: str = ""
+    ) -> WorkerRun:
+        """A worker of app id / database named by `what`; several calls with one `what` and
+        different `instance`s are processes of one app id sharing its partitions."""
         app_id = f"casestream-bench-{self.stamp}-{what}"
+        log_path = self.work / "logs" / f"worker-{log_name or what}.log"
         worker = WorkerRun(
-            self.settings, app_id, self.name(what), self.work / "logs" / f"worker-{what}.log"
+            self.settings, app_id, self.name(what), log_path, instance=instance, loglevel=loglevel
         )
-        self._databases.append(worker.database)
+        if worker.database not in self._databases:
+            self._databases.append(worker.database)
         self._workers.append(worker)
         return worker.start()
 

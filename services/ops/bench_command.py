@@ -11,7 +11,17 @@ from pathlib import Path
 
 import click
 
-CHOICES = ["publish", "process", "latency", "rebuild", "query", "endpoint", "all"]
+CHOICES = [
+    "publish",
+    "process",
+    "scale",
+    "latency",
+    "rebuild",
+    "query",
+    "endpoint",
+    "restart",
+    "all",
+]
 
 
 @click.command("bench")
@@ -98,10 +108,11 @@ def bench(
 ) -> None:
     """Run benchmark scenarios on generated data and print the results table.
 
-    Scenarios: publish (SDK vs bare producer), process (worker vs bare decode), latency
-    (p50/p99 at 1,000 events/s), rebuild (replay into fresh tables), query (national rollup and
-    lag percentiles through the endpoint vs in-process chDB), endpoint (insert/query throughput
-    vs in-process chDB).
+    Scenarios: publish (SDK vs bare producer), process (worker vs bare decode), scale (two worker
+    processes of one app id vs one, tables compared), latency (p50/p99 at 1,000 events/s),
+    rebuild (replay into fresh tables), query (national rollup and lag percentiles through the
+    endpoint vs in-process chDB), endpoint (insert/query throughput vs in-process chDB), restart
+    (a worker with state stopped and started again vs a fresh start).
     """
     from dataclasses import replace
 

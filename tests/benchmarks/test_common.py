@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks import SCENARIOS
 from benchmarks.common import (
     Result,
+    Sizes,
+    machine_cpu,
     percentile,
+    process_cpu_seconds,
     results_table,
     steady_rate,
     summarize_profile,
@@ -84,3 +88,66 @@ def test_replicated_copies_get_ids_of_their_own():
     sql = replicate_sql("cases_state", "src", 3)
     assert "numbers(3)" in sql and "FINAL" in sql
     assert "concat(s.case_id, '~', toString(r.number)) AS case_id" in sql
+
+
+def test_every_scenario_can_be_chosen_on_the_command_line():
+    from services.ops.bench_command import CHOICES
+
+    assert CHOICES[-1] == "all" and CHOICES[:-1] == SCENARIOS
+
+
+def test_quick_restart_state_is_at_least_100k_facts():
+    assert min(Sizes.quick().restart_facts) >= 100_000
+    assert list(Sizes().restart_facts) == sorted(Sizes().restart_facts)  # grown, never shrunk
+
+
+def test_cpu_counters_count_this_process_and_the_machine():
+    import os
+
+    before, (busy0, total0) = process_cpu_seconds(os.getpid()), machine_cpu()
+    deadline = process_cpu_seconds(os.getpid()) + 0.2
+    while process_cpu_seconds(os.getpid()) < deadline:  # burn 0.2 s of CPU
+        pass
+    after, (busy1, total1) = process_cpu_seconds(os.getpid()), machine_cpu()
+    assert after - before >= 0.2 - 1e-9  # tick-rounded seconds
+    assert 0 < busy1 - busy0 <= total1 - total0 + 1e-6  # equal on a saturated machine
+    assert process_cpu_seconds(2**22 + 1) is None  # no such process
+
+
+def test_changelog_records_read_sums_each_recovery_from_faust_tables():
+    from benchmarks.restart import changelog_records_read
+
+    log = """[t] [1] [INFO] [^---Recovery]: Highwater for active changelog partitions:
++Highwater - Active-----+-----------+-----------+
+| topic                | partition | highwater |
++----------------------+-----------+-----------+
+| app-case-changelog   | 0         | 99        |
+| 〃                   | 1         | 500       |
+| 〃                   | 2         | -1        |
++----------------------+-----------+-----------+
+[t] [1] [INFO] [^---Recovery]: active offsets at start of reading:
+| topic                | partition | offset |
+| app-case-changelog   | 0         | 89     |
+| 〃                   | 1         | -1     |
+| 〃                   | 2         | -1     |
+[t] [1] [INFO] [^---Recovery]: standby offsets at start of reading:
+| app-case-changelog   | 3         | 7      |
+[t] [1] [INFO] [^---Recovery]: Highwater for active changelog partitions:
+| app-case-changelog   | 3         | 9      |
+[t] [1] [INFO] [^---Recovery]: active offsets at start of reading:
+| app-case-changelog   | 3         | 7      |
+[t] [1] [INFO] [^Worker]: Ready
+"""
+    # 10 (tail of partition 0) + 501 (partition 1 from the start) + 0 + 2 (second recovery)
+    assert changelog_records_read(log) == 513
+
+
+def test_faust_span_reads_the_log_timestamps():
+    from benchmarks.restart import faust_span
+
+    log = (
+        "[2026-12-04 11:25:15,754] [6019] [INFO] [^Worker]: Starting... \n"
+        "[2026-12-04 11:25:20,444] [6019] [INFO] [^Worker]: Ready \n"
+    )
+    assert faust_span(log) == 4.7
+    assert faust_span(log.splitlines()[0]) is None  # never ready
