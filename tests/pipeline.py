@@ -40,7 +40,7 @@ class OwnDatabase:
         self.name = f"t_{purpose}_{uuid.uuid4().hex[:8]}"
         self.tag = tag
         self.settings = replace(stack, clickhouse_database=self.name)
-        self.state: dict[str, StoredState] = {}  # the worker's case-facts table
+        self.state: dict[str, StoredState] = {}  # the worker's case-state table
         self._sink = ClickHouseSink(lambda: self.settings.clickhouse_client())
 
     def __enter__(self) -> OwnDatabase:

@@ -4,14 +4,16 @@ Two halves in one process:
 
 * the intake (intake.py, a librdkafka thread) reads every agency topic by regular expression
   (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
-  validates. Valid events are re-keyed by case_id onto ``<app_id>-facts-by-case``; anything
-  else goes to the dead-letter topic with its raw bytes, source topic/partition/offset and a
-  reason. It never raises on input, and commits only what the broker acknowledged.
-* the faust agent ``derive`` consumes the re-keyed facts in batches, keeps every fact of a case
-  in the changelog-backed table ``case-facts``, derives the case's rows from that set
-  (case_state.py) and writes them to ClickHouse. The batch is acknowledged only after
-  ClickHouse took the rows, so a crash at any point replays into the same rows (all sinks are
-  idempotent).
+  validates. Valid events travel as envelopes (envelope.py: one message per facts partition
+  per batch) on ``<app_id>-facts-by-case``; anything else goes to the dead-letter topic with
+  its raw bytes, source topic/partition/offset and a reason. It never raises on input, and
+  commits only what the broker acknowledged.
+* the faust agent ``derive`` consumes envelopes in batches, keeps every fact of a case in the
+  table ``case-state`` (RocksDB on disk, state_store.py; its changelog co-partitioned with the
+  facts, so any number of workers of one app id share the partitions), derives the touched
+  cases' rows (batch.py) and writes them to ClickHouse. A batch is acknowledged only after the
+  changelog, the local state and ClickHouse took it (`derive_batch` gives the order), so a
+  crash at any point replays into the same rows (all sinks are idempotent).
 """
 
 from __future__ import annotations
