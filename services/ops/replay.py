@@ -43,6 +43,7 @@ from typing import Any
 
 from services.ops.spill import BucketWriter, bucket_paths, read_facts
 from services.ops.topics import AGENCY_TOPIC_PATTERN
+from services.private_files import private_dir
 from services.processor.case_state import derive_rows
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
@@ -515,7 +516,7 @@ class Replay:
 
     def run(self) -> ReplayStats:
         """The first, full pass: read everything up to the end offsets of now, derive all."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)  # the spilled facts are the full events: 0700, like the home
         ranges = self._snapshot()
         total = sum(r.size for r in ranges)
         self.buckets = max(2 * self.processes, math.ceil(total / BUCKET_EVENTS))

@@ -254,9 +254,6 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         state, and their cases' rows are derived and written again.
         """
         batch_started = time.perf_counter()  # ops
-        events = _still_assigned(app, events)
-        if not events:
-            return
         events = await _fill_holes(app, written, events, settings, app_id)
         fact_events, probes = ops_probe.split_probes(events)  # ops: probes go to `probes` only
         by_partition: dict[int, list[Fact]] = {}
@@ -350,23 +347,6 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             loop.add_signal_handler(sig, _leave_now)
 
     return app
-
-
-def _still_assigned(app: faust.App, events: list) -> list:
-    """The batch without envelopes of partitions this worker no longer owns.
-
-    A rebalance can revoke a partition while its envelopes wait in the batch; its new owner
-    restores the state from the changelog and replays them from the committed offset. Deriving
-    them here as well would write a case state to the changelog behind the new owner's back.
-    """
-    assigned = app.consumer.assignment()
-    kept = [event for event in events if event.message.tp in assigned]
-    if len(kept) < len(events):
-        gone = sorted({str(e.message.tp) for e in events if e.message.tp not in assigned})
-        log.info(
-            "partitions revoked before their batch was derived, left to their new owner: %s", gone
-        )
-    return kept
 
 
 def _facts_of(raw: bytes) -> list[Fact]:

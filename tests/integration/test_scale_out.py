@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import tempfile
 import threading
 import time
 from datetime import date
+from pathlib import Path
 
 import pytest
 from confluent_kafka.admin import AdminClient
@@ -114,6 +117,15 @@ def _derived_partitions(worker: WorkerProcess) -> set[int]:
     return {int(p) for p in re.findall(r"deriving \S+-facts-by-case\[(\d+)\]", text)}
 
 
+def _keep_logs(workers: list[WorkerProcess], tag: str) -> None:
+    """Copy the workers' logs out of the session's home (removed at the end) for diagnosis."""
+    kept = Path(tempfile.gettempdir()) / "casestream-scale-logs" / tag
+    kept.mkdir(parents=True, exist_ok=True)
+    for worker in workers:
+        if worker.log.exists():
+            shutil.copy(worker.log, kept / f"{worker.name}.log")
+
+
 def _no_watchdog_restarts(workers: list[WorkerProcess]) -> None:
     for worker in workers:
         text = worker.log.read_text(errors="replace")
@@ -158,6 +170,7 @@ def test_two_and_three_workers_on_one_app_id_give_the_tables_of_one_worker(stack
     finally:
         for worker in everyone:
             worker.stop()
+        _keep_logs(everyone, tag)
 
     snapshots = {
         name: table_snapshot(stack.clickhouse_client(database=f"{name}_{tag}"), tag)
@@ -204,6 +217,7 @@ def test_killing_one_of_two_workers_mid_stream_then_adding_another_loses_and_dou
     finally:
         for worker in everyone:
             worker.stop()
+        _keep_logs(everyone, tag)
 
     pair = table_snapshot(stack.clickhouse_client(database=f"pair_{tag}"), tag)
     single = table_snapshot(stack.clickhouse_client(database=f"single_{tag}"), tag)

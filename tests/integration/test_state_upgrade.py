@@ -77,20 +77,20 @@ def test_the_state_of_the_old_changelog_is_carried_over_before_the_worker_derive
     try:
         with Publisher(None, stack) as publisher:
             publisher.publish_many([received])
-        ch = stack.clickhouse_client(database=database)
+        ch = stack.clickhouse_client(database="default")  # the worker creates `database`
 
         def case_row():
             if not ch.command(f"EXISTS TABLE {database}.cases"):
                 return None
             rows = ch.query(
-                "SELECT event_count, transfers_sent FROM cases WHERE case_id = {c:String}",
+                f"SELECT event_count, transfers_sent FROM {database}.cases WHERE case_id = {{c:String}}",
                 parameters={"c": case},
             ).result_rows
             return rows[0] if rows else None
 
         assert wait_for(case_row, timeout=180, what="the case's row") == (3, 1)
         transfer = ch.query(
-            "SELECT status, from_agency_id, to_agency_id FROM transfers WHERE case_id = {c:String}",
+            f"SELECT status, from_agency_id, to_agency_id FROM {database}.transfers WHERE case_id = {{c:String}}",
             parameters={"c": case},
         ).result_rows
         assert transfer == [("received", "20-INSP", "20-POLICE")]
