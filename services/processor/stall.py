@@ -49,6 +49,17 @@ class StallTracker:
                 stuck.append((p.topic, p.partition, p.lag, now - since))
         return stuck
 
+    def only(self, lags: Iterable[Lag], owned: set[tuple[str, int]]) -> list[Lag]:
+        """The lags of the partitions this process owns; the clocks of the others are dropped.
+
+        With several workers on one app id each judges its own partitions: a member that
+        restarted itself over another member's partition (seen with three workers) only set off
+        one more rebalance. A partition that comes back later starts a fresh clock.
+        """
+        for where in [w for w in self._seen if w not in owned]:
+            del self._seen[where]
+        return [p for p in lags if (p.topic, p.partition) in owned]
+
     def excuse(self, now: float, topics: Iterable[str] | None = None) -> None:
         """A legitimate pause (recovery, a batch waiting for ClickHouse): restart the clocks."""
         wanted = None if topics is None else set(topics)

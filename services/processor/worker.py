@@ -256,14 +256,10 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         batch_started = time.perf_counter()  # ops
         events = await _fill_holes(app, written, events, settings, app_id)
         fact_events, probes = ops_probe.split_probes(events)  # ops: probes go to `probes` only
-        by_partition: dict[int, list[Fact]] = {}
         for tp in {event.message.tp for event in events} - deriving:
             deriving.add(tp)  # said once per partition and process: who derives what
             log.info("deriving %s[%d]", tp.topic, tp.partition)
-        for event in fact_events:
-            by_partition.setdefault(event.message.partition, []).extend(
-                _facts_of(event.message.value)
-            )
+        by_partition = facts_by_partition(fact_events)
         rows = RowBatch()
         changed: dict[int, dict[str, bytes]] = {}
         facts: list[Fact] = []
@@ -326,6 +322,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             log.warning("watchdog cannot read offsets (%r)", exc)
             derive_stalls.excuse(now)
             return
+        lags = derive_stalls.only(lags, _owned(app) or set())
         stuck = derive_stalls.stuck(lags, now)
         suspect = derive_stalls.stuck(lags, now, window=STALL_SECONDS / 3)
         if suspect:
@@ -347,6 +344,20 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             loop.add_signal_handler(sig, _leave_now)
 
     return app
+
+
+def facts_by_partition(events: list) -> dict[int, list[Fact]]:
+    """The facts of a batch's messages, by the facts partition they came from.
+
+    Reads only what faust events and refetched messages (refetch.py) both have:
+    ``message.tp`` and ``message.value``.
+    """
+    by_partition: dict[int, list[Fact]] = {}
+    for event in events:
+        by_partition.setdefault(event.message.tp.partition, []).extend(
+            _facts_of(event.message.value)
+        )
+    return by_partition
 
 
 def _facts_of(raw: bytes) -> list[Fact]:
@@ -407,6 +418,15 @@ def _fetch_state(app: faust.App, topic: str) -> str:
         return f"fetch state unavailable: {exc!r}"
 
 
+def _owned(app: faust.App) -> set[tuple[str, int]] | None:
+    """The partitions faust's consumer is assigned now; None if that could not be read (the
+    thread watchdog reads it from outside the loop while a rebalance may change it)."""
+    try:
+        return {(tp.topic, tp.partition) for tp in app.consumer.assignment()}
+    except Exception:  # noqa: BLE001 - e.g. "set changed size during iteration"
+        return None
+
+
 def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
     return ", ".join(f"{t}[{p}] {lag} behind for {secs:.0f}s" for t, p, lag, secs in stuck)
 
@@ -453,8 +473,8 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
 
     Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
     with messages waiting and committed offsets frozen, and none of its asyncio timers ran again.
-    This thread does not depend on the loop: any partition (intake or derive) with messages
-    waiting and its committed offset frozen for HARD_STALL_SECONDS means restart (crash
+    This thread does not depend on the loop: any partition this process owns (intake or derive)
+    with messages waiting and its committed offset frozen for HARD_STALL_SECONDS means restart (crash
     semantics: the uncommitted input is replayed), unless the intake waits for the registry or
     for broker acks, which is not a stall.
     """
@@ -476,7 +496,12 @@ def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, a
                 continue
             if intake.waiting:  # registry down or broker not acking: not a stall
                 stalls.excuse(now, {p.topic for p in lags if p.topic != facts_topic(app_id)})
-            stuck = stalls.stuck(lags, now)
+            owned = _owned(app)
+            if owned is None:  # the assignment changed while read: no verdict this round
+                stalls.excuse(now)
+                continue
+            owned |= intake.owned()
+            stuck = stalls.stuck(stalls.only(lags, owned), now)
             # Restoring a large changelog is slow progress, yet a worker stuck "in recovery"
             # was seen too: give recovery longer, not forever.
             if app.in_recovery:

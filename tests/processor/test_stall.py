@@ -57,3 +57,21 @@ def test_a_shorter_window_names_suspects_without_moving_the_clocks():
     assert tracker.stuck(lags((100, 500)), now=20, window=15) == [(FACTS, 0, 400, 20)]
     assert tracker.stuck(lags((100, 500)), now=20) == []  # not yet stuck for the real window
     assert tracker.stuck(lags((100, 500)), now=50) == [(FACTS, 0, 400, 50)]
+
+
+def test_only_the_partitions_this_process_owns_are_judged():
+    tracker = StallTracker(window=45)
+    owned = {(FACTS, 0)}
+    assert tracker.stuck(tracker.only(lags((10, 50), (10, 50)), owned), now=0) == []
+    judged = tracker.only(lags((10, 50), (10, 50)), owned)
+    assert [p.partition for p in judged] == [0]
+    assert tracker.stuck(judged, now=60) == [(FACTS, 0, 40, 60)]
+
+
+def test_a_partition_given_back_later_starts_a_fresh_clock():
+    tracker = StallTracker(window=45)
+    both = {(FACTS, 0), (FACTS, 1)}
+    tracker.stuck(tracker.only(lags((10, 50), (10, 50)), both), now=0)
+    tracker.only(lags((10, 50), (10, 50)), {(FACTS, 0)})  # partition 1 moved to another member
+    back = tracker.only(lags((10, 50), (10, 50)), both)  # and came back, still not moved
+    assert tracker.stuck(back, now=60) == [(FACTS, 0, 40, 60)]

@@ -48,3 +48,27 @@ def test_an_instance_name_that_is_not_a_plain_name_is_refused(tmp_path, monkeypa
     monkeypatch.setenv("CASESTREAM_WORKER_INSTANCE", "../other")
     with pytest.raises(SettingsError, match="CASESTREAM_WORKER_INSTANCE='../other'"):
         create_app(Settings.from_env(), app_id="unit-app")
+
+
+def test_refetched_messages_are_grouped_like_the_ones_faust_delivered():
+    """Facts read again after faust skipped them (refetch.py) carry only ``tp``, ``offset``,
+    ``key`` and ``value``: a batch holding them once crashed the derive agent on every retry,
+    and the partitions it held stopped (seen with two and three workers)."""
+    from types import SimpleNamespace
+
+    from services.processor.facts import Fact
+    from services.processor.refetch import Partition, RawMessage, Refetched
+    from services.processor.worker import facts_by_partition
+
+    def fact(case_id: str) -> Fact:
+        return Fact("e-" + case_id, "case_opened", case_id, "20-INSP", 0, 420, None, {})
+
+    topic = "app-facts-by-case"
+    delivered = SimpleNamespace(
+        message=SimpleNamespace(
+            tp=Partition(topic, 1), offset=4, value=envelope.encode([fact("A")])
+        )
+    )
+    refetched = Refetched(RawMessage(Partition(topic, 2), 3, None, envelope.encode([fact("B")])))
+    grouped = facts_by_partition([delivered, refetched])
+    assert {p: [f.case_id for f in facts] for p, facts in grouped.items()} == {1: ["A"], 2: ["B"]}
