@@ -86,17 +86,18 @@ class ChainStore:
                 f"SELECT event_id, seq, prev, hash FROM links WHERE event_id IN ({marks})", chunk
             ):
                 given[event_id] = {"chain_seq": seq, "chain_prev": prev, "chain_hash": digest}
-        heads: dict[str, ChainHead] = {}
+        heads = self._heads_of(
+            {str(e["agency_id"]) for i, e in zip(ids, events, strict=True) if i not in given}
+        )
+        touched: dict[str, ChainHead] = {}
         new_links = []
         links = []
         for event_id, event in zip(ids, events, strict=True):
             link = given.get(event_id)
             if link is None:  # not a retry: the next position of its agency
                 agency = event["agency_id"]
-                head = heads.get(agency)
-                if head is None:
-                    head = self._head(agency)
-                link, heads[agency] = chain_event(event, head)
+                link, heads[agency] = chain_event(event, heads.get(agency, ChainHead()))
+                touched[agency] = heads[agency]
                 given[event_id] = link
                 new_links.append(
                     (event_id, agency, link["chain_seq"], link["chain_prev"], link["chain_hash"])
@@ -109,9 +110,23 @@ class ChainStore:
         self._db.executemany(
             "INSERT INTO heads (agency_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (agency_id) "
             "DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
-            [(agency, head.seq, head.hash) for agency, head in heads.items()],
+            [(agency, head.seq, head.hash) for agency, head in touched.items()],
         )
         return links
+
+    def _heads_of(self, agencies: set[str]) -> dict[str, ChainHead]:
+        """The heads of these agencies in one query per 500 (one query per agency was ~4,000
+        statements per 2,000-event batch of a national history: ~390 agencies each)."""
+        names = sorted(agencies)
+        heads: dict[str, ChainHead] = {}
+        for start in range(0, len(names), 500):
+            chunk = names[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for agency, seq, digest in self._db.execute(
+                f"SELECT agency_id, seq, hash FROM heads WHERE agency_id IN ({marks})", chunk
+            ):
+                heads[agency] = ChainHead(seq, digest)
+        return heads
 
     def _record(self, event_id: str, agency: str, fields: Mapping[str, Any]) -> None:
         self._db.execute(

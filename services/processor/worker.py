@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 
@@ -42,7 +42,7 @@ from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
 from services.processor.intake import Intake
-from services.processor.refetch import read_offsets
+from services.processor.refetch import read_offsets, start_offsets
 from services.processor.stall import StallTracker
 from services.processor.state_store import PartitionStates
 from services.processor.state_upgrade import upgrade_state
@@ -133,15 +133,32 @@ async def _fill_holes(
     """The batch plus any facts it would skip, read again from the topic (refetch.py).
 
     A partition first seen in this consumer generation starts at the offset faust sought to
-    after the assignment (its committed offset). A hole means faust fetched past facts it
+    after the assignment: its committed offset, asked of the broker when faust keeps none
+    (``refetch.start_offsets``). A hole means faust fetched past facts it
     never delivered; they are read again here and written with the batch. If they cannot be
     read, the worker restarts: a replay from the committed offset, below the hole, brings them.
     """
     consumer = app.consumer
     generation = app.consumer_generation_id
-    for tp in {event.message.tp for event in events}:
-        if not written.knows(tp, generation):
-            written.assigned(tp, consumer._committed_offset.get(tp), generation)
+    new = [tp for tp in {event.message.tp for event in events} if not written.knows(tp, generation)]
+    if new:
+        starts = {tp: consumer._committed_offset.get(tp) for tp in new}
+        unknown = [tp for tp, offset in starts.items() if offset is None]
+        if unknown:  # faust keeps none for a partition committed at 0 or never (refetch.py)
+            try:
+                found = await asyncio.get_running_loop().run_in_executor(
+                    None,
+                    start_offsets,
+                    settings.kafka_client_config(),
+                    app_id,
+                    [(tp.topic, tp.partition) for tp in unknown],
+                )
+            except Exception as exc:  # noqa: BLE001 - a restart seeks and asks again
+                _restart(f"the start offsets of {unknown} could not be read ({exc})")
+            for tp in unknown:
+                starts[tp] = found.get((tp.topic, tp.partition))
+        for tp in new:
+            written.assigned(tp, starts[tp], generation)
     holes = written.holes((event.message.tp, event.message.offset) for event in events)
     if not holes:
         return events
@@ -440,7 +457,7 @@ def _leave_now() -> None:
     os._exit(0)
 
 
-def _restart(reason: str) -> None:
+def _restart(reason: str) -> NoReturn:
     """Leave like a crash and start again in place, recorded (restarts.py) so it can be counted."""
     log.error("%s; restarting", reason)
     if "path" in _RESTART_LOG:

@@ -69,3 +69,29 @@ def test_a_batch_with_a_hole_gets_the_missing_facts_before_it_is_written(stack):
     assert app.casestream_metrics.facts_refetched._value.get() == 3
     worker._note_written(written, batch)
     assert written.committable(tp) == 8
+
+
+def test_facts_skipped_at_the_very_start_of_a_partition_are_read_again(stack):
+    """faust keeps no committed offset for a partition committed at 0 or never: the start is
+    then asked of the broker, so envelopes faust never delivered *before* the first one it did
+    are found too (seen with three workers: a new owner's first envelopes were lost)."""
+    values = [f"fact-{i}".encode() for i in range(6)]
+    topic = _topic_with(stack, values)
+    tp = Partition(topic, 0)
+    delivered = [Refetched(RawMessage(tp, o, None, values[o])) for o in (3, 4, 5)]
+    app = SimpleNamespace(
+        consumer=SimpleNamespace(
+            _committed_offset=defaultdict(lambda: None), _acked_index=defaultdict(set)
+        ),
+        consumer_generation_id=1,
+        casestream_metrics=SimpleNamespace(
+            facts_refetched=Counter("refetched", "test", registry=CollectorRegistry())
+        ),
+    )
+    written = WrittenOffsets()
+
+    batch = asyncio.run(worker._fill_holes(app, written, delivered, stack, f"never-{new_tag()}"))
+
+    assert sorted(e.message.offset for e in batch) == list(range(6))
+    worker._note_written(written, batch)
+    assert written.committable(tp) == 6
