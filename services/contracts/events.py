@@ -507,6 +507,15 @@ def validate_event(
     """
     if not isinstance(event, Mapping):
         raise EventValidationError("<event>", event, "event must be a mapping")
+    common = _validate_common(event, now, ref)
+    return common if common is not None else _validate_exact(event, now, ref)
+
+
+def _validate_exact(
+    event: Mapping[str, Any], now: datetime | None, ref: _ref.ReferenceData | None
+) -> dict[str, Any]:
+    """The rules of :func:`parse_event`, applied to the event's JSON form: every event the
+    common path does not take, and the wording of every error."""
     try:
         json_form = to_json_form(event)
     except EventValidationError:
@@ -516,6 +525,74 @@ def validate_event(
             "<event>", dict(event), f"is not a normalized event: {exc!r}"
         ) from None
     return parse_event(json_form, now=now, ref=ref)
+
+
+def _validate_common(
+    event: Mapping[str, Any], now: datetime | None, ref: _ref.ReferenceData | None
+) -> dict[str, Any] | None:
+    """:func:`validate_event` for a valid event as the Avro decoder gives it, without the
+    round trip through the JSON form (formatting ``occurred_at`` and parsing it back was ~5 µs
+    of the ~21 µs validation costs the worker per event; validation was 12.7 % of its samples
+    in the 2 M-event process benchmark, 2026-12-04).
+
+    None whenever anything is unusual or wrong: the exact path then decides and words the
+    error, so errors are the exact path's only. Equal results on valid events:
+    ``tests/contracts/test_validate_common.py``.
+    """
+    occurred, minutes = event.get("occurred_at"), event.get("utc_offset_minutes")
+    if (
+        type(occurred) is not datetime
+        or occurred.tzinfo is None
+        or type(minutes) is not int
+        or abs(minutes) > MAX_OFFSET_MINUTES
+    ):
+        return None
+    event_id, event_type, case_id = (
+        event.get("event_id"),
+        event.get("event_type"),
+        event.get("case_id"),
+    )
+    agency, payload = event.get("agency_id"), event.get("payload")
+    if (
+        not isinstance(event_id, str)
+        or not _UUID_RE.fullmatch(event_id)
+        or not isinstance(event_type, str)
+        or event_type not in _PAYLOAD_SPECS
+        or not isinstance(case_id, str)
+        or not ID_RE.fullmatch(case_id)
+        or not isinstance(agency, str)
+        or not isinstance(payload, Mapping)
+    ):
+        return None
+    try:
+        # What the JSON form gives back: the instant at millisecond precision (truncated, as
+        # `format_occurred_at` writes it) and the date in the agency's own offset.
+        instant = occurred.astimezone(UTC)
+        instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+        local_date = (instant + timedelta(minutes=minutes)).date()
+        if instant < EARLIEST_OCCURRED_AT or instant > _now_utc(now) + CLOCK_SKEW:
+            return None
+        agency_id = _check_known_agency(agency, "agency_id", local_date, ref)
+        sequence = event.get("sequence")
+        if sequence is not None:
+            _check_count(sequence, "sequence", None)  # type: ignore[arg-type]
+        checked = _parse_payload(
+            event_type,
+            {k: v for k, v in payload.items() if v is not None},
+            _Ctx(local_date, agency_id, ref),
+        )
+    except (EventValidationError, OverflowError, ValueError, TypeError):
+        return None
+    return {
+        "event_id": event_id.lower(),
+        "event_type": event_type,
+        "case_id": case_id,
+        "agency_id": agency_id,
+        "occurred_at": instant,
+        "utc_offset_minutes": minutes,
+        "sequence": sequence,
+        "payload": checked,
+    }
 
 
 def validate_publisher(event: Mapping[str, Any], agency_id: str) -> None:

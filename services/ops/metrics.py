@@ -129,13 +129,19 @@ class WorkerMetrics:
             registry=r,
         )
         self._newest_ms: dict[str, int] = {}
+        self._ingested: dict[str, Any] = {}
         if sink is not None:
             r.register(_SinkCollector(sink))
 
     # ------------------------------------------------------------------ called by the worker
 
     def accepted(self, agency_id: str) -> None:
-        self.ingested.labels(agency_id).inc()
+        # The labelled child per agency, looked up once: `labels()` on every event was 2.7 % of
+        # the worker's samples in the 2 M-event process benchmark (2026-12-04).
+        child = self._ingested.get(agency_id)
+        if child is None:
+            child = self._ingested[agency_id] = self.ingested.labels(agency_id)
+        child.inc()
 
     def rejected(self, topic: str, reason: str) -> None:
         try:

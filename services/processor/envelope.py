@@ -17,6 +17,7 @@ first byte tells them apart (`[` never begins a msgpack array).
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Sequence
 
 import msgspec
@@ -72,34 +73,27 @@ def decode(raw: bytes) -> list[Fact]:
 
 
 def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 (Java's `Utils.murmur2`), as a signed 32-bit int."""
+    """Kafka's murmur2 (Java's `Utils.murmur2`), as a signed 32-bit int.
+
+    The 4-byte words are read with `struct.iter_unpack` rather than byte by byte: the hash was
+    4.3 % of the worker's samples in the 2 M-event process benchmark (2026-12-04).
+    """
     length = len(data)
-    seed = 0x9747B28C
     m = 0x5BD1E995
-    r = 24
-    h = (seed ^ length) & 0xFFFFFFFF
-    length4 = length // 4
-    for i in range(length4):
-        i4 = i * 4
-        k = (
-            (data[i4 + 0] & 0xFF)
-            + ((data[i4 + 1] & 0xFF) << 8)
-            + ((data[i4 + 2] & 0xFF) << 16)
-            + ((data[i4 + 3] & 0xFF) << 24)
-        )
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    end = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:end]):
         k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
+        k ^= k >> 24
         k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    extra = length % 4
-    index = length & ~3
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    extra = length & 3
     if extra >= 3:
-        h ^= (data[index + 2] & 0xFF) << 16
+        h ^= data[end + 2] << 16
     if extra >= 2:
-        h ^= (data[index + 1] & 0xFF) << 8
+        h ^= data[end + 1] << 8
     if extra >= 1:
-        h ^= data[index] & 0xFF
+        h ^= data[end]
         h = (h * m) & 0xFFFFFFFF
     h ^= h >> 13
     h = (h * m) & 0xFFFFFFFF
@@ -107,6 +101,19 @@ def murmur2(data: bytes) -> int:
     return h - (1 << 32) if h & 0x80000000 else h
 
 
+_WORDS = struct.Struct("<I")
+#: Recently seen cases' partitions: a case's events come again and again (6 per case in the
+#: generated national history). Cleared when full, so it stays under ~30 MB.
+_PARTITIONS: dict[tuple[str, int], int] = {}
+_PARTITIONS_MAX = 200_000
+
+
 def partition_for(case_id: str, partitions: int) -> int:
     """The facts partition of a case: Java's default partitioner over the UTF-8 case id."""
-    return (murmur2(case_id.encode()) & 0x7FFFFFFF) % partitions
+    key = (case_id, partitions)
+    partition = _PARTITIONS.get(key)
+    if partition is None:
+        if len(_PARTITIONS) >= _PARTITIONS_MAX:
+            _PARTITIONS.clear()
+        partition = _PARTITIONS[key] = (murmur2(case_id.encode()) & 0x7FFFFFFF) % partitions
+    return partition
