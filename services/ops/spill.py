@@ -6,12 +6,9 @@ case always hashes to the same bucket, so once every fact is spilled, each bucke
 cases and can be derived on its own with the memory of one bucket.
 
 A bucket is a set of files (one per writer: each reader process, each catch-up round) of
-length-prefixed chunks of facts in MessagePack (msgspec): 1.4 µs per fact to encode against
-8–14 µs for the JSON envelope (`services.processor.envelope`), measured on 30,000 generated
-facts, and 17 % smaller. MessagePack keeps JSON's data model (str keys, int, float, str, bool,
-null, lists, maps), which is all a payload holds since the live worker's facts travel as JSON;
-a chunk MessagePack cannot hold (an integer beyond 64 bits) is written as a JSON envelope, so
-the facts derived are the ones the live worker derives from. Within one writer's file, facts keep the order they were read in; files are read in the
+length-prefixed chunks, each chunk the live worker's envelope of its facts
+(`services.processor.envelope`: MessagePack, or JSON for an integer beyond 64 bits), so the
+facts derived are the ones the live worker derives from. Within one writer's file, facts keep the order they were read in; files are read in the
 order they were written (`bucket_paths`), so "the first copy of an event_id" means the same as
 in the live worker (a duplicate is published to the same partition, read later).
 """
@@ -20,10 +17,8 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-
-import msgspec
 
 from services.processor import envelope
 from services.processor.facts import Fact
@@ -33,40 +28,6 @@ from services.processor.facts import Fact
 CHUNK = 256
 
 _LENGTH = struct.Struct("<I")
-_MSGPACK = b"M"  # chunk kinds, the byte after the length
-_ENVELOPE = b"E"
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder()
-
-
-def encode_chunk(facts: Sequence[Fact]) -> bytes:
-    try:
-        return _MSGPACK + _encoder.encode(
-            [
-                [
-                    f.event_id,
-                    f.event_type,
-                    f.case_id,
-                    f.agency_id,
-                    f.occurred_ms,
-                    f.utc_offset_minutes,
-                    f.sequence,
-                    f.payload,
-                ]
-                for f in facts
-            ]
-        )
-    except (OverflowError, TypeError):  # an int beyond 64 bits: JSON holds it
-        return _ENVELOPE + envelope.encode(facts)
-
-
-def decode_chunk(raw: bytes) -> list[Fact]:
-    kind, body = raw[:1], raw[1:]
-    if kind == _MSGPACK:
-        return [Fact(*f) for f in _decoder.decode(body)]
-    if kind == _ENVELOPE:
-        return envelope.decode(body)
-    raise ValueError(f"unknown chunk kind {kind!r}")
 
 
 def bucket_of(case_id: str, buckets: int) -> int:
@@ -116,7 +77,7 @@ class BucketWriter:
             handle = self._files[bucket] = open(  # noqa: SIM115 - closed in close()
                 bucket_file(self.directory, bucket, self.writer), "ab", buffering=1 << 16
             )
-        body = encode_chunk(facts)
+        body = envelope.encode(facts)
         handle.write(_LENGTH.pack(len(body)))  # type: ignore[attr-defined]
         handle.write(body)  # type: ignore[attr-defined]
         self.facts += len(facts)
@@ -146,5 +107,5 @@ def read_facts(paths: list[Path]) -> Iterator[Fact]:
             at += _LENGTH.size
             if at + size > len(data):
                 raise ValueError(f"{path}: truncated chunk at byte {at - _LENGTH.size}")
-            yield from decode_chunk(data[at : at + size])
+            yield from envelope.decode(data[at : at + size])
             at += size

@@ -141,10 +141,16 @@ def judge_ordered(ordered: list[Fact], case_id: str) -> Verdict:
     """`judge` of distinct facts of the case `case_id` already in event-time order
     (`by_event_time`): derive_rows sorts a case's facts once and hands them here. `admitted`
     comes back in that order."""
-    rules = Rules(ordered, case_id)
+    violations: list[Violation] = []
+    admitted = admit(Rules(ordered, case_id), ordered, violations)
+    return Verdict(admitted, violations)
+
+
+def admit(rules: Rules, ordered: list[Fact], violations: list[Violation]) -> list[Fact]:
+    """Judge facts in event-time order (all after those `rules` judged before): the admitted
+    ones in event-time order; each refused one's violation appended to `violations`."""
     judged = rules.judging_order(ordered)
     admitted: list[Fact] = []
-    violations: list[Violation] = []
     for fact in judged:
         violation = rules.judge(fact)
         if violation is None:
@@ -153,7 +159,7 @@ def judge_ordered(ordered: list[Fact], case_id: str) -> Verdict:
             violations.append(violation)
     if judged is not ordered:
         admitted.sort(key=by_event_time)
-    return Verdict(admitted, violations)
+    return admitted
 
 
 class Rules:

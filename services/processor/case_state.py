@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from services.processor.authority import Rules, Violation
+from services.processor.authority import Rules, Violation, admit
 from services.processor.facts import Fact, ms_to_datetime, province_of
 from services.processor.transfer_lag import (
     Appraisal,
@@ -320,19 +320,7 @@ class CaseDerivation:
     def _judge(self, ordered: list[Fact]) -> list[Fact]:
         """Judge facts (in event-time order, all after those judged before); the admitted ones
         in event-time order."""
-        rules = self.rules
-        judged = rules.judging_order(ordered)
-        admitted: list[Fact] = []
-        violations = self.violations
-        for fact in judged:
-            violation = rules.judge(fact)
-            if violation is None:
-                admitted.append(fact)
-            else:
-                violations.append(violation)
-        if judged is not ordered:
-            admitted.sort(key=by_event_time)
-        return admitted
+        return admit(self.rules, ordered, self.violations)
 
     def _fold(self, admitted: list[Fact]) -> None:
         senders = self.senders

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from services.agency.publisher import Publisher
 from services.contracts.events import parse_event
+from services.processor import envelope
 from services.processor.facts import Fact
 from tests.helpers import (
     WorkerProcess,
@@ -29,21 +30,7 @@ pytestmark = pytest.mark.integration
 def _old_layout_state(fact_events: list[dict]) -> bytes:
     """A case's state as the `case-facts` table kept it: JSON lists, one per fact."""
     facts = [Fact.from_event(parse_event(e)) for e in fact_events]
-    return json.dumps(
-        [
-            [
-                f.event_id,
-                f.event_type,
-                f.case_id,
-                f.agency_id,
-                f.occurred_ms,
-                f.utc_offset_minutes,
-                f.sequence,
-                f.payload,
-            ]
-            for f in facts
-        ]
-    ).encode()
+    return envelope.json_body(facts)  # the same JSON lists
 
 
 def test_the_state_of_the_old_changelog_is_carried_over_before_the_worker_derives(stack):
