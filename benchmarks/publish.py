@@ -19,8 +19,8 @@ py-spy samples this process (non-blocking, from outside) during the SDK run, as 
 scenario does with the worker; `--no-profile` measures without it.
 
 Both go through a warm-up first; registering the ~700 agency subjects with the schema registry
-(once per agency and publisher process; 8 threads here) is timed separately and reported, not in
-the rate.
+and checking their topics (``Publisher.prepare``: once per agency and publisher process) is
+timed separately and reported, not in the rate.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +144,9 @@ def run(ctx: BenchContext) -> list[Result]:
 
     # One-time per process and agency: the subject registration (lookup + compatibility).
     pub = Publisher(None, settings, outbox_path=ctx.work / f"outbox-{ctx.stamp}.sqlite")
-    with Timer() as registration, ThreadPoolExecutor(8) as pool:
-        schema_ids = dict(zip(agencies, pool.map(pub.schema_id, agencies), strict=True))
+    with Timer() as registration:
+        pub.prepare(agencies)  # subjects and topics, as the latency scenario does
+    schema_ids = {a: pub.schema_id(a) for a in agencies}
 
     # The same bytes the SDK will send, encoded before the clock starts (the baseline's input).
     codec = AvroCodec()

@@ -96,6 +96,26 @@ def ch(stack: Settings):
     return stack.clickhouse_client()
 
 
+# ------------------------------------------------------------------------- unit means no server
+#: Fixtures that start (or need) the private stack: Java, Kafka, the registry, the endpoint.
+SERVER_FIXTURES = frozenset({"stack_settings", "stack", "worker", "ch", "own_stack"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
+    """A `unit` test may not ask for a server: `./run tests -m unit` runs with Python alone
+    (no Java, Maven or jars), so such a test would fail there, not here."""
+    wrong = [
+        f"{item.nodeid} uses {', '.join(sorted(SERVER_FIXTURES & set(item.fixturenames)))}"
+        for item in items
+        if item.get_closest_marker("unit")
+        and SERVER_FIXTURES & set(getattr(item, "fixturenames", ()))
+    ]
+    if wrong:
+        raise pytest.UsageError(
+            "unit tests must not need the stack (mark them integration):\n  " + "\n  ".join(wrong)
+        )
+
+
 # ----------------------------------------------------------------------------- worker restarts
 #: (test id, worker name, reason) of every self-restart seen, for the session summary.
 RESTARTS_SEEN: list[tuple[str, str, str]] = []

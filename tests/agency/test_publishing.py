@@ -200,6 +200,32 @@ def test_events_wait_when_the_registry_is_down(offline):
     assert pub.close(timeout=0.3) == 3
 
 
+@pytest.mark.unit
+def test_prepare_registers_every_agency_and_checks_their_topics_in_one_call(
+    offline, monkeypatch, tmp_path
+):
+    checked: list[list[str]] = []
+    monkeypatch.setattr(
+        "services.ops.topics.ensure_agency_topics",
+        lambda settings, agencies, timeout: checked.append(list(agencies)),
+    )
+    registry = InMemorySchemaRegistry()
+    pub = _offline_publisher(offline, None, registry, outbox_path=tmp_path / "op.sqlite")
+    try:
+        pub.prepare(["20-INSP", "20-POLICE", "01-COURT", "20-INSP"])
+        assert set(registry.get_subjects()) == {
+            subject_for_agency(a) for a in ("20-INSP", "20-POLICE", "01-COURT")
+        }
+        assert checked == [["01-COURT", "20-INSP", "20-POLICE"]]
+        # the first events of these agencies pay neither again
+        pub.publish_many([e for e in _events("p", 3)])
+        assert len(checked) == 1
+        with pytest.raises(ValueError, match="not-an-agency|agency"):
+            pub.prepare(["not-an-agency"])
+    finally:
+        pub.close(timeout=0.1)
+
+
 class FakeProducer:
     """Stands in for confluent_kafka.Producer: serves delivery reports in poll/flush, failing
     the first ``fail`` messages (as librdkafka does after message.timeout.ms)."""
