@@ -49,4 +49,3 @@ def test_unit_selection_sets_up_and_collects_without_java_maven_or_jars(tmp_path
     assert not cache.exists() or not any(cache.iterdir())
     collected = [line for line in done.stdout.splitlines() if "::" in line]
     assert len(collected) > 500, done.stdout[-2000:]
-
