@@ -154,10 +154,25 @@ def stack_fetch() -> None:
 # --------------------------------------------------------------------------- ClickHouse
 @main.command("migrate")
 @click.option("--database", default=None, help="target database (default: the configured one)")
-def migrate_cmd(database: str | None) -> None:
-    """Apply the versioned ClickHouse migrations under infra/clickhouse/migrations."""
-    from services.serving.migrations import migrate
+@click.option(
+    "--print",
+    "print_only",
+    is_flag=True,
+    help="print every statement as the configured deployment would run it (single server, "
+    "cluster or Cloud: CASESTREAM_CLICKHOUSE_CLUSTER / _DEPLOYMENT) and run nothing",
+)
+def migrate_cmd(database: str | None, print_only: bool) -> None:
+    """Apply the versioned ClickHouse migrations under infra/clickhouse/migrations.
 
+    Idempotent: applied versions are recorded in `schema_migrations`. On a cluster each
+    statement runs ON CLUSTER with Replicated engines (docs/clickhouse-cluster.md).
+    """
+    from services.serving.migrations import migrate, rendered
+
+    if print_only:
+        for statement in rendered(_settings(), database=database):
+            click.echo(statement.rstrip() + ";\n")
+        return
     migrate(_settings(), database=database)
 
 

@@ -27,6 +27,8 @@ tests keep working without any password setting.
 | CASESTREAM_CLICKHOUSE_URL | http://127.0.0.1:8123 | ClickHouse HTTP endpoint |
 | CASESTREAM_CLICKHOUSE_USER / _PASSWORD (_PASSWORD_FILE) | casestream / casestream | read-write user of the platform; the password may come from a file |
 | CASESTREAM_CLICKHOUSE_DATABASE | casestream | database holding every table |
+| CASESTREAM_CLICKHOUSE_CLUSTER | (none) | cluster name (`remote_servers`) of a replicated ClickHouse: DDL runs `ON CLUSTER` with `Replicated*` engines (services/clickhouse_topology.py, docs/clickhouse-cluster.md) |
+| CASESTREAM_CLICKHOUSE_DEPLOYMENT | single, or replicated when a cluster is named | `single`, `replicated`, `sharded` (local tables behind `Distributed` ones) or `cloud` (ClickHouse Cloud replicates by itself: plain engines) |
 | CASESTREAM_ANALYST_USER / _PASSWORD (_PASSWORD_FILE) | analyst / analyst | read-only analyst user (local endpoint) |
 | CASESTREAM_PREFECT_API_URL | http://127.0.0.1:4200/api | Prefect server API |
 | CASESTREAM_TOPIC_PARTITIONS | 4 | partitions for topics the platform creates |
@@ -62,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlsplit
+
+from services.clickhouse_topology import Topology, TopologyError
 
 ENVIRONMENTS = ("development", "production")
 #: Development defaults: convenient locally, refused in production.
@@ -149,6 +153,9 @@ class Settings:
     environment: str = "development"
     # The local endpoint's passwordless read-only "default" user exists only when asked for.
     clickhouse_anonymous_default: bool = False
+    # ClickHouse beyond one node (services/clickhouse_topology.py).
+    clickhouse_cluster: str = ""
+    clickhouse_deployment: str = ""
     # Which passwords were given explicitly (a production check needs to know "unset").
     clickhouse_password_set: bool = field(default=True, repr=False)
     analyst_password_set: bool = field(default=True, repr=False)
@@ -156,6 +163,14 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def clickhouse_topology(self) -> Topology:
+        """How the ClickHouse tables are laid out (one server, a cluster, Cloud)."""
+        try:
+            return Topology.of(self.clickhouse_deployment, self.clickhouse_cluster)
+        except TopologyError as exc:
+            raise SettingsError(str(exc)) from None
 
     def _check_transport(self) -> None:
         """Production refuses clear text to another host: events, passwords and figures would
@@ -182,6 +197,7 @@ class Settings:
                 f"CASESTREAM_ENVIRONMENT must be one of {', '.join(ENVIRONMENTS)}, "
                 f"got {self.environment!r}"
             )
+        self.clickhouse_topology  # noqa: B018 - SettingsError naming the variable and value
         if not self.production:
             return self
         self._check_transport()
@@ -248,6 +264,8 @@ class Settings:
             clickhouse_user=_env("CASESTREAM_CLICKHOUSE_USER", "casestream"),
             clickhouse_password=clickhouse_password or DEV_CLICKHOUSE_PASSWORD,
             clickhouse_database=_env("CASESTREAM_CLICKHOUSE_DATABASE", "casestream"),
+            clickhouse_cluster=_env("CASESTREAM_CLICKHOUSE_CLUSTER", "").strip(),
+            clickhouse_deployment=_env("CASESTREAM_CLICKHOUSE_DEPLOYMENT", "").strip().lower(),
             analyst_user=_env("CASESTREAM_ANALYST_USER", "analyst"),
             analyst_password=analyst_password or DEV_ANALYST_PASSWORD,
             prefect_api_url=_env("CASESTREAM_PREFECT_API_URL", "http://127.0.0.1:4200/api"),
@@ -393,8 +411,16 @@ class Settings:
             username=self.analyst_user if analyst else self.clickhouse_user,
             password=self.analyst_password if analyst else self.clickhouse_password,
             database=database or self.clickhouse_database,
-            **kwargs,
+            **_with_settings(kwargs, self.clickhouse_topology.client_settings()),
         )
+
+
+def _with_settings(kwargs: dict[str, Any], needed: dict[str, str]) -> dict[str, Any]:
+    """The client's keyword arguments with the deployment's query settings added (the caller's
+    own win); unchanged when the deployment needs none."""
+    if not needed:
+        return kwargs
+    return {**kwargs, "settings": {**needed, **(kwargs.get("settings") or {})}}
 
 
 def _weak_password(password: str, given: bool, user: str, default: str) -> str | None:

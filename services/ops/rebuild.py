@@ -333,10 +333,13 @@ def rebuild(
         for difference in result.differences:
             log("  " + difference.describe().replace("\n", "\n  "))
         if switch and result.equal:
+            topology = settings.clickhouse_topology
             for table in FACT_TABLES:
-                client.command(
+                exchange = (
                     f"EXCHANGE TABLES {settings.clickhouse_database}.{table} AND {database}.{table}"
                 )
+                for statement in topology.render(exchange, database):
+                    client.command(statement)
             result.switched = True
             log(
                 f"switched: analysts now read the rebuilt tables; the previous ones are in "

@@ -15,6 +15,10 @@ from services.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse" / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
+    "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+)
 
 
 @dataclass(frozen=True)
@@ -46,24 +50,30 @@ def available() -> list[Migration]:
 
 
 def migrate(settings: Settings, database: str | None = None, log=print) -> list[Migration]:
-    """Create the database if needed and apply every migration not yet applied; returns those."""
+    """Create the database if needed and apply every migration not yet applied; returns those.
+
+    Each statement is placed by the configured topology (services/clickhouse_topology.py): as
+    written on one server or ClickHouse Cloud, ``ON CLUSTER`` with replicated (and sharded)
+    engines on a cluster.
+    """
     database = database or settings.clickhouse_database
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise ValueError(f"database name {database!r} is not a plain identifier")
+    topology = settings.clickhouse_topology
     admin = settings.clickhouse_client(database="default")
-    admin.command(f"CREATE DATABASE IF NOT EXISTS {database}")
+    for statement in topology.render(f"CREATE DATABASE IF NOT EXISTS {database}", database):
+        admin.command(statement)
     client = settings.clickhouse_client(database=database)
-    client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, name String, "
-        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
-    )
+    for statement in topology.render(MIGRATIONS_TABLE, database):
+        client.command(statement)
     done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
     applied = []
     for migration in available():
         if migration.version in done:
             continue
         for statement in migration.statements():
-            client.command(statement)
+            for placed in topology.render(statement, database):
+                client.command(placed)
         client.insert(
             "schema_migrations",
             [[migration.version, migration.name]],
@@ -74,3 +84,18 @@ def migrate(settings: Settings, database: str | None = None, log=print) -> list[
     if not applied:
         log(f"  {database} is up to date ({len(done)} migrations)")
     return applied
+
+
+def rendered(settings: Settings, database: str | None = None) -> list[str]:
+    """Every statement `migrate` would run on an empty database, as the topology places it
+    (`casestream migrate --print`: what a DBA reviews before a cluster deployment)."""
+    database = database or settings.clickhouse_database
+    topology = settings.clickhouse_topology
+    statements = [
+        *topology.render(f"CREATE DATABASE IF NOT EXISTS {database}", database),
+        *topology.render(MIGRATIONS_TABLE, database),
+    ]
+    for migration in available():
+        for statement in migration.statements():
+            statements.extend(topology.render(statement, database))
+    return statements
