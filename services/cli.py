@@ -334,6 +334,7 @@ def _register_area_commands() -> None:
     from services.ops.health_command import dlq, health, ops
     from services.ops.topics_command import topics
     from services.ops.verify_command import verify
+    from services.serving.analysts_command import analysts
     from services.serving.report_command import flows, report
 
     for command in (
@@ -350,6 +351,7 @@ def _register_area_commands() -> None:
         bench,
         topics,
         verify,
+        analysts,
     ):
         main.add_command(command)
 

@@ -479,10 +479,28 @@ def serve(
             # shutdown() waits for serve_forever() to return, so it cannot run on this thread.
             threading.Thread(target=server.shutdown, name="endpoint-shutdown", daemon=True).start()
 
+    def reload_users(_signum: int, _frame: object) -> None:
+        # `casestream analysts add` rewrites the users file and sends SIGHUP: new analysts log
+        # in without a restart (which would drop every session). A file that does not load
+        # keeps the users already loaded.
+        try:
+            fresh = UserDirectory.from_file(users_file)  # type: ignore[arg-type]
+            fresh_grants = grants_from_users_file(users_file)
+        except ValueError as exc:
+            log.error("users file not reloaded, keeping the loaded users: %s", exc)
+            return
+        # Grants first: a user must never be able to log in before its grants are in place
+        # (a user without an entry is ungranted, i.e. reaches every database).
+        app.executor.grants = fresh_grants
+        app.users = fresh
+        log.info("users reloaded: %s", ",".join(fresh.names))
+
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, request_stop)
+        if users_file is not None:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload_users)
     reaper = threading.Thread(
         target=_reap_sessions, args=(app, stop), name="session-reaper", daemon=True
     )

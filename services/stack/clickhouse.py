@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]
             "databases": [settings.clickhouse_database],
         },
     }
+    # Analysts added with `casestream analysts add`: each reaches only its scope's database.
+    for name, entry in read_analysts(settings).items():
+        if name not in users:
+            users[name] = {
+                "password_sha256_hex": entry["password_sha256_hex"],
+                "readonly": True,
+                "databases": [entry["database"]],
+            }
     if settings.clickhouse_anonymous_default and "default" not in users:
         users["default"] = {
             "no_password": True,
@@ -57,12 +66,53 @@ def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]
     return {"users": users}
 
 
+def analysts_file(settings: Settings) -> Path:
+    return settings.home / "clickhouse" / "analysts.json"
+
+
+def read_analysts(settings: Settings) -> dict[str, dict[str, str]]:
+    """The analysts `casestream analysts add` registered: name -> scope, database, digest."""
+    path = analysts_file(settings)
+    if not path.exists():
+        return {}
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        analysts = document["analysts"]
+        for name, entry in analysts.items():
+            for key in ("scope", "database", "password_sha256_hex"):
+                if not isinstance(entry.get(key), str):
+                    raise ValueError(f"analyst {name!r} has no {key}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"cannot read the analysts file {path}: {exc}") from None
+    return analysts
+
+
+def write_analysts(settings: Settings, analysts: dict[str, dict[str, str]]) -> Path:
+    return _write_private_json(analysts_file(settings), {"analysts": analysts})
+
+
+def reload_users(settings: Settings) -> bool:
+    """Rewrite the users file and have a running endpoint reload it (SIGHUP); False when no
+    local endpoint runs (it reads the file when it starts)."""
+    write_users_file(settings)
+    pid = process(settings).pid()
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True
+
+
 def write_users_file(settings: Settings) -> Path:
     """Write the users file with mode 0600 from its creation (never briefly world-readable).
 
     Rewritten on every start, which also converts an older clear-text file.
     """
-    path = settings.home / "clickhouse" / "users.json"
+    return _write_private_json(
+        settings.home / "clickhouse" / "users.json", users_document(settings)
+    )
+
+
+def _write_private_json(path: Path, document: object) -> Path:
     private_dir(path.parent)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.unlink(missing_ok=True)  # a leftover of a crash (or a planted symlink)
@@ -72,7 +122,7 @@ def write_users_file(settings: Settings) -> Path:
     try:
         os.fchmod(fd, 0o600)  # the umask cannot widen it, but make it explicit
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(users_document(settings), handle, indent=2)
+            json.dump(document, handle, indent=2)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
