@@ -286,6 +286,45 @@ def test_each_event_is_produced_once_unless_its_delivery_failed(offline, monkeyp
     pub.close(timeout=1)
 
 
+class ScatteredProducer(FakeProducer):
+    """Acknowledges every message, in the order ~800 partitions would: scattered."""
+
+    def poll(self, timeout: float = 0) -> int:
+        waiting, self._waiting = self._waiting, []
+        for i in [*range(1, len(waiting), 2), *range(0, len(waiting), 2)]:
+            waiting[i](None, None)
+        return len(waiting)
+
+
+@pytest.mark.unit
+def test_scattered_acknowledgements_are_marked_later_in_long_runs_and_never_resent(
+    offline, monkeypatch
+):
+    monkeypatch.setattr("services.agency.publisher.Producer", ScatteredProducer)
+    monkeypatch.setattr("services.agency.publisher._MARK_SECONDS", 3600)  # the count decides
+    pub = Publisher("20-INSP", offline, registry_client=InMemorySchemaRegistry())
+    updates: list[str] = []
+    pub.outbox._db.set_trace_callback(
+        lambda s: updates.append(s) if s.startswith("UPDATE outbox SET delivered_at") else None
+    )
+    try:
+        for part in range(3):
+            pub.publish_many(_events(f"s{part}", 200))  # the producer polled: all acknowledged
+        assert len(pub._in_flight) == 600  # acknowledged, not marked: in flight, never re-sent
+        assert len(pub._producer.produced) == 600  # each event produced exactly once
+        assert updates == []  # 600 scattered numbers would have been ~300 runs, one UPDATE each
+        assert pub.flush(timeout=5) == 0  # flush marks whatever was acknowledged
+        assert pub.outbox.counts() == {"pending": 0, "delivered": 600}
+        assert len(updates) == 1  # one run: every number was acknowledged by then
+        assert len(pub._producer.produced) == 600
+        # enough acknowledged numbers waiting: marked without a flush
+        monkeypatch.setattr("services.agency.publisher._MARK_EVERY", 100)
+        pub.publish_many(_events("s3", 200))
+        assert len(updates) == 2 and pub.outbox.counts() == {"pending": 0, "delivered": 800}
+    finally:
+        pub.close(timeout=1)
+
+
 class SilentProducer(FakeProducer):
     """Takes messages and never reports a delivery: the broker never acknowledged them."""
 
