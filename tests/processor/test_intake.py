@@ -59,8 +59,9 @@ class FakeConsumer:
     subscribed: list[str] | None = None
     closed: bool = False
 
-    def subscribe(self, topics):
+    def subscribe(self, topics, on_assign=None, on_revoke=None, on_lost=None):
         self.subscribed = topics
+        self.callbacks = (on_assign, on_revoke, on_lost)
 
     def consume(self, n, timeout):
         return self.batches.pop(0) if self.batches else []
@@ -277,6 +278,43 @@ def test_run_subscribes_by_pattern_and_probe_topic_and_stops_on_request():
     assert SUBSCRIPTION[0].startswith("^") and PROBE_TOPIC in SUBSCRIPTION
     assert consumer.commits == [[(TOPIC, 0, 1)]]
     assert consumer.closed
+
+
+@dataclass
+class TP:
+    topic: str
+    partition: int
+
+
+def test_owned_partitions_follow_the_rebalance_callbacks_without_asking_the_consumer():
+    """The watchdogs read `owned()` from another thread: it must not call into the consumer
+    (`assignment()` blocked there while the intake kept consuming)."""
+    consumer = FakeConsumer(batches=[[], []])
+    intake, _ = make(consumer)
+    seen = []
+    original = consumer.consume
+
+    def consume(n, timeout):
+        assign, revoke, lost = consumer.callbacks
+        if len(seen) == 0:
+            assign(consumer, [TP(TOPIC, 0), TP(TOPIC, 1), TP("agency.01-INSP.events", 0)])
+        elif len(seen) == 1:
+            revoke(consumer, [TP(TOPIC, 1)])
+        else:
+            lost(consumer, [TP(TOPIC, 0)])
+            intake.stop.set()
+        batch = original(n, timeout)
+        seen.append(intake.owned())
+        return batch
+
+    consumer.consume = consume
+    intake.run()
+    assert seen == [
+        {(TOPIC, 0), (TOPIC, 1), ("agency.01-INSP.events", 0)},
+        {(TOPIC, 0), ("agency.01-INSP.events", 0)},
+        {("agency.01-INSP.events", 0)},
+    ]
+    assert not hasattr(consumer, "assignment")
 
 
 def test_the_intake_group_is_under_the_worker_app_id_prefix():
