@@ -236,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nendpoint log and junit report kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nsuite: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped")
+    print(
+        f"\nsuite: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
+    )
     return 0 if counts["failed"] == 0 else 1
 
 
