@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"endpoint exited with {code}; log: {log_path}", file=sys.stderr)
     if not junit.is_file():
-        print("the suite produced no report", file=sys.stderr)
+        print(f"the suite produced no report; endpoint log: {log_path}", file=sys.stderr)
         return 1
     counts, failing = summarize(junit)
     if failing:
