@@ -149,6 +149,28 @@ class InsertStream:
                 self._raw.insert_cancel(self._handle)
 
 
+def _engine_text(text: str) -> bytes:
+    """SQL text as the bytes the client sent.
+
+    Request text is decoded with ``surrogateescape`` so that binary data inside it (a
+    ``$name$`` heredoc holding a Parquet file, inline insert data) survives: ClickHouse parses
+    bytes, not Unicode, and chDB takes bytes as well.
+    """
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _engine_params(params: Mapping[str, str] | None) -> dict[str, str]:
+    """Bound parameter values for chDB, which takes them only as valid Unicode text.
+
+    Undecodable bytes in a value become U+FFFD (ClickHouse reads parameter values as escaped
+    text, so binary data does not belong there).
+    """
+    return {
+        name: value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        for name, value in (params or {}).items()
+    }
+
+
 def settings_statement(settings: Mapping[str, str]) -> str:
     """One ``SET`` statement assigning every value as a string literal.
 
@@ -172,7 +194,7 @@ class EngineConnection:
         self, sql: str, fmt: str = "TabSeparated", params: Mapping[str, str] | None = None
     ) -> Outcome:
         try:
-            result = self._raw.query(sql, fmt, params=dict(params or {}))
+            result = self._raw.query(_engine_text(sql), fmt, params=_engine_params(params))
         except RuntimeError as exc:
             raise ClickHouseError.from_engine(exc) from None
         if result.has_error():
@@ -181,21 +203,21 @@ class EngineConnection:
 
     def stream(self, sql: str, fmt: str, params: Mapping[str, str] | None = None) -> ResultStream:
         try:
-            handle = self._raw.send_query(sql, fmt, params=dict(params or {}))
+            handle = self._raw.send_query(_engine_text(sql), fmt, params=_engine_params(params))
         except RuntimeError as exc:
             raise ClickHouseError.from_engine(exc) from None
         return ResultStream(self._raw, handle)
 
     def begin_insert(self, statement: str, fmt: str) -> InsertStream:
         try:
-            handle = self._raw.send_insert(statement, fmt)
+            handle = self._raw.send_insert(_engine_text(statement), fmt)
         except RuntimeError as exc:
             raise ClickHouseError.from_engine(exc) from None
         return InsertStream(self._raw, handle)
 
     def classify(self, sql: str) -> dict[str, Any]:
         """chDB's own parser-based verdict (query_class, statement_count) for a statement."""
-        return dict(self._raw.classify_query(sql))
+        return dict(self._raw.classify_query(_engine_text(sql)))
 
     def apply_settings(self, settings: Mapping[str, str]) -> None:
         if settings:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import threading
 import time
@@ -391,7 +390,7 @@ class Executor:
             chosen |= set(session.settings) | session.set_names
         return {k: v for k, v in grants.limits.settings().items() if k not in chosen}
 
-    def _kill(self, user: User, query_ids: set[str], params: Mapping[str, str]) -> Reply:
+    def _kill(self, user: User, kill: KillRequest, params: Mapping[str, str]) -> Reply:
         """KILL QUERY WHERE query_id = ...: cancels the user's own matching queries only.
 
         chDB's own KILL would reach every user's queries, so it never gets the user's statement.
@@ -399,22 +398,26 @@ class Executor:
         internal chDB KILL matching each entry's secret marker interrupts a query that is
         computing: measured, ``SELECT sum(number) FROM numbers(1e11)`` stops within ~40 ms,
         whereas chDB's streaming cancel waits for the running fetch to finish (22 s).
+        With ``TEST`` the matching queries are only listed, as in ClickHouse.
         """
-        killed = self.registry.kill(user.name, query_ids)
-        if killed:
-            conn = self.engine.connect()
-            try:
-                for entry in killed:
-                    marker = sql.quote_string(entry.marker)
-                    with contextlib.suppress(ClickHouseError):
-                        conn.execute(f"KILL QUERY WHERE endsWith(query, {marker}) ASYNC")
-            finally:
-                conn.close()
-        rows = "".join(
-            "\t".join(("cancel_requested", q.query_id, q.user, _tsv_escape(q.query))) + "\n"
-            for q in killed
-        )
-        return Reply(format="TabSeparated", body=rows.encode("utf-8"), statement_kind="KILL")
+        policy.check_format(user.name, kill.format)
+        policy.check_format(user.name, params.get("default_format"))
+        if kill.test:
+            found = [q for q in self.registry.own(user.name) if q.query_id in kill.query_ids]
+        else:
+            found = self.registry.kill(user.name, kill.query_ids)
+        conn = self.engine.connect()
+        try:
+            for entry in [] if kill.test else found:
+                marker = sql.quote_string(entry.marker)
+                with contextlib.suppress(ClickHouseError):
+                    conn.execute(f"KILL QUERY WHERE endsWith(query, {marker}) ASYNC")
+            fmt = kill.format or params.get("default_format") or "TabSeparated"
+            status = "waiting" if kill.test else "cancel_requested"
+            body = conn.execute(_kill_result_query(status, found), fmt).data
+        finally:
+            conn.close()
+        return Reply(format=fmt, body=body, statement_kind="KILL")
 
     # -- execution --------------------------------------------------------------------------
 
@@ -603,6 +606,8 @@ class Executor:
         entry: RunningQuery,
     ) -> Reply:
         statement = source.statement
+        if source.insert is not None and binds and _has_placeholder(source.insert.statement):
+            return Reply(outcome=_insert_with_parameters(conn, source.insert, source.data, binds))
         if source.insert is not None:
             inserter = conn.begin_insert(source.insert.statement, source.insert.input_format)
             try:
@@ -627,31 +632,7 @@ class Executor:
                     conn, statement, fmt, binds, stack, _merge_arrow_streams, entry
                 )
         outcome = _cancelled_as_394(entry, conn.execute, statement.text + entry.marker, fmt, binds)
-        body = outcome.data or self._empty_result_header(conn, statement, fmt, binds)
-        return Reply(format=fmt, body=body, outcome=outcome)
-
-    def _empty_result_header(
-        self, conn: EngineConnection, statement: sql.Statement, fmt: str, binds: Mapping[str, str]
-    ) -> bytes:
-        """A zero-row Native block naming the result's columns, for an empty result.
-
-        ClickHouse sends one so clients learn the column names and types even when there are
-        no rows (clickhouse-connect builds empty DataFrames from it); chDB sends nothing.
-        """
-        if fmt.lower() != "native" or not statement.streamable:
-            return b""
-        query = sql.without_format_clause(statement.text)
-        try:
-            described = conn.execute(f"DESCRIBE TABLE ({query})", "JSONCompactEachRow", binds)
-        except ClickHouseError:
-            return b""
-        columns = [json.loads(line) for line in described.data.decode("utf-8").splitlines()]
-        block = bytearray(_leb128(len(columns)) + _leb128(0))
-        for name, type_name, *_ in columns:
-            for text in (name, type_name):
-                encoded = text.encode("utf-8")
-                block += _leb128(len(encoded)) + encoded
-        return bytes(block)
+        return Reply(format=fmt, body=outcome.data, outcome=outcome)
 
     def _stream_reply(
         self,
@@ -670,10 +651,47 @@ class Executor:
         # immediately (most of them) still get a proper HTTP status.
         first = next(chunks, None)
         if first is None:
+            # Like ClickHouse: an empty result in Native is an empty body (no header block).
             stream.close()
-            header = self._empty_result_header(conn, statement, fmt, binds)
-            return Reply(format=fmt, body=header, outcome=stream.outcome)
+            return Reply(format=fmt, body=b"", outcome=stream.outcome)
         return Reply(format=fmt, stream=chain([first], chunks), outcome=stream.outcome)
+
+
+# Inline data of an INSERT whose statement has {name:Type} placeholders is buffered (chDB's
+# streaming insert cannot bind parameters); beyond this it is refused.
+MAX_BOUND_INSERT_BYTES = 64 << 20
+
+
+def _has_placeholder(statement: str) -> bool:
+    return any(
+        t.kind is sql.Kind.PUNCT and t.text == "{" for t in sql.significant_tokens(statement)
+    )
+
+
+def _insert_with_parameters(
+    conn: EngineConnection, insert: sql.InsertSplit, data: Iterator[bytes], binds: Mapping[str, str]
+) -> Outcome:
+    """``WITH {v:Int32} AS value INSERT INTO t FORMAT TSV`` plus data, run as one statement.
+
+    ClickHouse binds the parameters of the statement part of an INSERT; chDB's streaming
+    insert takes no parameters, so the statement and its data go through ``query`` together.
+    """
+    parts: list[bytes] = []
+    size = 0
+    for chunk in data:
+        size += len(chunk)
+        if size > MAX_BOUND_INSERT_BYTES:
+            raise ClickHouseError(
+                62,
+                "Inline data of an INSERT with query parameters is limited to "
+                f"{MAX_BOUND_INSERT_BYTES} bytes on this endpoint; send it without parameters",
+                "SYNTAX_ERROR",
+            )
+        parts.append(chunk)
+    text = f"{insert.statement} FORMAT {insert.input_format}\n" + b"".join(parts).decode(
+        "utf-8", errors="surrogateescape"
+    )
+    return conn.execute(text, "TabSeparated", binds)
 
 
 EXTERNAL_TABLE_PARAM_SUFFIXES = ("_structure", "_types", "_format")
@@ -703,18 +721,6 @@ def external_table_columns(name: str, params: Mapping[str, str]) -> str:
     if not sql.is_balanced(columns):
         raise ClickHouseError(36, f"Invalid structure of external table {name}", "BAD_ARGUMENTS")
     return columns
-
-
-def _leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _readonly_mode(
@@ -794,12 +800,54 @@ def _merge_arrow_streams(chunks: Iterator[bytes]) -> Iterator[bytes]:
             yield data
 
 
-def _kill_query_ids(statement: sql.Statement) -> set[str] | None:
-    """The ids of ``KILL QUERY WHERE query_id = 'x' [SYNC|ASYNC|TEST]`` (or ``IN (...)``)."""
+@dataclass(frozen=True)
+class KillRequest:
+    """``KILL QUERY WHERE query_id = 'x' [SYNC|ASYNC|TEST] [FORMAT f]``, the form served."""
+
+    query_ids: set[str]
+    test: bool = False
+    format: str | None = None
+
+
+# The result columns of ClickHouse's KILL QUERY.
+KILL_RESULT_COLUMNS = "kill_status String, query_id String, user String, query String"
+
+
+def _kill_result_query(status: str, queries: list[RunningQuery]) -> str:
+    """A query producing KILL QUERY's result rows, so chDB renders them in any format.
+
+    With nothing matched it yields no rows (an empty body in Native, like ClickHouse).
+    """
+    columns = sql.quote_string(KILL_RESULT_COLUMNS)
+    if not queries:
+        return f"SELECT * FROM values({columns}, ('', '', '', '')) WHERE 0"
+    rows = ", ".join(
+        "(" + ", ".join(sql.quote_string(v) for v in (status, q.query_id, q.user, q.query)) + ")"
+        for q in queries
+    )
+    return f"SELECT * FROM values({columns}, {rows})"
+
+
+def _kill_query_ids(statement: sql.Statement) -> KillRequest | None:
+    """The request of ``KILL QUERY WHERE query_id = 'x' [SYNC|ASYNC|TEST] [FORMAT f]``.
+
+    ``query_id IN ('a', 'b')`` is accepted too; clients append ``FORMAT`` (clickhouse-connect's
+    streaming calls add ``FORMAT Native``) and the trailing ``;`` is the statement's end.
+    """
     if statement.keywords[:3] != ("KILL", "QUERY", "WHERE"):
         return None
     tokens = sql.significant_tokens(statement.text)[3:]
-    while tokens and tokens[-1].is_word("SYNC", "ASYNC", "TEST"):
+    while tokens and tokens[-1].kind is sql.Kind.PUNCT and tokens[-1].text == ";":
+        tokens.pop()
+    fmt = None
+    if len(tokens) >= 2 and tokens[-2].is_word("FORMAT"):
+        if tokens[-1].kind not in (sql.Kind.WORD, sql.Kind.QUOTED_IDENTIFIER):
+            return None
+        fmt = tokens[-1].text.strip('`"')
+        tokens = tokens[:-2]
+    test = False
+    if tokens and tokens[-1].is_word("SYNC", "ASYNC", "TEST"):
+        test = tokens[-1].is_word("TEST")
         tokens.pop()
     if len(tokens) < 3 or not tokens[0].is_word("QUERY_ID"):
         return None
@@ -815,7 +863,7 @@ def _kill_query_ids(statement: sql.Statement) -> set[str] | None:
         if token.kind is not sql.Kind.STRING or not token.text.startswith("'"):
             return None
         ids.add(token.text[1:-1].replace("\\'", "'").replace("''", "'"))
-    return ids
+    return KillRequest(ids, test, fmt)
 
 
 def _until_killed(chunks: Iterator[bytes], entry: RunningQuery) -> Iterator[bytes]:
@@ -840,10 +888,6 @@ def _cancelled_as_394(entry: RunningQuery, run: Callable[..., Outcome], *args: o
     if entry.cancelled.is_set():
         raise ClickHouseError(394, f"Query {entry.query_id} was cancelled", "QUERY_WAS_CANCELLED")
     return outcome
-
-
-def _tsv_escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n")
 
 
 def _check_database(user: User, grants: policy.Grants, name: str) -> None:

@@ -90,7 +90,7 @@ def parse_query_string(query_string: str) -> dict[str, str]:
     control character: ``query_id=abc%0D%0ASet-Cookie:...`` would otherwise be echoed into
     the ``X-ClickHouse-Query-Id`` header, and a ``session_id`` or ``user`` into the log.
     """
-    pairs = parse_qsl(query_string, keep_blank_values=True)
+    pairs = parse_qsl(query_string, keep_blank_values=True, errors="surrogateescape")
     check_fields(pairs, "URL parameter")
     return dict(pairs)
 
@@ -334,7 +334,7 @@ def parse_multipart(content_type: str, body: bytes) -> FormData:
         if part.get_filename() is not None:
             form.files[str(name)] = payload
         else:
-            form.fields[str(name)] = payload.decode("utf-8", errors="replace")
+            form.fields[str(name)] = payload.decode("utf-8", errors="surrogateescape")
     return form
 
 
@@ -357,7 +357,11 @@ def read_input(
     doubles between two lexings, so the text is lexed in time linear in its size (re-lexing on
     every 4 KB chunk made 512 KB of body cost 98 s).
     """
-    head = bytearray(query_param.encode("utf-8") + b"\n") if query_param else bytearray()
+    head = (
+        bytearray(query_param.encode("utf-8", "surrogateescape") + b"\n")
+        if query_param
+        else bytearray()
+    )
     if len(head) > limit:
         raise _query_too_large(limit)
     eof = body is None
@@ -380,7 +384,7 @@ def read_input(
     if isinstance(split, sql.InsertSplit):
         # Offsets are byte offsets (the text was decoded as latin-1); re-decode as UTF-8.
         statement_text = (
-            bytes(head[: split.statement_end]).decode("utf-8", errors="replace").strip()
+            bytes(head[: split.statement_end]).decode("utf-8", errors="surrogateescape").strip()
         )
         leading = bytes(head[split.data_offset :])
         rest = body.chunks() if body is not None and not eof else iter(())
@@ -395,5 +399,5 @@ def read_input(
         raise _query_too_large(limit)
     if not eof and body is not None:
         head += body.read_all(limit - len(head), limit)
-    text = bytes(head).decode("utf-8", errors="replace")
+    text = bytes(head).decode("utf-8", errors="surrogateescape")
     return QueryInput(sql.parse_statement(text), None, iter(()))

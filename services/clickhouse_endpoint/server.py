@@ -166,7 +166,7 @@ class EndpointHandler(BaseHTTPRequestHandler):
         safe = printable(str(value))
         # http.server encodes headers as latin-1; send other text as its UTF-8 bytes, as
         # ClickHouse echoes them, instead of failing on a query_id like "bericht-€".
-        safe = safe.encode("utf-8").decode("latin-1")
+        safe = safe.encode("utf-8", "replace").decode("latin-1")
         super().send_header(printable(keyword), safe)
 
     def version_string(self) -> str:
@@ -284,7 +284,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
         # a broken pipe instead of our error.
         if body is not None and not body.fully_read and not body.drain(self._drain_limit):
             self.close_connection = True
-        payload = error.render(self.server.app.engine.info.version).encode("utf-8")
+        payload = error.render(self.server.app.engine.info.version).encode(
+            "utf-8", "surrogateescape"
+        )
         self._headers_buffer = []  # drop any half-built success headers
         try:
             self.send_response(error.http_status)
@@ -352,7 +354,9 @@ class EndpointHandler(BaseHTTPRequestHandler):
         except ClickHouseError as exc:
             # Like ClickHouse: the status is already 200, so the error goes into the body,
             # framed with the exception tag, and the stream is cut short.
-            message = exc.render(self.server.app.engine.info.version).encode("utf-8")
+            message = exc.render(self.server.app.engine.info.version).encode(
+                "utf-8", "surrogateescape"
+            )
             block = b"__exception__\r\n%s\r\n%s\n%d %s\r\n__exception__\r\n" % (
                 tag.encode(),
                 message.rstrip(b"\n"),

@@ -321,10 +321,15 @@ def split_insert(text: str, eof: bool) -> InsertSplit | _NeedMore | None:
     body must be read to decide, else an ``InsertSplit``. For ``FORMAT x`` the data starts
     after spaces/tabs and at most one line break following the format name; for ``VALUES`` it
     starts right after the keyword.
+
+    ClickHouse also parses a ``WITH ...`` clause in front of the INSERT (``WITH {v:Int32} AS
+    value INSERT INTO t FORMAT TSV``); the INSERT is then the first top-level ``INSERT`` word,
+    and a top-level ``SELECT`` before it means the statement is a plain query.
     """
     previous: Token | None = None
     depth = 0
     saw_insert = False
+    in_with = False
     for token in tokenize(text):
         if token.kind is Kind.UNTERMINATED:
             return None if eof else NEED_MORE
@@ -333,7 +338,19 @@ def split_insert(text: str, eof: bool) -> InsertSplit | _NeedMore | None:
         if token.end >= len(text) and not eof:
             return NEED_MORE  # the last token may still grow ("INS" -> "INSERT")
         if not saw_insert:
-            if not token.is_word("INSERT"):
+            if not in_with and token.is_word("WITH"):
+                in_with = True
+                continue
+            if in_with:
+                if token.kind is Kind.PUNCT and token.text in "([{":
+                    depth += 1
+                elif token.kind is Kind.PUNCT and token.text in ")]}":
+                    depth = max(0, depth - 1)
+                elif depth == 0 and token.is_word("SELECT"):
+                    return None
+                if depth > 0 or not token.is_word("INSERT"):
+                    continue
+            elif not token.is_word("INSERT"):
                 return None
             saw_insert = True
             previous = token

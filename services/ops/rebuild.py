@@ -174,8 +174,9 @@ def rows_difference(
             f"SELECT * FROM ({query}) WHERE has({{keys:Array(String)}}, toString({key}))",
             parameters={"keys": keys},
         )
-        key_index = result.column_names.index(key)
         by_key: dict[str, list[tuple]] = {}
+        # An empty result names no columns (ClickHouse sends no Native block for it).
+        key_index = result.column_names.index(key) if result.result_rows else 0
         for row in result.result_rows:
             by_key.setdefault(str(row[key_index]), []).append(row)
         sides.append((result.column_names, by_key))

@@ -213,3 +213,19 @@ def test_split_top_level_and_balance() -> None:
     assert not sql.is_balanced("a UInt8) ENGINE = Memory; DROP TABLE t; (b UInt8")
     assert not sql.is_balanced("a UInt8; DROP TABLE t")
     assert not sql.is_balanced("a String DEFAULT 'unterminated")
+
+
+def test_split_insert_after_a_with_clause() -> None:
+    """ClickHouse parses ``WITH ... INSERT INTO t FORMAT f`` with the data after the format."""
+    text = "WITH {SELECT:Int32} AS value INSERT INTO t (s) FORMAT TabSeparated\nvalue_1;\n"
+    split = _split(text)
+    assert isinstance(split, sql.InsertSplit)
+    assert split.statement == "WITH {SELECT:Int32} AS value INSERT INTO t (s)"
+    assert split.input_format == "TabSeparated"
+    assert text[split.data_offset :] == "value_1;\n"
+    values = _split("WITH t AS (SELECT 1) INSERT INTO x VALUES (1)")
+    assert isinstance(values, sql.InsertSplit) and values.input_format == "Values"
+    # A top-level SELECT after WITH is a query, whatever words the WITH clause holds.
+    assert _split("WITH {INSERT:Int32} AS value SELECT value") is None
+    assert _split("WITH (SELECT 1) AS y SELECT y") is None
+    assert _split("WITH 1 AS y", eof=False) is sql.NEED_MORE
