@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from services.cli import main
 from services.serving.migrations import migrate
 from services.settings import Settings
+from services.stack.clickhouse import reload_users
 from tests.serving.sample_rows import PROVINCES, insert_sample_rows
 
 pytestmark = pytest.mark.integration
@@ -58,6 +59,9 @@ def scoped(stack: Settings, tmp_path_factory) -> dict:
     for name in passwords:
         runner.invoke(main, ["analysts", "remove", name])
     mp.undo()
+    # `analysts add` rewrote the stack's users file from the settings it ran with, whose
+    # platform database was this module's: give the stack's own analyst its database back.
+    reload_users(Settings.from_env())
 
 
 def _client(scoped: dict, name: str, database: str | None = None):

@@ -19,6 +19,7 @@ from click.testing import CliRunner
 from services.cli import main
 from services.serving.migrations import migrate
 from services.settings import Settings
+from services.stack.clickhouse import reload_users
 from tests.helpers import REPO
 from tests.serving.sample_rows import insert_sample_rows
 
@@ -63,6 +64,9 @@ def reader(stack: Settings, tmp_path_factory) -> dict[str, str]:
     }
     runner.invoke(main, ["analysts", "remove", "guide_reader"])
     mp.undo()
+    # `analysts add` rewrote the stack's users file from the settings it ran with, whose
+    # platform database was this module's: give the stack's own analyst its database back.
+    reload_users(Settings.from_env())
 
 
 def _examples() -> list[tuple[str, str]]:
