@@ -134,6 +134,12 @@ ROLLUP_PARTS = {
         "WHERE event_type IN ('discipline_imposed', 'assets_recovered') "
         "SETTINGS do_not_merge_across_partitions_select_final = 1"
     ),
+    "the same figures as typed columns (what the rollup reads since migration 0009)": (
+        "SELECT sum(discipline_party_members + discipline_party_orgs), "
+        "sum(assets_identified_vnd), sum(assets_recovered_vnd) FROM events FINAL "
+        "WHERE event_type IN ('discipline_imposed', 'assets_recovered') "
+        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    ),
     "monitoring per case (GROUP BY case_id)": (
         "SELECT count() FROM (SELECT case_id, min(occurred_at) FROM events FINAL "
         "WHERE event_type = 'monitoring_assigned' GROUP BY case_id) "

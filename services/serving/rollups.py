@@ -78,16 +78,9 @@ _CONTRIBUTIONS = """
         e.event_type = 'case_reopened' AS reopened,
         0 AS sent, 0 AS received, 0 AS returned, 0 AS to_investigation, 0 AS transfer_pending,
         0 AS monitored, 0 AS monitored_resolved,
-        if(e.event_type = 'discipline_imposed'
-           AND JSONExtractString(e.payload, 'target') = 'party_member',
-           JSONExtractUInt(e.payload, 'count'), 0) AS disc_members,
-        if(e.event_type = 'discipline_imposed'
-           AND JSONExtractString(e.payload, 'target') = 'party_organization',
-           JSONExtractUInt(e.payload, 'count'), 0) AS disc_orgs,
-        if(e.event_type = 'assets_recovered', JSONExtractInt(e.payload, 'identified_vnd'), 0)
-            AS identified,
-        if(e.event_type = 'assets_recovered', JSONExtractInt(e.payload, 'recovered_vnd'), 0)
-            AS recovered,
+        -- the payload figures, computed at insert (migration 0009, the same expressions)
+        e.discipline_party_members AS disc_members, e.discipline_party_orgs AS disc_orgs,
+        e.assets_identified_vnd AS identified, e.assets_recovered_vnd AS recovered,
         CAST(NULL AS Nullable(Float64)) AS lag, CAST(NULL AS Nullable(Float64)) AS appraisal_lag
     FROM events_dedup AS e {case_home_e}
     WHERE e.event_type IN ('case_opened', 'case_resolved', 'case_reopened',
@@ -131,7 +124,9 @@ WITH
     -- its event time, hence its partition; merging across partitions cost half the query.
     -- Events that break an authority rule count for nothing (processor/authority.py).
     events_dedup AS (
-        SELECT * FROM events FINAL WHERE event_id NOT IN (SELECT event_id FROM violating_events)
+        SELECT *, discipline_party_members, discipline_party_orgs, assets_identified_vnd,
+            assets_recovered_vnd
+        FROM events FINAL WHERE event_id NOT IN (SELECT event_id FROM violating_events)
     ),
     transfers_final AS (SELECT * FROM transfers),
     appraisals_final AS (SELECT * FROM appraisals),
