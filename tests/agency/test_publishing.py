@@ -403,6 +403,7 @@ def test_delivery_marks_only_what_kafka_acknowledged_whatever_the_order(
     """Acknowledgements arrive out of order with failures between them: the outbox marks runs
     of acknowledged sequence numbers, and never an event whose delivery failed."""
     monkeypatch.setattr("services.agency.publisher.Producer", ShuffledProducer)
+    monkeypatch.setattr("services.agency.publisher._MARK_EVERY", 1)  # mark after each call
     pub = Publisher(
         "20-INSP", offline, registry_client=InMemorySchemaRegistry(), outbox_path=tmp_path / "o"
     )
