@@ -4,9 +4,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 
+import pytest
+
+from services.serving.migrations import migrate
 from services.settings import Settings
+from services.stack.clickhouse import reload_users
 
 PROVINCES = ("01", "74", "79", "00")  # 00: a central agency's row, no province's
 
@@ -102,3 +108,25 @@ def insert_sample_rows(settings: Settings, database: str) -> None:
         [["year", date(2025, 1, 1), date(2026, 1, 1), 4, at]],
         column_names=["period_kind", "period_start", "period_end", "cases_opened", "built_at"],
     )
+
+
+@contextmanager
+def private_platform_database(prefix: str) -> Iterator[Settings]:
+    """Settings whose platform database is a fresh one holding the sample rows, for as long as
+    the block runs (the session's own database is shared by every other test).
+
+    On leaving, the stack's users file is written again from the session's settings:
+    `casestream analysts add` rewrites it from the settings it runs with, which name this
+    database, so the stack's own analyst would otherwise be left granted this one.
+    """
+    database = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    patch = pytest.MonkeyPatch()
+    patch.setenv("CASESTREAM_CLICKHOUSE_DATABASE", database)
+    try:
+        settings = Settings.from_env()
+        migrate(settings, log=lambda m: None)
+        insert_sample_rows(settings, database)
+        yield settings
+    finally:
+        patch.undo()
+        reload_users(Settings.from_env())

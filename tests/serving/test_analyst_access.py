@@ -18,10 +18,8 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
-from services.serving.migrations import migrate
 from services.settings import Settings
-from services.stack.clickhouse import reload_users
-from tests.serving.sample_rows import PROVINCES, insert_sample_rows
+from tests.serving.sample_rows import PROVINCES, private_platform_database
 
 pytestmark = pytest.mark.integration
 
@@ -31,37 +29,31 @@ HCMC = {"74", "77", "79"}
 @pytest.fixture(scope="module")
 def scoped(stack: Settings, tmp_path_factory) -> dict:
     """A platform database of its own with rows of four provinces, and three analysts."""
-    database = f"access_{uuid.uuid4().hex[:8]}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CASESTREAM_CLICKHOUSE_DATABASE", database)
-    settings = Settings.from_env()
-    migrate(settings, log=lambda m: None)
-    insert_sample_rows(settings, database)
-    work = tmp_path_factory.mktemp("analysts")
-    passwords = {}
-    runner = CliRunner()
-    for name, scope in (
-        ("hcmc", ["--province", "79"]),
-        ("hanoi", ["--province", "01"]),
-        ("ministry", ["--national"]),
-    ):
-        password = f"{name}-{uuid.uuid4().hex}"
-        path = Path(work / name)
-        path.write_text(password)
-        done = runner.invoke(main, ["analysts", "add", name, *scope, "--password-file", str(path)])
-        assert done.exit_code == 0, done.output
-        passwords[name] = password
-    again = runner.invoke(main, ["analysts", "add", "hcmc", "--province", "79"])
-    assert again.exit_code == 0 and "updated" in again.output  # idempotent, password kept
-    moved = runner.invoke(main, ["analysts", "add", "hcmc", "--province", "01"])
-    assert moved.exit_code != 0 and "already sees 79" in moved.output
-    yield {"settings": settings, "database": database, "passwords": passwords}
-    for name in passwords:
-        runner.invoke(main, ["analysts", "remove", name])
-    mp.undo()
-    # `analysts add` rewrote the stack's users file from the settings it ran with, whose
-    # platform database was this module's: give the stack's own analyst its database back.
-    reload_users(Settings.from_env())
+    with private_platform_database("access") as settings:
+        work = tmp_path_factory.mktemp("analysts")
+        passwords = {}
+        runner = CliRunner()
+        for name, scope in (
+            ("hcmc", ["--province", "79"]),
+            ("hanoi", ["--province", "01"]),
+            ("ministry", ["--national"]),
+        ):
+            password = f"{name}-{uuid.uuid4().hex}"
+            path = Path(work / name)
+            path.write_text(password)
+            done = runner.invoke(
+                main, ["analysts", "add", name, *scope, "--password-file", str(path)]
+            )
+            assert done.exit_code == 0, done.output
+            passwords[name] = password
+        again = runner.invoke(main, ["analysts", "add", "hcmc", "--province", "79"])
+        assert again.exit_code == 0 and "updated" in again.output  # idempotent, password kept
+        moved = runner.invoke(main, ["analysts", "add", "hcmc", "--province", "01"])
+        assert moved.exit_code != 0 and "already sees 79" in moved.output
+        database = settings.clickhouse_database
+        yield {"settings": settings, "database": database, "passwords": passwords}
+        for name in passwords:
+            runner.invoke(main, ["analysts", "remove", name])
 
 
 def _client(scoped: dict, name: str, database: str | None = None):

@@ -17,11 +17,9 @@ import pytest
 from click.testing import CliRunner
 
 from services.cli import main
-from services.serving.migrations import migrate
 from services.settings import Settings
-from services.stack.clickhouse import reload_users
 from tests.helpers import REPO
-from tests.serving.sample_rows import insert_sample_rows
+from tests.serving.sample_rows import private_platform_database
 
 pytestmark = pytest.mark.integration
 
@@ -42,31 +40,22 @@ DOCUMENTED = (
 
 @pytest.fixture(scope="module")
 def reader(stack: Settings, tmp_path_factory) -> dict[str, str]:
-    database = f"guide_{uuid.uuid4().hex[:8]}"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("CASESTREAM_CLICKHOUSE_DATABASE", database)
-    settings = Settings.from_env()
-    migrate(settings, log=lambda m: None)
-    insert_sample_rows(settings, database)
-    password = f"guide-{uuid.uuid4().hex}"
-    path = tmp_path_factory.mktemp("guide") / "password"
-    path.write_text(password)
-    runner = CliRunner()
-    done = runner.invoke(
-        main, ["analysts", "add", "guide_reader", "--national", "--password-file", str(path)]
-    )
-    assert done.exit_code == 0, done.output
-    yield {
-        "CH_URL": settings.clickhouse_url,
-        "CH_USER": "guide_reader",
-        "CH_PASSWORD": password,
-        "database": database,
-    }
-    runner.invoke(main, ["analysts", "remove", "guide_reader"])
-    mp.undo()
-    # `analysts add` rewrote the stack's users file from the settings it ran with, whose
-    # platform database was this module's: give the stack's own analyst its database back.
-    reload_users(Settings.from_env())
+    with private_platform_database("guide") as settings:
+        password = f"guide-{uuid.uuid4().hex}"
+        path = tmp_path_factory.mktemp("guide") / "password"
+        path.write_text(password)
+        runner = CliRunner()
+        done = runner.invoke(
+            main, ["analysts", "add", "guide_reader", "--national", "--password-file", str(path)]
+        )
+        assert done.exit_code == 0, done.output
+        yield {
+            "CH_URL": settings.clickhouse_url,
+            "CH_USER": "guide_reader",
+            "CH_PASSWORD": password,
+            "database": settings.clickhouse_database,
+        }
+        runner.invoke(main, ["analysts", "remove", "guide_reader"])
 
 
 def _examples() -> list[tuple[str, str]]:
