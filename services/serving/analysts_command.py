@@ -17,7 +17,6 @@ Passwords: generated (shown once) unless `--password-file` gives one; only the S
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from pathlib import Path
 
@@ -41,8 +40,8 @@ def _scope(province: str | None, national: bool) -> access.Scope:
         raise click.UsageError(str(exc)) from None
 
 
-def _password(password_file: Path | None) -> tuple[str | None, bool]:
-    """(password, generated) — None when the file gives none."""
+def _password(password_file: Path | None) -> tuple[str, bool]:
+    """(password, generated): read from the file, or generated when none is given."""
     if password_file is None:
         return secrets.token_urlsafe(18), True
     text = password_file.read_text(encoding="utf-8").strip()
@@ -106,7 +105,7 @@ def add(
 
     if print_sql or apply_sql:
         password, generated = _password(password_file)
-        digest = hashlib.sha256(str(password).encode("utf-8")).hexdigest()
+        digest = endpoint.sha256_hex(password)
         topology = settings.clickhouse_topology
         statements = access.clickhouse_statements(
             name,
@@ -142,7 +141,7 @@ def add(
     if existing is None or password_file is not None:
         password, generated = _password(password_file)
         shown = password if generated else None
-        digest = hashlib.sha256(str(password).encode("utf-8")).hexdigest()
+        digest = endpoint.sha256_hex(password)
     else:
         digest = existing["password_sha256_hex"]
     registered[name] = {"scope": scope_key, "database": database, "password_sha256_hex": digest}

@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.clickhouse_topology import Topology
 from services.settings import Settings
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse" / "migrations"
@@ -60,11 +61,12 @@ def migrate(settings: Settings, database: str | None = None, log=print) -> list[
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
         raise ValueError(f"database name {database!r} is not a plain identifier")
     topology = settings.clickhouse_topology
+    create_database, create_table = _bootstrap(topology, database)
     admin = settings.clickhouse_client(database="default")
-    for statement in topology.render(f"CREATE DATABASE IF NOT EXISTS {database}", database):
+    for statement in create_database:
         admin.command(statement)
     client = settings.clickhouse_client(database=database)
-    for statement in topology.render(MIGRATIONS_TABLE, database):
+    for statement in create_table:
         client.command(statement)
     done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
     applied = []
@@ -91,11 +93,17 @@ def rendered(settings: Settings, database: str | None = None) -> list[str]:
     (`casestream migrate --print`: what a DBA reviews before a cluster deployment)."""
     database = database or settings.clickhouse_database
     topology = settings.clickhouse_topology
-    statements = [
-        *topology.render(f"CREATE DATABASE IF NOT EXISTS {database}", database),
-        *topology.render(MIGRATIONS_TABLE, database),
-    ]
+    create_database, create_table = _bootstrap(topology, database)
+    statements = [*create_database, *create_table]
     for migration in available():
         for statement in migration.statements():
             statements.extend(topology.render(statement, database))
     return statements
+
+
+def _bootstrap(topology: Topology, database: str) -> tuple[list[str], list[str]]:
+    """The database and the applied-versions table, placed by the topology."""
+    return (
+        topology.render(f"CREATE DATABASE IF NOT EXISTS {database}", database),
+        topology.render(MIGRATIONS_TABLE, database),
+    )

@@ -30,12 +30,14 @@ def process(settings: Settings) -> ManagedProcess:
     return ManagedProcess(NAME, settings.home)
 
 
+def sha256_hex(password: str) -> str:
+    """The digest the users file keeps (ClickHouse's ``password_sha256_hex``), never the
+    password. (The endpoint has the same function; importing it here would load chDB.)"""
+    return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
 def users_document(settings: Settings) -> dict[str, dict[str, dict[str, object]]]:
     """The endpoint's users file: password digests, never the passwords."""
-
-    def sha256_hex(password: str) -> str:
-        return hashlib.sha256(password.encode("utf-8")).hexdigest()
-
     users: dict[str, dict[str, object]] = {
         settings.clickhouse_user: {
             "password_sha256_hex": sha256_hex(settings.clickhouse_password),
