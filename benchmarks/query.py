@@ -1,4 +1,4 @@
-"""query: the national yearly rollup and a lag-percentile query at 10 M events, via the endpoint.
+"""query: the national and provincial rollups and a lag query at 10 M events, via the endpoint.
 
 Data: the tables the process scenario's worker derived from the generated history (N events),
 replicated k times inside ClickHouse (``INSERT … SELECT … CROSS JOIN numbers(k)``, ids suffixed
@@ -9,7 +9,8 @@ would leave them.
 
 Queries, each timed (median of repeats after a warm-up):
 * national yearly rollup: ``rollup_sql('year', national=True)`` with the parameters
-  flows/rollups.py ``compute_and_store`` passes (whole history);
+  flows/rollups.py ``compute_and_store`` passes (whole history); the provincial yearly rollups
+  in both geographies (historical provinces, and today's after the 2025 merger) likewise;
 * transfer-lag percentiles (p50/p90/p99) per year and receiving agency type over `transfers`;
 * ``SELECT count() FROM events`` (the floor: request + response).
 
@@ -35,7 +36,14 @@ from benchmarks.common import (
     timed_runs,
 )
 
-TARGET_SECONDS = 1.0
+#: Seconds at 10 M events: the national rollup runs in every refresh of the flows, the provincial
+#: ones (each geography) too, and an analyst's ad-hoc lag query should feel interactive.
+TARGET_SECONDS = {
+    "national yearly rollup": 0.5,
+    "provincial yearly rollup (historical provinces)": 1.0,
+    "provincial yearly rollup (current provinces)": 1.0,
+    "transfer-lag percentiles": 1.0,
+}
 TABLES = {  # table -> expressions replacing id columns in copy r.number
     "events": {
         "event_id": "if(r.number = 0, s.event_id, reinterpretAsUUID(concat("
@@ -81,10 +89,11 @@ def replicate_sql(table: str, src: str, k: int) -> str:
 
 
 def build(client, src: str, k: int) -> None:
-    """Replicate src's fact tables k times into the client's current database and merge."""
+    """Replicate src's fact tables k times into the client's current database and merge (the
+    rollups' copy of `events` is fed by its materialized view as `events` is filled)."""
     for table in TABLES:
         client.command(replicate_sql(table, src, k))
-    for table in TABLES:
+    for table in [*TABLES, "events_by_type"]:
         client.command(f"OPTIMIZE TABLE {table} FINAL")
 
 
@@ -118,38 +127,41 @@ def rollup_parameters(client) -> dict:
     }
 
 
-# The national rollup's building blocks, each timed on its own: ClickHouse runs the statement
-# natively, so its "profile" is which parts of the SQL cost what (py-spy sees nothing there).
+# The rollups' building blocks, each timed on its own: ClickHouse runs the statement natively,
+# so its "profile" is which parts of the SQL cost what (py-spy sees nothing there). `events` is
+# ordered by event_id; `events_by_type` (migration 0010) is the rollups' copy ordered by type.
+_FINAL = " SETTINGS do_not_merge_across_partitions_select_final = 1"
+_CASE_TYPES = (
+    "('case_opened', 'case_resolved', 'case_reopened', 'discipline_imposed', 'assets_recovered')"
+)
+_MONITORING = (
+    "(SELECT case_id, min(occurred_at) AS t FROM {table} FINAL "
+    "WHERE event_type = 'monitoring_assigned' GROUP BY case_id)"
+)
 ROLLUP_PARTS = {
-    "count() of events FINAL (the dedup every part pays)": (
-        "SELECT count() FROM events FINAL SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "case figures from events (ordered by event_id)": (
+        "SELECT event_type, count(), sum(discipline_party_members), sum(assets_recovered_vnd) "
+        f"FROM events FINAL WHERE event_type IN {_CASE_TYPES} GROUP BY event_type{_FINAL}"
     ),
-    "events FINAL by type (a scan of the contributions)": (
-        "SELECT event_type, count() FROM events FINAL GROUP BY event_type "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "the same from events_by_type (what the rollups read)": (
+        "SELECT event_type, count(), sum(discipline_party_members), sum(assets_recovered_vnd) "
+        f"FROM events_by_type FINAL WHERE event_type IN {_CASE_TYPES} GROUP BY event_type{_FINAL}"
     ),
-    "JSON payload figures (discipline counts, asset amounts)": (
-        "SELECT sum(JSONExtractUInt(payload, 'count')), sum(JSONExtractInt(payload, "
-        "'identified_vnd')), sum(JSONExtractInt(payload, 'recovered_vnd')) FROM events FINAL "
-        "WHERE event_type IN ('discipline_imposed', 'assets_recovered') "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "monitoring per case, from events": (
+        f"SELECT count() FROM {_MONITORING.format(table='events')}{_FINAL}"
     ),
-    "the same figures as typed columns (what the rollup reads since migration 0009)": (
-        "SELECT sum(discipline_party_members + discipline_party_orgs), "
-        "sum(assets_identified_vnd), sum(assets_recovered_vnd) FROM events FINAL "
-        "WHERE event_type IN ('discipline_imposed', 'assets_recovered') "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "monitoring per case, from events_by_type": (
+        f"SELECT count() FROM {_MONITORING.format(table='events_by_type')}{_FINAL}"
     ),
-    "monitoring per case (GROUP BY case_id)": (
-        "SELECT count() FROM (SELECT case_id, min(occurred_at) FROM events FINAL "
-        "WHERE event_type = 'monitoring_assigned' GROUP BY case_id) "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "monitored resolutions (JOIN monitoring), from events_by_type": (
+        "SELECT count() FROM events_by_type AS e FINAL INNER JOIN "
+        f"{_MONITORING.format(table='events_by_type')} AS m ON m.case_id = e.case_id "
+        f"WHERE e.event_type IN ('case_resolved', 'case_reopened'){_FINAL}"
     ),
-    "monitored resolutions (events JOIN monitoring)": (
-        "SELECT count() FROM events AS e FINAL INNER JOIN (SELECT case_id, min(occurred_at) AS t "
-        "FROM events FINAL WHERE event_type = 'monitoring_assigned' GROUP BY case_id) AS m "
-        "ON m.case_id = e.case_id WHERE e.event_type IN ('case_resolved', 'case_reopened') "
-        "SETTINGS do_not_merge_across_partitions_select_final = 1"
+    "case homes joined to the case events (provincial rollups only)": (
+        "SELECT count() FROM events_by_type AS e FINAL LEFT JOIN (SELECT case_id, province_code "
+        "FROM cases WHERE province_code != '') AS c ON c.case_id = e.case_id "
+        f"WHERE e.event_type IN {_CASE_TYPES}{_FINAL}"
     ),
     "transfer lag quantiles (transfers view)": (
         "SELECT count(), quantileExactInclusive(0.5)(lag_hours) FROM transfers"
@@ -206,6 +218,14 @@ def run(ctx: BenchContext) -> list[Result]:
     params = rollup_parameters(http)
     queries = {
         "national yearly rollup": (rollup_sql("year", national=True), params),
+        "provincial yearly rollup (historical provinces)": (
+            rollup_sql("year", national=False, geography="historical"),
+            params,
+        ),
+        "provincial yearly rollup (current provinces)": (
+            rollup_sql("year", national=False, geography="current"),
+            params,
+        ),
         "transfer-lag percentiles": (LAG_SQL, {"tz": REPORTING_TZ}),
         "count()": ("SELECT count() FROM events", {}),
     }
@@ -236,7 +256,7 @@ def run(ctx: BenchContext) -> list[Result]:
     )
 
     out = []
-    for name in ("national yearly rollup", "transfer-lag percentiles"):
+    for name, target in TARGET_SECONDS.items():
         t = timings[name]
         out.append(
             Result(
@@ -246,10 +266,8 @@ def run(ctx: BenchContext) -> list[Result]:
                 f"{timings['count()']['endpoint']:.3f} s",
                 ratio=t["endpoint"] / t["inprocess"] if t["inprocess"] else None,
                 ratio_label="× in-process time",
-                target=f"< {TARGET_SECONDS:.0f} s at 10 M events",
-                met=(t["endpoint"] < TARGET_SECONDS and rows >= 10_000_000)
-                if rows >= 10_000_000
-                else None,
+                target=f"< {target:g} s at 10 M events",
+                met=(t["endpoint"] < target and rows >= 10_000_000) if rows >= 10_000_000 else None,
                 numbers={
                     "events": int(rows),
                     "copies": k,

@@ -14,6 +14,8 @@ what the configured deployment needs, so the SQL files never fork per deployment
   default path), not one built from ``{database}/{table}``: a rebuild swaps tables between
   databases with ``EXCHANGE TABLES``, after which a name-built path would belong to the other
   table and the next table created under that name would collide with it.
+* materialized views (``CREATE MATERIALIZED VIEW … TO target``) run ``ON CLUSTER`` as
+  written, reading and writing the names the worker and the analysts use.
 * ``sharded``: as replicated, and each table is stored as ``<table>_local`` on every shard with
   a ``Distributed`` table under the original name in front of it, so the worker, the flows and
   the analysts keep writing and reading the names they know. The sharding key is a hash of the
@@ -48,6 +50,9 @@ _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME = rf"(?:{_IDENT}\.)?{_IDENT}"
 _CREATE_TABLE = re.compile(rf"^(CREATE TABLE IF NOT EXISTS)\s+({_NAME})\s*", re.I)
 _CREATE_VIEW = re.compile(rf"^(CREATE VIEW IF NOT EXISTS)\s+({_NAME})\s+(AS\b)", re.I)
+_CREATE_MATERIALIZED_VIEW = re.compile(
+    rf"^(CREATE MATERIALIZED VIEW IF NOT EXISTS)\s+({_NAME})\s+(TO\s+{_NAME}\s+AS\b)", re.I
+)
 _CREATE_DATABASE = re.compile(rf"^(CREATE DATABASE IF NOT EXISTS)\s+({_IDENT})\s*$", re.I)
 _ALTER = re.compile(rf"^(ALTER TABLE)\s+({_NAME})\s+", re.I)
 _EXCHANGE = re.compile(rf"^EXCHANGE TABLES\s+({_NAME})\s+AND\s+({_NAME})\s*$", re.I)
@@ -119,6 +124,12 @@ class Topology:
         if m := _CREATE_TABLE.match(text):
             return self._create_table(m[1], m[2], text[m.end() :], on, database)
         if m := _CREATE_VIEW.match(text):
+            return [f"{m[1]} {m[2]} {on} {m[3]}{text[m.end() :]}"]
+        if m := _CREATE_MATERIALIZED_VIEW.match(text):
+            # On every server, as written: it fires on the inserts into the name the worker
+            # writes (the Distributed front when sharded) and writes through its target's name,
+            # which places each row by the target's own key (a replica fetching a part does not
+            # fire it, so each row is written once).
             return [f"{m[1]} {m[2]} {on} {m[3]}{text[m.end() :]}"]
         if m := _ALTER.match(text):
             rest = text[m.end() :]

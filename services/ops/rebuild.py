@@ -35,8 +35,11 @@ from services.serving.migrations import migrate
 from services.settings import Settings
 
 # Written by the worker; everything else (rollups, ops tables) is derived from these.
+# `events_by_type` is fed from `events` by a materialized view (migration 0010) and is exchanged
+# right after it: each database's view feeds the table of its own name (views follow names).
 FACT_TABLES = [
     "events",
+    "events_by_type",
     "cases_state",
     "transfers_state",
     "appraisals_state",

@@ -68,65 +68,167 @@ METRIC_COLUMNS = [
     "appraisal_lag_p90_hours",
 ]
 
-# One row per contribution of an event (or a paired transfer/appraisal) to a metric, with the
-# time that decides its period and the scope it belongs to. {case_scope} etc. are scope
-# expressions filled in per rollup (a constant for the nation, a province code otherwise).
-_CONTRIBUTIONS = """
-    SELECT e.occurred_at AS t, {case_scope} AS scope,
-        e.event_type = 'case_opened' AS opened,
-        e.event_type = 'case_resolved' AS resolved,
-        e.event_type = 'case_reopened' AS reopened,
-        0 AS sent, 0 AS received, 0 AS returned, 0 AS to_investigation, 0 AS transfer_pending,
-        0 AS monitored, 0 AS monitored_resolved,
-        -- the payload figures, computed at insert (migration 0009, the same expressions)
-        e.discipline_party_members AS disc_members, e.discipline_party_orgs AS disc_orgs,
-        e.assets_identified_vnd AS identified, e.assets_recovered_vnd AS recovered,
-        CAST(NULL AS Nullable(Float64)) AS lag, CAST(NULL AS Nullable(Float64)) AS appraisal_lag
-    FROM events_dedup AS e {case_home_e}
-    WHERE e.event_type IN ('case_opened', 'case_resolved', 'case_reopened',
-                           'discipline_imposed', 'assets_recovered')
-  UNION ALL
-    SELECT sent_at, {sender_scope}, 0, 0, 0, 1, 0, 0, to_agency_type = 'POLICE', 1, 0, 0, 0, 0, 0,
-        0, NULL, NULL
-    FROM transfers_final
-  UNION ALL
-    SELECT received_at, {receiver_scope}, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, lag_hours,
-        NULL
-    FROM transfers_final WHERE received_at IS NOT NULL
-  UNION ALL
-    SELECT returned_at, {sender_scope}, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, NULL, NULL
-    FROM transfers_final WHERE returned_at IS NOT NULL
-  UNION ALL
-    -- a transfer stops pending at its first receipt or return
-    SELECT least(ifNull(received_at, returned_at), ifNull(returned_at, received_at)),
-        {sender_scope}, 0, 0, 0, 0, 0, 0, 0, -1, 0, 0, 0, 0, 0, 0, NULL, NULL
-    FROM transfers_final WHERE received_at IS NOT NULL OR returned_at IS NOT NULL
-  UNION ALL
-    SELECT m.t, {monitored_scope}, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, NULL, NULL
-    FROM monitoring AS m {case_home_m}
-  UNION ALL
-    -- a monitored case counts as resolved from max(resolution, monitoring) until a reopening
-    SELECT greatest(e.occurred_at, m.t), {monitored_scope}, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        if(e.event_type = 'case_resolved', 1, -1), 0, 0, 0, 0, NULL, NULL
-    FROM events_dedup AS e
-    INNER JOIN monitoring AS m ON m.case_id = e.case_id
-    {case_home_e}
-    WHERE e.event_type IN ('case_resolved', 'case_reopened')
-  UNION ALL
-    SELECT completed_at, {appraisal_scope}, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, NULL,
-        lag_hours
-    FROM appraisals_final WHERE completed_at IS NOT NULL
+# The flows of each period and scope, one family of sources at a time: each family is grouped by
+# (period, scope) on its own and only the small grouped results are unioned and summed. (One
+# union of every single contribution, 18 columns wide, grouped once with four exact quantiles,
+# was most of the 3.6 s national yearly rollup at 10 M events: docs/benchmarks.md.) A family
+# names only the figures it contributes; the others are 0, or NULL for the quantiles, each of
+# which comes from exactly one family. {case_scope} etc. are scope expressions filled in per
+# rollup (a constant for the nation, a province code otherwise).
+_SUMMED = [
+    "cases_opened",
+    "cases_resolved",
+    "cases_reopened",
+    "transfers_sent",
+    "transfers_received",
+    "transfers_returned",
+    "transfers_to_investigation",
+    "transfer_pending_delta",
+    "monitored_delta",
+    "monitored_resolved_delta",
+    "discipline_party_members",
+    "discipline_party_orgs",
+    "assets_identified_vnd",
+    "assets_recovered_vnd",
+]
+_QUANTILES = [
+    "transfer_lag_p50_hours",
+    "transfer_lag_p90_hours",
+    "transfer_lag_max_hours",
+    "appraisal_lag_p50_hours",
+    "appraisal_lag_p90_hours",
+]
+
+
+def _when(condition: str, figure: str) -> str:
+    """A figure over the rows where it is defined; NULL when no row has it."""
+    return f"if(count({condition}) > 0, {figure}, NULL)"
+
+
+_LAG = "lag_hours"
+_FAMILIES: list[tuple[str, str, str, dict[str, str]]] = [
+    # (time deciding the period, scope, FROM … WHERE …, figures)
+    (
+        "e.occurred_at",
+        "{case_scope}",
+        """events_dedup AS e {case_home_e}
+        WHERE e.event_type IN ('case_opened', 'case_resolved', 'case_reopened',
+                               'discipline_imposed', 'assets_recovered')""",
+        {
+            "cases_opened": "countIf(e.event_type = 'case_opened')",
+            "cases_resolved": "countIf(e.event_type = 'case_resolved')",
+            "cases_reopened": "countIf(e.event_type = 'case_reopened')",
+            # the payload figures, computed at insert (migration 0009, the same expressions)
+            "discipline_party_members": "sum(e.discipline_party_members)",
+            "discipline_party_orgs": "sum(e.discipline_party_orgs)",
+            "assets_identified_vnd": "sum(e.assets_identified_vnd)",
+            "assets_recovered_vnd": "sum(e.assets_recovered_vnd)",
+        },
+    ),
+    (
+        "sent_at",
+        "{sender_scope}",
+        "transfers_final",
+        {
+            "transfers_sent": "count()",
+            "transfers_to_investigation": "countIf(to_agency_type = 'POLICE')",
+            "transfer_pending_delta": "toInt64(count())",
+        },
+    ),
+    (
+        "received_at",
+        "{receiver_scope}",
+        "transfers_final WHERE received_at IS NOT NULL",
+        {
+            "transfers_received": "count()",
+            "transfer_lag_p50_hours": _when(_LAG, f"quantileExactInclusive(0.5)({_LAG})"),
+            "transfer_lag_p90_hours": _when(_LAG, f"quantileExactInclusive(0.9)({_LAG})"),
+            "transfer_lag_max_hours": _when(_LAG, f"max({_LAG})"),
+        },
+    ),
+    (
+        "returned_at",
+        "{sender_scope}",
+        "transfers_final WHERE returned_at IS NOT NULL",
+        {"transfers_returned": "count()"},
+    ),
+    (
+        # a transfer stops pending at its first receipt or return
+        "least(ifNull(received_at, returned_at), ifNull(returned_at, received_at))",
+        "{sender_scope}",
+        "transfers_final WHERE received_at IS NOT NULL OR returned_at IS NOT NULL",
+        {"transfer_pending_delta": "-toInt64(count())"},
+    ),
+    (
+        "m.t",
+        "{monitored_scope}",
+        "monitoring AS m {case_home_m}",
+        {"monitored_delta": "count()"},
+    ),
+    (
+        # a monitored case counts as resolved from max(resolution, monitoring) until a reopening
+        "greatest(e.occurred_at, m.t)",
+        "{monitored_scope}",
+        """events_dedup AS e
+        INNER JOIN monitoring AS m ON m.case_id = e.case_id
+        {monitored_home_e}
+        WHERE e.event_type IN ('case_resolved', 'case_reopened')""",
+        {
+            "monitored_resolved_delta": "sum(if(e.event_type = 'case_resolved', 1, -1))",
+        },
+    ),
+    (
+        "completed_at",
+        "{appraisal_scope}",
+        "appraisals_final WHERE completed_at IS NOT NULL",
+        {
+            "appraisal_lag_p50_hours": _when(_LAG, f"quantileExactInclusive(0.5)({_LAG})"),
+            "appraisal_lag_p90_hours": _when(_LAG, f"quantileExactInclusive(0.9)({_LAG})"),
+        },
+    ),
+]
+
+
+def _family_sql(time: str, scope: str, source: str, figures: dict[str, str]) -> str:
+    unknown = set(figures) - set(_SUMMED) - set(_QUANTILES)
+    if unknown:
+        raise ValueError(f"rollup family figures not in the flows: {sorted(unknown)}")
+    columns = [figures.get(name, "0") + f" AS {name}" for name in _SUMMED] + [
+        figures.get(name, "CAST(NULL AS Nullable(Float64))") + f" AS {name}" for name in _QUANTILES
+    ]
+    return (
+        f"SELECT {{period_fn}}({time}, {{{{tz:String}}}}) AS period_start, {scope} AS scope,\n"
+        f"        " + ",\n        ".join(columns) + "\n"
+        f"    FROM {source}\n"
+        f"    GROUP BY period_start, scope"
+    )
+
+
+_FLOWS = f"""
+    SELECT period_start, scope,
+        {", ".join(f"sum({name}) AS {name}" for name in _SUMMED)},
+        {", ".join(f"max({name}) AS {name}" for name in _QUANTILES)}
+    FROM (
+    {(chr(10) + "    UNION ALL" + chr(10) + "    ").join(_family_sql(*f) for f in _FAMILIES)}
+    )
+    GROUP BY period_start, scope
 """
+
+_FIGURES = ", ".join(_SUMMED + _QUANTILES)
+_UNPACKED = ", ".join(
+    f"tupleElement(row, {i}) AS {name}" for i, name in enumerate(_SUMMED + _QUANTILES, start=1)
+)
 
 _ROLLUP = """
 WITH
     -- FINAL within each yearly partition only (SETTINGS below): a duplicate of an event has
     -- its event time, hence its partition; merging across partitions cost half the query.
-    -- Events that break an authority rule count for nothing (processor/authority.py).
+    -- `events_by_type` is `events` ordered by type (migration 0010): each family reads only
+    -- the types it needs. Events that break an authority rule count for nothing
+    -- (processor/authority.py).
     events_dedup AS (
-        SELECT *, discipline_party_members, discipline_party_orgs, assets_identified_vnd,
-            assets_recovered_vnd
-        FROM events FINAL WHERE event_id NOT IN (SELECT event_id FROM violating_events)
+        SELECT * FROM events_by_type FINAL
+        WHERE event_id NOT IN (SELECT event_id FROM violating_events)
     ),
     transfers_final AS (SELECT * FROM transfers),
     appraisals_final AS (SELECT * FROM appraisals),
@@ -135,35 +237,25 @@ WITH
         SELECT case_id, min(occurred_at) AS t, any(province_code) AS agency_province
         FROM events_dedup WHERE event_type = 'monitoring_assigned' GROUP BY case_id
     ),
-    contributions AS ({contributions}),
-    flows AS (
-        SELECT {period_fn}(t, {{tz:String}}) AS period_start, scope,
-            sum(opened) AS cases_opened, sum(resolved) AS cases_resolved,
-            sum(reopened) AS cases_reopened, sum(sent) AS transfers_sent,
-            sum(received) AS transfers_received, sum(returned) AS transfers_returned,
-            sum(to_investigation) AS transfers_to_investigation,
-            sum(transfer_pending) AS transfer_pending_delta,
-            sum(monitored) AS monitored_delta, sum(monitored_resolved) AS monitored_resolved_delta,
-            sum(disc_members) AS discipline_party_members,
-            sum(disc_orgs) AS discipline_party_orgs,
-            sum(identified) AS assets_identified_vnd, sum(recovered) AS assets_recovered_vnd,
-            if(count(lag) > 0, quantileExactInclusive(0.5)(lag), NULL) AS transfer_lag_p50_hours,
-            if(count(lag) > 0, quantileExactInclusive(0.9)(lag), NULL) AS transfer_lag_p90_hours,
-            if(count(lag) > 0, max(lag), NULL) AS transfer_lag_max_hours,
-            if(count(appraisal_lag) > 0, quantileExactInclusive(0.5)(appraisal_lag), NULL)
-                AS appraisal_lag_p50_hours,
-            if(count(appraisal_lag) > 0, quantileExactInclusive(0.9)(appraisal_lag), NULL)
-                AS appraisal_lag_p90_hours
-        FROM contributions
-        WHERE t IS NOT NULL
-        GROUP BY period_start, scope
+    monitored_home AS (
+        SELECT case_id, home FROM case_home WHERE case_id IN (SELECT case_id FROM monitoring)
     ),
-    grid AS (SELECT arrayJoin({{grid:Array(Date)}}) AS period_start),
-    scopes AS (SELECT DISTINCT scope FROM flows),
+    flows AS ({flows}),
+    -- Every scope gets every period of the grid, zero where it had no flow. `flows` is read
+    -- once: each scope's periods and figures as arrays, looked up per grid period (index 0, a
+    -- period without flows, gives the figures' defaults: 0, and NULL for the quantiles). A
+    -- CTE is inlined where it is named, and naming `flows` twice (the scopes, then a join
+    -- with the grid) computed every family twice: a provincial yearly rollup at 10 M events
+    -- took 2.2 s, 1.27 s with `flows` read once (in process).
+    per_scope AS (
+        SELECT scope, groupArray(period_start) AS periods,
+            groupArray(tuple({figures})) AS figures
+        FROM flows GROUP BY scope
+    ),
     filled AS (
-        SELECT g.period_start AS period_start, s.scope AS scope, f.* EXCEPT (period_start, scope)
-        FROM grid AS g CROSS JOIN scopes AS s
-        LEFT JOIN flows AS f ON f.period_start = g.period_start AND f.scope = s.scope
+        SELECT period_start, scope, figures[indexOf(periods, period_start)] AS row,
+            {unpacked}
+        FROM per_scope ARRAY JOIN {{grid:Array(Date)}} AS period_start
     ),
     stocks AS (
         SELECT *,
@@ -227,15 +319,18 @@ def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical
     # perf: the nation needs no case's home province, so no join with `cases`
     # (8.8 s → 5.3 s of the national yearly rollup at 10 M events, docs/benchmarks.md).
     joins = (
-        {"case_home_e": "", "case_home_m": ""}
+        {"case_home_e": "", "case_home_m": "", "monitored_home_e": ""}
         if national
         else {
             "case_home_e": "LEFT JOIN case_home AS c ON c.case_id = e.case_id",
-            "case_home_m": "LEFT JOIN case_home AS c ON c.case_id = m.case_id",
+            # the monitoring families join the homes of the monitored cases only (~4 % of
+            # the cases): building the join of every case's home cost each family ~0.1 s
+            "case_home_m": "LEFT JOIN monitored_home AS c ON c.case_id = m.case_id",
+            "monitored_home_e": "LEFT JOIN monitored_home AS c ON c.case_id = e.case_id",
         }
     )
-    contributions = _CONTRIBUTIONS.format(**scopes, **joins)
-    return _ROLLUP.format(contributions=contributions, period_fn=period_fn, months=months)
+    flows = _FLOWS.format(**scopes, **joins, period_fn=period_fn)
+    return _ROLLUP.format(flows=flows, months=months, figures=_FIGURES, unpacked=_UNPACKED)
 
 
 def period_start_of(day: date, period_kind: str) -> date:
