@@ -145,7 +145,7 @@ def test_the_rollups_copy_of_events_is_fed_on_every_server_through_the_names_wri
     assert backfill.rstrip().endswith("FROM events")
     if kind == "sharded":
         front = next(s for s in out if s.startswith("CREATE TABLE IF NOT EXISTS events_by_type ON"))
-        assert front.endswith("cityHash64(event_type, event_id))")
+        assert front.endswith("cityHash64(event_type, case_id, event_id))")
 
 
 def test_statements_it_does_not_know_are_refused_by_name():
