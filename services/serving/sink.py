@@ -4,6 +4,14 @@ The worker hands one `RowBatch` per consumed batch of messages and does not ackn
 messages until `ClickHouseSink.write` returns. So when ClickHouse is unreachable the worker keeps
 its offsets and retries with backoff; nothing is lost, and because every target table is a
 Replacing engine keyed by its natural id, writing the same batch twice is harmless.
+
+The rows travel as `JSONCompactEachRow` encoded by msgspec (C): clickhouse-connect's Native
+serialisation of the same rows in Python was ~20 % of the worker's py-spy samples in the process
+benchmark (`InsertContext._row_block_data`, the string columns, a `uuid.UUID` per event id),
+msgspec encodes a row in ~0.08 µs, and ClickHouse parses the text natively. Every value the row
+builders produce has one exact JSON form: integers up to 64 bits, floats as their shortest
+round-trip text, `None` as null, and aware UTC datetimes as RFC 3339 text with microseconds,
+which a DateTime64(3) column reads to the millisecond it came from (tests/serving/test_sink.py).
 """
 
 from __future__ import annotations
@@ -15,11 +23,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from services.processor.case_state import CASE_COLUMNS, VIOLATION_COLUMNS
 from services.processor.facts import EVENT_COLUMNS
 from services.processor.transfer_lag import APPRAISAL_COLUMNS, TRANSFER_COLUMNS
 
 log = logging.getLogger(__name__)
+
+#: The format of the rows sent: one JSON array per row, in the table's column order.
+ROW_FORMAT = "JSONCompactEachRow"
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_rows(rows: list[list[Any]]) -> bytes:
+    """The rows as `JSONCompactEachRow` text: the JSON arrays of the rows separated by commas
+    (the format reads a comma between rows as it reads a newline), i.e. the encoded list without
+    its outer brackets, encoded in one C call."""
+    return _encode(rows)[1:-1]
 
 TABLES: dict[str, list[str]] = {
     "events": EVENT_COLUMNS,
@@ -76,7 +97,12 @@ class ClickHouseSink:
                 client = self._get_client()
                 for table, rows in batch.rows.items():
                     if rows:
-                        client.insert(table, rows, column_names=self._columns[table])
+                        client.raw_insert(
+                            table,
+                            column_names=self._columns[table],
+                            insert_block=encode_rows(rows),
+                            fmt=ROW_FORMAT,
+                        )
                 self.rows_written += len(batch)
                 return
             except Exception as exc:  # noqa: BLE001 - any failure: keep offsets, retry
