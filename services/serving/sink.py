@@ -42,6 +42,7 @@ def encode_rows(rows: list[list[Any]]) -> bytes:
     its outer brackets, encoded in one C call."""
     return _encode(rows)[1:-1]
 
+
 TABLES: dict[str, list[str]] = {
     "events": EVENT_COLUMNS,
     "cases_state": CASE_COLUMNS,
