@@ -38,6 +38,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,23 @@ class Message:
     agency_id: str
     key: bytes
     body: bytes
+
+
+class Accepting:
+    """An open accept transaction of :meth:`Outbox.accepting`."""
+
+    def __init__(self, outbox: Outbox, held: set[str]) -> None:
+        self._outbox = outbox
+        #: The ids among those given that the outbox held when the transaction began.
+        self.held = held
+        self.done = False
+
+    def add(self, rows: list[tuple[str, str, str, bytes]]) -> list[int | None]:
+        """:meth:`Outbox.add` inside this transaction (once): inserts, then commits."""
+        if self.done:
+            raise RuntimeError("this accept transaction is over")
+        self.done = True
+        return self._outbox._insert(set(self.held), rows)
 
 
 def _runs(seqs: Iterable[int]) -> list[tuple[int, int]]:
@@ -186,31 +204,47 @@ class Outbox:
         """
         if not rows:
             return []
-        now = time.time()
+        with self.accepting([row[0] for row in rows]) as accept:
+            return accept.add(rows)
+
+    @contextmanager
+    def accepting(self, event_ids: list[str]) -> Iterator[Accepting]:
+        """One accept transaction (``BEGIN IMMEDIATE``): which of these ids the outbox holds
+        already, read once inside it, then :meth:`Accepting.add` inserts and commits.
+
+        The publisher decides which events are new (and chains only those) from the same read
+        that the insert relies on: it looked the ids up before the transaction and again
+        inside it, two queries per 500 ids. Leaving the block without ``add`` rolls back.
+        """
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                held = self._known([row[0] for row in rows])
-                (top,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
-                seqs: list[int | None] = []
-                fresh = []
-                for event_id, agency_id, case_id, body in rows:
-                    if event_id in held:
-                        seqs.append(None)
-                        continue
-                    held.add(event_id)
-                    top += 1
-                    seqs.append(top)
-                    fresh.append((top, event_id, agency_id, case_id, body, self._schema_ref, now))
-                self._db.executemany(
-                    "INSERT INTO outbox (seq, event_id, agency_id, case_id, body, schema_ref, "
-                    "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    fresh,
-                )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
+                yield Accepting(self, self._known(event_ids))
+            finally:
+                if self._db.in_transaction:  # not committed by Accepting.add
+                    self._db.execute("ROLLBACK")
+
+    def _insert(self, held: set[str], rows: list[tuple[str, str, str, bytes]]) -> list[int | None]:
+        """The insert of :meth:`Accepting.add`, inside its transaction; commits it."""
+        now = time.time()
+        (top,) = self._db.execute("SELECT coalesce(max(seq), 0) FROM outbox").fetchone()
+        seqs: list[int | None] = []
+        fresh = []
+        ref = self._schema_ref
+        for event_id, agency_id, case_id, body in rows:
+            if event_id in held:
+                seqs.append(None)
+                continue
+            held.add(event_id)
+            top += 1
+            seqs.append(top)
+            fresh.append((top, event_id, agency_id, case_id, body, ref, now))
+        self._db.executemany(
+            "INSERT INTO outbox (seq, event_id, agency_id, case_id, body, schema_ref, "
+            "accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            fresh,
+        )
+        self._db.execute("COMMIT")
         return seqs
 
     def add_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[bool]:

@@ -13,7 +13,11 @@ The broker or the registry being down delays delivery, it loses nothing.
 Speed (the publish benchmark, docs/benchmarks.md): each event is validated, chained and encoded
 once; the outbox keeps the Avro body that is sent (outbox.py), a resend prepends the header and
 does not encode again; delivery reports append the event's outbox sequence number to a list and
-the outbox marks runs of consecutive numbers, not one row per event.
+the outbox marks runs of consecutive numbers, not one row per event. Validation gives the
+storable form and the canonical timestamp text in the same pass (``events.parse_for_outbox``,
+the one validator, parse_event's own rules), the chain hashes a batch in one loop, and the
+outbox is asked once per batch which ids it holds: publish_many in process with a fake producer
+went from 36.5 to 27.7 us CPU per event (20,200 generated events in chunks of 2,000, best of 3).
 
 Every accepted event is linked into its agency's hash chain (chain_seq, chain_prev, chain_hash;
 services/contracts/chain.py) before it is stored: the heads live in one file per host
@@ -39,7 +43,7 @@ from services.agency.chain_store import ChainStore
 from services.agency.outbox import Message, Outbox, storable_form
 from services.contracts.codec import HEADER, MAGIC_BYTE
 from services.contracts.events import (
-    parse_event,
+    parse_for_outbox,
     topic_for_agency,
     validate_publisher,
 )
@@ -128,36 +132,40 @@ class Publisher:
 
     def publish_many(self, events: Iterable[Mapping[str, Any]]) -> list[Accepted]:
         """Validate all, then accept all in one outbox transaction (all or none on error)."""
-        normalized = []
+        own = self.agency_id
+        ids: list[str] = []
+        stored: list[dict[str, Any]] = []
+        texts: list[str] = []  # occurred_at in canonical text, for the chain
         for event in events:
-            valid = parse_event(event)
-            if self.agency_id is not None:
-                validate_publisher(valid, self.agency_id)
-            normalized.append(valid)
-        stored = [(e["event_id"], storable_form(e)) for e in normalized]
+            form, text = parse_for_outbox(event)
+            if own is not None:
+                validate_publisher(form, own)
+            ids.append(form["event_id"])
+            stored.append(form)
+            texts.append(text)
+        encode = self.outbox.encode
         with self._send_lock:  # no re-send of pending rows between the commit and the produce
             # The chain commits only after the outbox did: a head never advances for an event
             # the outbox did not take. Ids already in the outbox keep the links they have; an
             # id given twice in one call is accepted once (the first), as the outbox would.
-            seen = self.outbox.known([eid for eid, _ in stored])
-            fresh = []
-            for eid, event in stored:
-                if eid not in seen:
-                    seen.add(eid)
-                    fresh.append(event)
-            with self.chain.assigning(fresh) as links:
-                rows = []
-                for event, link in zip(fresh, links, strict=True):
-                    event.update(link)
-                    rows.append(
-                        (
-                            event["event_id"],
-                            event["agency_id"],
-                            event["case_id"],
-                            self.outbox.encode(event),
+            # Which ids the outbox holds is read once, inside its accept transaction.
+            with self.outbox.accepting(ids) as accept:
+                seen = set(accept.held)
+                fresh: list[dict[str, Any]] = []
+                fresh_texts: list[str | None] = []
+                for eid, event, text in zip(ids, stored, texts, strict=True):
+                    if eid not in seen:
+                        seen.add(eid)
+                        fresh.append(event)
+                        fresh_texts.append(text)
+                with self.chain.assigning(fresh, fresh_texts) as links:
+                    rows = []
+                    for event, link in zip(fresh, links, strict=True):
+                        event.update(link)
+                        rows.append(
+                            (event["event_id"], event["agency_id"], event["case_id"], encode(event))
                         )
-                    )
-                seqs = self.outbox.add(rows)
+                    seqs = accept.add(rows)
             messages = [
                 Message(seq, row[0], row[1], row[2].encode("utf-8"), row[3])
                 for row, seq in zip(rows, seqs, strict=True)
@@ -166,7 +174,7 @@ class Publisher:
             self._produce(messages)
         new = {message.event_id for message in messages}
         accepted = []
-        for eid, _ in stored:
+        for eid in ids:
             accepted.append(Accepted(eid, eid in new))
             new.discard(eid)  # the second of a duplicate pair was not new
         return accepted

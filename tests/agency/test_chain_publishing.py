@@ -135,10 +135,10 @@ def test_the_head_does_not_advance_when_the_outbox_refuses_the_events(offline, m
     pub = publisher(offline)
     pub.publish_many(events(2))
 
-    def broken(_events):
+    def broken(_held, _rows):
         raise OSError("disk full")
 
-    monkeypatch.setattr(pub.outbox, "add", broken)
+    monkeypatch.setattr(pub.outbox, "_insert", broken)  # the insert of the accept transaction
     with pytest.raises(OSError, match="disk full"):
         pub.publish_many(events(3, start=2))
     assert pub.chain.head("20-INSP").seq == 2

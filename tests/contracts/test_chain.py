@@ -351,3 +351,19 @@ def test_the_contract_has_no_floating_point_field_the_encoders_would_write_diffe
 
     walk(json.loads((schemas_dir() / "case_event.avsc").read_text()))
     assert not types & {"float", "double"}, "canonical_bytes: msgspec writes 1e16, json 1e+16"
+
+
+def test_the_batch_loop_gives_the_links_of_chain_event_one_by_one():
+    from services.contracts.events import to_json_form
+
+    events = [event(n, agency) for n in range(1, 8) for agency in (AGENCY, "20-POLICE")]
+    heads = {"20-POLICE": ChainHead(41, "ab" * 32)}
+    expected, one_by_one = [], dict(heads)
+    for ev in events:
+        fields, one_by_one[ev["agency_id"]] = chain_event(
+            ev, one_by_one.get(ev["agency_id"], ChainHead())
+        )
+        expected.append(tuple(fields.values()))
+    texts = [to_json_form(ev)["occurred_at"] if i % 2 else None for i, ev in enumerate(events)]
+    assert chain.chain_links(events, heads, texts) == expected
+    assert heads == one_by_one

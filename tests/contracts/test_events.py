@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
@@ -20,7 +20,9 @@ from services.contracts.events import (
     agency_from_topic,
     kafka_key,
     parse_event,
+    parse_for_outbox,
     parse_json_line,
+    parse_occurred_at,
     payload_fields,
     to_json_form,
     topic_for_agency,
@@ -614,3 +616,138 @@ def test_an_implausible_amount_is_refused_naming_the_field_and_the_bound(field):
     assert err.value.field == f"payload.{field}"
     assert err.value.value == MAX_PLAUSIBLE_VND + 1
     assert "not a plausible amount (above 1,000,000,000,000,000 VND)" in err.value.reason
+
+
+# --------------------------------------------------------------------------- one pass, two forms
+
+
+def _reference_instant(text: str) -> datetime:
+    """What the normalized form held before parse_event computed in integers: the instant of
+    the local time converted to UTC and truncated to milliseconds."""
+    instant = datetime.fromisoformat(text).astimezone(UTC)
+    return instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(9999, 12, 30)),
+    st.integers(-18 * 60, 18 * 60),
+)
+def test_the_instant_in_integers_is_the_truncated_utc_instant(local, offset_minutes):
+    zone = timezone(timedelta(minutes=offset_minutes))
+    text = local.replace(tzinfo=zone).isoformat()
+    instant, minutes, local_date = parse_occurred_at(text)
+    assert instant == _reference_instant(text)
+    assert instant.tzinfo is UTC
+    assert (minutes, local_date) == (offset_minutes, local.date())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "1969-12-31T23:59:59.999Z",
+        "1969-12-31T23:59:59.9999999Z",
+        "1970-01-01T06:59:59.999999+07:00",
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+    ],
+)
+def test_the_range_errors_are_those_of_the_utc_conversion(text):
+    try:
+        _reference_instant(text)
+    except OverflowError:
+        reason = "is out of range"
+    else:
+        reason = "must not be before 1970-01-01T00:00:00Z"
+    with pytest.raises(EventValidationError) as err:
+        parse_occurred_at(text)
+    assert err.value.reason == reason
+
+
+TIMESTAMP_SPELLINGS = [
+    "2024-03-05T09:30:00+07:00",
+    "2024-03-05T09:30:00.123+07:00",
+    "2024-03-05T09:30:00.100-05:30",
+    "2024-03-05T09:30:00Z",
+    "2024-03-05T09:30:00.001Z",
+    "2024-03-05T09:30:00+00:00",
+    "2024-03-05T09:30:00-00:00",
+    "2024-03-05T09:30:00.000+07:00",
+    "2024-03-05T09:30:00.123456+07:00",
+    "2024-03-05T09:30:00.1239+07:00",
+    "2024-03-05T09:30:00.5+07:00",
+    "2024-03-05T09:30+07:00",
+    "2024-03-05 09:30:00+07:00",
+    "20240305T093000+0700",
+    "2024-03-05T09:30:00+0700",
+    "2024-W10-2T09:30:00+07:00",
+    "2024-03-05T09:30:00+07:00:30",
+    "2024-03-05T09:30:00+18:00",
+    "2024-03-05T09:30:00+18:01",
+    "2024-03-05T09:30:00-14:00",
+    "2024-03-05T09:30:00",
+    "1970-01-01T00:00:00Z",
+    "1970-01-01T06:59:59+07:00",
+    "1970-01-01T07:00:00+07:00",
+    "2024-02-30T09:30:00+07:00",
+    "2024-03-05T24:00:00+07:00",
+    "2024-03-05T09:30:00z",
+]
+
+
+@pytest.mark.parametrize("occurred_at", TIMESTAMP_SPELLINGS)
+def test_parse_for_outbox_gives_epoch_ms_and_the_canonical_text_or_the_same_error(occurred_at):
+    obj = example_event("case_transferred") | {"occurred_at": occurred_at}
+    try:
+        normalized = parse_event(obj, now=NOW)
+    except EventValidationError as exc:
+        with pytest.raises(EventValidationError) as err:
+            parse_for_outbox(obj, now=NOW)
+        assert (err.value.field, err.value.value, str(err.value)) == (
+            exc.field,
+            exc.value,
+            str(exc),
+        )
+        return
+    stored, text = parse_for_outbox(obj, now=NOW)
+    assert stored == normalized | {
+        "occurred_at": round(normalized["occurred_at"].timestamp() * 1000)
+    }
+    assert list(stored) == list(normalized)
+    assert text == to_json_form(normalized)["occurred_at"]
+    if text == occurred_at:  # as given: no second string built
+        assert text is obj["occurred_at"]
+
+
+def test_parse_for_outbox_and_parse_event_refuse_with_the_same_words():
+    base = example_event("case_transferred")
+    bad = [
+        [],
+        without(base, "payload"),
+        base | {"extra": 1},
+        base | {"event_id": None},
+        base | {"event_id": "nope"},
+        base | {"case_id": "has space"},
+        base | {"agency_id": "99-NOWHERE"},
+        base | {"sequence": True},
+        base | {"occurred_at": "2030-01-01T00:00:00Z"},
+        base | {"payload": {**base["payload"], "to_agency_id": base["agency_id"]}},
+        base | {"payload": {**base["payload"], "unknown": 1}},
+    ]
+    for obj in bad:
+        with pytest.raises(EventValidationError) as exact:
+            parse_event(obj, now=NOW)
+        with pytest.raises(EventValidationError) as outbox:
+            parse_for_outbox(obj, now=NOW)
+        assert (outbox.value.field, repr(outbox.value.value), str(outbox.value)) == (
+            exact.value.field,
+            repr(exact.value.value),
+            str(exact.value),
+        )
+
+
+def test_the_future_limit_is_now_plus_the_skew_to_the_microsecond():
+    event = example_event("case_opened") | {"occurred_at": "2025-01-01T00:05:00.001Z"}
+    assert parse_event(event, now=NOW + timedelta(milliseconds=1))
+    with pytest.raises(EventValidationError, match="is in the future"):
+        parse_event(event, now=NOW + timedelta(microseconds=999))
