@@ -37,87 +37,48 @@ of the package nor this repository's own ``tests`` package shadows what the suit
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
+import dataclasses
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a file: the repository's packages
+
+from services.settings import Settings  # noqa: E402
+from services.stack import clickhouse  # noqa: E402
+from services.stack.process import free_ports, wait_until  # noqa: E402
+
 SUITE_USER = "suite_rw"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def endpoint_settings(workdir: Path, port: int, password: str) -> Settings:
+    """A private stack home holding only the endpoint: its data, its users file (the platform's
+    own, written by services/stack/clickhouse.py, with the suite's read-write user) and log."""
+    return dataclasses.replace(
+        Settings.from_env(),
+        home=workdir,
+        clickhouse_url=f"http://127.0.0.1:{port}",
+        clickhouse_user=SUITE_USER,
+        clickhouse_password=password,
+    )
 
 
-def write_users_file(path: Path, password: str) -> None:
-    document = {
-        "users": {
-            SUITE_USER: {
-                "password_sha256_hex": hashlib.sha256(password.encode()).hexdigest(),
-                "readonly": False,
-            }
-        }
-    }
-    path.write_text(json.dumps(document))
-    os.chmod(path, 0o600)
-
-
-def start_endpoint(
-    python: str, port: int, data_dir: Path, users_file: Path, log_path: Path
-) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    command = [
-        python,
-        "-m",
-        "services.clickhouse_endpoint",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--data-dir",
-        str(data_dir),
-        "--users-file",
-        str(users_file),
-    ]
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"endpoint exited early:\n{log_path.read_text(errors='replace')}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=1) as response:
-                if response.read() == b"Ok.\n":
-                    return proc
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.2)
-    stop_endpoint(proc)
-    raise RuntimeError("endpoint did not answer /ping within 60 s")
-
-
-def stop_endpoint(proc: subprocess.Popen[bytes]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
+def start_endpoint(settings: Settings) -> None:
+    """Start the endpoint the way `casestream stack up` does and wait for its /ping."""
+    clickhouse.start(settings)
+    wait_until(
+        lambda: clickhouse.is_ready(settings),
+        timeout=60,
+        what="endpoint",
+        proc=clickhouse.process(settings),
+        interval=0.2,
+    )
 
 
 def summarize(junit_path: Path) -> tuple[dict[str, int], list[str]]:
@@ -152,7 +113,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
         default=[],
         help="directory with the suite's extra test packages (pytest-asyncio, pytest-mock)",
     )
-    parser.add_argument("--python", default=sys.executable, help="interpreter for both sides")
+    parser.add_argument("--python", default=sys.executable, help="interpreter of the suite")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
     parser.add_argument("--timeout", type=int, default=120, help="per-test timeout (s)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (endpoint log)")
@@ -172,11 +133,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="cc-suite-"))
     password = secrets.token_hex(12)
-    users_file = workdir / "users.json"
-    write_users_file(users_file, password)
-    port = free_port()
-    log_path = workdir / "endpoint.log"
-    proc = start_endpoint(args.python, port, workdir / "data", users_file, log_path)
+    (port,) = free_ports(1)
+    settings = endpoint_settings(workdir, port, password)
+    log_path = clickhouse.process(settings).log_file
+    start_endpoint(settings)
     junit = workdir / "junit.xml"
     root = workdir / "suite"
     root.mkdir()
@@ -221,9 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         subprocess.run(command, cwd=root, env=env, check=False)
     finally:
-        code = stop_endpoint(proc)
-    if code != 0:
-        print(f"endpoint exited with {code}; log: {log_path}", file=sys.stderr)
+        clickhouse.process(settings).stop()
     if not junit.is_file():
         print(f"the suite produced no report; endpoint log: {log_path}", file=sys.stderr)
         return 1

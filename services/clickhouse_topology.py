@@ -49,9 +49,13 @@ LOCAL_SUFFIX = "_local"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _NAME = rf"(?:{_IDENT}\.)?{_IDENT}"
 _CREATE_TABLE = re.compile(rf"^(CREATE TABLE IF NOT EXISTS)\s+({_NAME})\s*", re.I)
-_CREATE_VIEW = re.compile(rf"^(CREATE VIEW IF NOT EXISTS)\s+({_NAME})\s+(AS\b)", re.I)
-_CREATE_MATERIALIZED_VIEW = re.compile(
-    rf"^(CREATE MATERIALIZED VIEW IF NOT EXISTS)\s+({_NAME})\s+(TO\s+{_NAME}\s+AS\b)", re.I
+# A view, or a materialized view writing `TO` a table: either is created as written on every
+# server. A materialized view fires on the inserts into the name the worker writes (the
+# Distributed front when sharded) and writes through its target's name, which places each row by
+# the target's own key; a replica fetching a part does not fire it, so each row is written once.
+_CREATE_VIEW = re.compile(
+    rf"^(CREATE (?:MATERIALIZED )?VIEW IF NOT EXISTS)\s+({_NAME})\s+((?:TO\s+{_NAME}\s+)?AS\b)",
+    re.I,
 )
 _CREATE_DATABASE = re.compile(rf"^(CREATE DATABASE IF NOT EXISTS)\s+({_IDENT})\s*$", re.I)
 _ALTER = re.compile(rf"^(ALTER TABLE)\s+({_NAME})\s+", re.I)
@@ -124,12 +128,6 @@ class Topology:
         if m := _CREATE_TABLE.match(text):
             return self._create_table(m[1], m[2], text[m.end() :], on, database)
         if m := _CREATE_VIEW.match(text):
-            return [f"{m[1]} {m[2]} {on} {m[3]}{text[m.end() :]}"]
-        if m := _CREATE_MATERIALIZED_VIEW.match(text):
-            # On every server, as written: it fires on the inserts into the name the worker
-            # writes (the Distributed front when sharded) and writes through its target's name,
-            # which places each row by the target's own key (a replica fetching a part does not
-            # fire it, so each row is written once).
             return [f"{m[1]} {m[2]} {on} {m[3]}{text[m.end() :]}"]
         if m := _ALTER.match(text):
             rest = text[m.end() :]
