@@ -53,6 +53,7 @@ TABLES = {  # table -> expressions replacing id columns in copy r.number
         "transfer_id": "if(s.transfer_id = '', '', concat(s.transfer_id, '~', toString(r.number)))",
     },
     "cases_state": {"case_id": "concat(s.case_id, '~', toString(r.number))"},
+    "cases_rehomed": {"case_id": "concat(s.case_id, '~', toString(r.number))"},
     "transfers_state": {
         "transfer_id": "concat(s.transfer_id, '~', toString(r.number))",
         "case_id": "concat(s.case_id, '~', toString(r.number))",
@@ -158,11 +159,12 @@ ROLLUP_PARTS = {
         f"{_MONITORING.format(table='events_by_type')} AS m ON m.case_id = e.case_id "
         f"WHERE e.event_type IN ('case_resolved', 'case_reopened'){_FINAL}"
     ),
-    "case homes joined to the case events (provincial rollups only)": (
+    "the homes of the cases in cases_rehomed joined to the case events (provincial only)": (
         "SELECT count() FROM events_by_type AS e FINAL LEFT JOIN (SELECT case_id, province_code "
-        "FROM cases WHERE province_code != '') AS c ON c.case_id = e.case_id "
-        f"WHERE e.event_type IN {_CASE_TYPES}{_FINAL}"
+        "FROM cases WHERE case_id IN (SELECT case_id FROM cases_rehomed)) AS c "
+        f"ON c.case_id = e.case_id WHERE e.event_type IN {_CASE_TYPES}{_FINAL}"
     ),
+    "cases in cases_rehomed": "SELECT uniqExact(case_id) FROM cases_rehomed",
     "transfer lag quantiles (transfers view)": (
         "SELECT count(), quantileExactInclusive(0.5)(lag_hours) FROM transfers"
     ),

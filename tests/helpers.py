@@ -218,7 +218,8 @@ def table_snapshot(client, tag: str) -> dict[str, list[tuple]]:
     """Every analyst-facing fact row of one test's cases, sorted: equal snapshots = equal tables."""
     like = {"p": f"{tag}:%"}
     queries = {
-        "events": "SELECT * EXCEPT ingested_at FROM events FINAL WHERE case_id LIKE {p:String} "
+        "events": "SELECT * EXCEPT (ingested_at, home_province_code) FROM events FINAL "
+        "WHERE case_id LIKE {p:String} "
         "ORDER BY event_id",
         "cases": "SELECT * FROM cases WHERE case_id LIKE {p:String} ORDER BY case_id",
         "transfers": "SELECT * FROM transfers WHERE case_id LIKE {p:String} ORDER BY transfer_id",

@@ -35,7 +35,7 @@ import queue
 import resource
 import time
 import traceback
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +44,7 @@ from typing import Any
 from services.ops.spill import BucketWriter, bucket_paths, read_facts
 from services.ops.topics import AGENCY_TOPIC_PATTERN
 from services.private_files import private_dir
-from services.processor.case_state import derive_rows
+from services.processor.case_state import CASE_HOME, derive_rows
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.serving.sink import ClickHouseSink, RowBatch
@@ -290,16 +290,32 @@ def activity_rows(facts: Iterable[Fact], now: datetime) -> list[list[Any]]:
     return list(per_agency.values())
 
 
-def fact_rows(facts: Sequence[Fact], rows: RowBatch, now: datetime) -> None:
+def fact_rows(
+    facts: Sequence[Fact], rows: RowBatch, now: datetime, homes: Mapping[str, str] | None = None
+) -> None:
     """The rows of the facts themselves: one `events` row each (duplicates too, in read order:
-    the table keeps the last one written, as it does for the worker) and `agency_activity`."""
-    rows.extend("events", [event_row(f) for f in facts])
+    the table keeps the last one written, as it does for the worker) and `agency_activity`.
+
+    ``homes``: each case's home province, as `case_rows` derived it. Without them (the catch-up
+    writes events before it derives their cases) the rows carry no home and their cases are
+    listed in `cases_rehomed`: the rollups then read those cases' homes from `cases`."""
+    if homes is None:
+        rows.extend("events", [event_row(f) for f in facts])
+        rows.extend("cases_rehomed", [[case] for case in dict.fromkeys(f.case_id for f in facts)])
+    else:
+        rows.extend("events", [event_row(f, homes.get(f.case_id, "")) for f in facts])
     rows.extend("agency_activity", activity_rows(facts, now))
 
 
-def case_rows(facts: Iterable[Fact], rows: RowBatch, only: Container[str] | None = None) -> int:
+def case_rows(
+    facts: Iterable[Fact],
+    rows: RowBatch,
+    only: Container[str] | None = None,
+    homes: dict[str, str] | None = None,
+) -> int:
     """Each case's rows, derived once from its facts (the first copy of an event_id is kept, as
-    in the worker's state); with `only`, the cases named there. Returns the cases derived."""
+    in the worker's state); with `only`, the cases named there; each case's home province put
+    in `homes` when given. Returns the cases derived."""
     cases: dict[str, dict[str, Fact]] = {}
     for fact in facts:
         if only is not None and fact.case_id not in only:
@@ -315,6 +331,8 @@ def case_rows(facts: Iterable[Fact], rows: RowBatch, only: Container[str] | None
     violations = rows.rows.setdefault("integrity_violations_state", [])
     for known in cases.values():
         derived = derive_rows(known.values())
+        if homes is not None:
+            homes[derived.case[0]] = derived.case[CASE_HOME]
         case_table.append(derived.case)
         transfers.extend(derived.transfers)
         appraisals.extend(derived.appraisals)
@@ -339,8 +357,9 @@ def derive_buckets(
     for bucket in buckets:
         facts = list(read_facts(bucket_paths(directory, bucket, writers)))
         rows = RowBatch()
-        fact_rows(facts, rows, now)
-        stats.cases += case_rows(facts, rows)
+        homes: dict[str, str] = {}
+        stats.cases += case_rows(facts, rows, homes=homes)
+        fact_rows(facts, rows, now, homes)
         sink.write(rows)
         stats.facts += len(facts)
         stats.messages += len(facts)

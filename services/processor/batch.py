@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from services.processor.case_state import CaseDerivation
+from services.processor.case_state import CASE_HOME, CaseDerivation
 from services.processor.envelope import json_body
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.serving.sink import RowBatch
@@ -178,10 +178,9 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
     batch = facts if isinstance(facts, list) else list(facts)
     rows = RowBatch()
     result = BatchResult(rows)
-    rows.extend("events", [event_row(fact) for fact in batch])
     kept = derivations.entries
     # case_id → [stored state, kept derivation or None, stored facts or None, stored ids,
-    #            new facts, their ids]
+    #            new facts, their ids, the batch's ids (new or not), an opening in the batch]
     touched: dict[str, list[Any]] = {}
     try:
         for fact in batch:
@@ -192,12 +191,24 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
                 entry = kept.get(case_id)
                 if entry is not None and raw is not None and (entry[0] is raw or entry[0] == raw):
                     derivation = entry[1]
-                    case = [raw, derivation, None, derivation.ids, [], set()]
+                    case = [raw, derivation, None, derivation.ids, [], set(), set(), False]
                 else:
                     stored = decode_state(raw)
-                    case = [raw, None, stored, {f.event_id for f in stored}, [], set()]
+                    case = [
+                        raw,
+                        None,
+                        stored,
+                        {f.event_id for f in stored},
+                        [],
+                        set(),
+                        set(),
+                        False,
+                    ]
                 touched[case_id] = case
             event_id = fact.event_id
+            case[6].add(event_id)
+            if fact.event_type == "case_opened":
+                case[7] = True
             if event_id in case[3] or event_id in case[5]:
                 result.duplicates += 1
                 continue
@@ -205,7 +216,9 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
             case[4].append(fact)
         rows.extend("agency_activity", agency_activity(batch))
         cases, transfers, appraisals, violations = [], [], [], []
-        for case_id, (raw, derivation, stored, _, new, _) in touched.items():
+        homes: dict[str, str] = {}
+        rehomed: list[list[Any]] = []
+        for case_id, (raw, derivation, stored, stored_ids, new, _, ids, opening) in touched.items():
             state = raw
             if derivation is not None and new:
                 if derivation.extend(new):
@@ -225,6 +238,14 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
             kept[case_id] = (state, derivation)
             kept.move_to_end(case_id)
             derived = derivation.rows()
+            homes[case_id] = derived.case[CASE_HOME]
+            # Only an opening moves a case's home (authority.py: the first admitted one). The
+            # rows written by earlier batches carry the home of then: when this batch holds an
+            # opening (new, or replayed after a crash) and the case has facts from before it,
+            # the case is listed and the rollups read its home from `cases`. Listed twice is
+            # harmless; listed needlessly only costs the rollups a join for that case.
+            if opening and not stored_ids <= ids:
+                rehomed.append([case_id])
             cases.append(derived.case)
             transfers += derived.transfers
             appraisals += derived.appraisals
@@ -235,6 +256,8 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
         raise
     while len(kept) > derivations.capacity:
         kept.popitem(last=False)
+    rows.extend("events", [event_row(fact, homes[fact.case_id]) for fact in batch])
+    rows.extend("cases_rehomed", rehomed)
     rows.extend("cases_state", cases)
     rows.extend("transfers_state", transfers)
     rows.extend("appraisals_state", appraisals)

@@ -57,6 +57,8 @@ CASE_COLUMNS = [
     "event_count",
     "version",
 ]
+#: The case row's home province (its opening agency's; '' while no opening is admitted).
+CASE_HOME = CASE_COLUMNS.index("province_code")
 
 
 class CaseState(msgspec.Struct, gc=False):

@@ -232,13 +232,17 @@ WITH
     ),
     transfers_final AS (SELECT * FROM transfers),
     appraisals_final AS (SELECT * FROM appraisals),
-    case_home AS (SELECT case_id, province_code AS home FROM cases WHERE province_code != ''),
-    monitoring AS (
-        SELECT case_id, min(occurred_at) AS t, any(province_code) AS agency_province
-        FROM events_dedup WHERE event_type = 'monitoring_assigned' GROUP BY case_id
+    -- A case's home province is on each of its event rows (migration 0011), except for the
+    -- cases listed in `cases_rehomed` (an opening arrived after some of their rows were
+    -- written): theirs comes from `cases`. '' when the case has no admitted opening.
+    late_home AS (
+        SELECT case_id, province_code AS home FROM cases
+        WHERE case_id IN (SELECT case_id FROM cases_rehomed)
     ),
-    monitored_home AS (
-        SELECT case_id, home FROM case_home WHERE case_id IN (SELECT case_id FROM monitoring)
+    monitoring AS (
+        SELECT case_id, min(occurred_at) AS t, any(province_code) AS agency_province,
+            any(home_province_code) AS written_home
+        FROM events_dedup WHERE event_type = 'monitoring_assigned' GROUP BY case_id
     ),
     flows AS ({flows}),
     -- Every scope gets every period of the grid, zero where it had no flow. `flows` is read
@@ -296,6 +300,16 @@ def _mapped(expr: str, geography: str) -> str:
     return expr
 
 
+def _home(written: str, fallback: str) -> str:
+    """The province a case's flow counts in: its home, else (no admitted opening) the province
+    of the agency whose event it is. The home written with the row, unless the case is in
+    `late_home` (an unmatched LEFT JOIN leaves `c.case_id` empty, and no case id is empty)."""
+    return (
+        f"if(c.case_id != '', if(c.home != '', c.home, {fallback}), "
+        f"if({written} != '', {written}, {fallback}))"
+    )
+
+
 def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical") -> str:
     """The SELECT producing rollup rows (with a `scope` column: '' nationally, else a province)."""
     if period_kind not in PERIOD_KINDS:
@@ -310,23 +324,21 @@ def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical
         )
     else:
         scopes = {
-            "case_scope": _mapped("if(c.home != '', c.home, e.province_code)", geography),
+            "case_scope": _mapped(_home("e.home_province_code", "e.province_code"), geography),
             "sender_scope": _mapped("from_province_code", geography),
             "receiver_scope": _mapped("to_province_code", geography),
-            "monitored_scope": _mapped("if(c.home != '', c.home, m.agency_province)", geography),
+            "monitored_scope": _mapped(_home("m.written_home", "m.agency_province"), geography),
             "appraisal_scope": _mapped("splitByChar('-', agency_id)[1]", geography),
         }
-    # perf: the nation needs no case's home province, so no join with `cases`
-    # (8.8 s → 5.3 s of the national yearly rollup at 10 M events, docs/benchmarks.md).
+    # perf: the nation needs no case's home province, so no join at all; the provinces join
+    # only the homes of the cases in `cases_rehomed` (see _home).
     joins = (
         {"case_home_e": "", "case_home_m": "", "monitored_home_e": ""}
         if national
         else {
-            "case_home_e": "LEFT JOIN case_home AS c ON c.case_id = e.case_id",
-            # the monitoring families join the homes of the monitored cases only (~4 % of
-            # the cases): building the join of every case's home cost each family ~0.1 s
-            "case_home_m": "LEFT JOIN monitored_home AS c ON c.case_id = m.case_id",
-            "monitored_home_e": "LEFT JOIN monitored_home AS c ON c.case_id = e.case_id",
+            "case_home_e": "LEFT JOIN late_home AS c ON c.case_id = e.case_id",
+            "case_home_m": "LEFT JOIN late_home AS c ON c.case_id = m.case_id",
+            "monitored_home_e": "LEFT JOIN late_home AS c ON c.case_id = m.case_id",
         }
     )
     flows = _FLOWS.format(**scopes, **joins, period_fn=period_fn)

@@ -160,7 +160,8 @@ def _rollup_inputs(client, case: str) -> dict[str, list[tuple]]:
         "cases": "SELECT * FROM cases WHERE case_id = {c:String}",
         "transfers": "SELECT * FROM transfers WHERE case_id = {c:String} ORDER BY transfer_id",
         "appraisals": "SELECT * FROM appraisals WHERE case_id = {c:String} ORDER BY appraisal_id",
-        "events": "SELECT * EXCEPT (ingested_at) FROM events FINAL WHERE case_id = {c:String} "
+        "events": "SELECT * EXCEPT (ingested_at, home_province_code) FROM events FINAL "
+        "WHERE case_id = {c:String} "
         "AND event_id NOT IN (SELECT event_id FROM violating_events) ORDER BY event_id",
     }
     return {

@@ -23,6 +23,7 @@ from services.ops import spill
 from services.ops.replay import _balanced, case_rows, fact_rows
 from services.ops.spill import BucketWriter, bucket_of, bucket_paths, read_facts
 from services.processor.batch import apply_batch
+from services.processor.case_state import CASE_HOME
 from services.processor.facts import Fact
 from services.serving.sink import RowBatch
 from tests.processor.test_oracle import facts_as_the_worker_builds_them
@@ -76,6 +77,13 @@ def latest(batches: list[RowBatch]) -> dict[str, dict]:
                     kept[table][row[key]] = tuple(row)
     # The violations view shows those of each case's latest version only.
     cases = kept["cases_state"]
+    # The home the rollups read for an event (rollups.py): its case's, from `cases_state`, when
+    # the case is listed in `cases_rehomed`, else the one written with the row.
+    rehomed = {row[0] for batch in batches for row in batch.rows.get("cases_rehomed", [])}
+    kept["events"] = {
+        k: (*row[:-1], cases[row[2]][CASE_HOME] if row[2] in rehomed else row[-1])
+        for k, row in kept["events"].items()
+    }
     kept["integrity_violations_state"] = {
         k: row
         for k, row in kept["integrity_violations_state"].items()
@@ -109,8 +117,9 @@ def replay_rows(facts: list[Fact], directory: Path, buckets: int, writers: int =
     for bucket in range(buckets):
         bucket_facts = list(read_facts(bucket_paths(directory, bucket, names)))
         rows = RowBatch()
-        fact_rows(bucket_facts, rows, NOW)
-        case_rows(bucket_facts, rows)
+        homes: dict[str, str] = {}
+        case_rows(bucket_facts, rows, homes=homes)
+        fact_rows(bucket_facts, rows, NOW, homes)
         batches.append(rows)
     return latest(batches)
 
