@@ -162,6 +162,22 @@ def admit(rules: Rules, ordered: list[Fact], violations: list[Violation]) -> lis
     return admitted
 
 
+def _first_opening(openings: Iterable[Fact], owner: str | None) -> Fact | None:
+    """The opening the rules admit among openings in event-time order: the first by the office
+    the case id names, or the first of all when it names none (the `case_opened` rule)."""
+    return next(
+        (f for f in openings if owner is None or same_office(f.agency_id, owner, f.occurred_ms)),
+        None,
+    )
+
+
+def admitted_opening(facts: Iterable[Fact], case_id: str) -> Fact | None:
+    """The opening of a case among these of its facts (any order), None when none is admitted:
+    the opening `judge` admits, whose agency's province is the case's home."""
+    openings = sorted((f for f in facts if f.event_type == "case_opened"), key=by_event_time)
+    return _first_opening(openings, case_owner(case_id))
+
+
 class Rules:
     """The rules' walk over one case's facts in judging order, one fact at a time.
 
@@ -182,14 +198,7 @@ class Rules:
             if fact.event_type == "case_opened":
                 openings.append(fact)
         self.owner = owner = case_owner(case_id)
-        opening = next(
-            (
-                f
-                for f in openings
-                if owner is None or same_office(f.agency_id, owner, f.occurred_ms)
-            ),
-            None,
-        )
+        opening = _first_opening(openings, owner)
         self.opened_at = opening.occurred_ms if opening is not None else None
         self.opener: Fact | None = None
         self.holders: set[str] = set()

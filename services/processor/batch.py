@@ -35,9 +35,10 @@ from typing import Any
 
 import msgspec
 
+from services.processor.authority import admitted_opening
 from services.processor.case_state import CASE_HOME, CaseDerivation
 from services.processor.envelope import json_body
-from services.processor.facts import Fact, event_row, ms_to_datetime
+from services.processor.facts import Fact, event_row, ms_to_datetime, province_of
 from services.serving.sink import RowBatch
 
 StoredState = bytes  # a case's state as the store and the changelog keep it
@@ -152,6 +153,25 @@ def append_state(raw: StoredState, facts: Sequence[Fact]) -> StoredState | None:
     return b"".join((STATE_MAGIC, _array_header(count + added), stored, items))
 
 
+#: An opening in a case's batch: none, only new ones, one already stored.
+_NEW, _REPLAYED = 1, 2
+
+
+def _reads_another_home(stored: list[Fact], batch_ids: set[str], case_id: str, home: str) -> bool:
+    """Whether a row written before this batch (a stored fact not in it) now reads a home other
+    than the case's: the rollups read a row's written home, else its agency's province
+    (rollups.py), and the row was written with the home its case had before this batch's new
+    opening (the case was not listed, or it would be listed already)."""
+    earlier = [f for f in stored if f.event_id not in batch_ids]
+    opening = admitted_opening(earlier, case_id)
+    before = province_of(opening.agency_id) if opening is not None else ""
+    for fact in earlier:
+        own = province_of(fact.agency_id)
+        if (before or own) != (home or own):
+            return True
+    return False
+
+
 def apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None]) -> BatchResult:
     """Add the facts to their cases' stored sets and derive every touched case's rows once.
 
@@ -191,7 +211,7 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
                 entry = kept.get(case_id)
                 if entry is not None and raw is not None and (entry[0] is raw or entry[0] == raw):
                     derivation = entry[1]
-                    case = [raw, derivation, None, derivation.ids, [], set(), set(), False]
+                    case = [raw, derivation, None, derivation.ids, [], set(), set(), 0]
                 else:
                     stored = decode_state(raw)
                     case = [
@@ -208,7 +228,7 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
             event_id = fact.event_id
             case[6].add(event_id)
             if fact.event_type == "case_opened":
-                case[7] = True
+                case[7] = max(case[7], _REPLAYED if event_id in case[3] else _NEW)
             if event_id in case[3] or event_id in case[5]:
                 result.duplicates += 1
                 continue
@@ -238,13 +258,19 @@ def _apply_batch(facts: Iterable[Fact], load: Callable[[str], StoredState | None
             kept[case_id] = (state, derivation)
             kept.move_to_end(case_id)
             derived = derivation.rows()
-            homes[case_id] = derived.case[CASE_HOME]
+            home = homes[case_id] = derived.case[CASE_HOME]
             # Only an opening moves a case's home (authority.py: the first admitted one). The
             # rows written by earlier batches carry the home of then: when this batch holds an
-            # opening (new, or replayed after a crash) and the case has facts from before it,
-            # the case is listed and the rollups read its home from `cases`. Listed twice is
+            # opening and the case has facts from before it, the case is listed if one of those
+            # rows now reads another home, and the rollups read its home from `cases`. An
+            # opening already stored (a replay after a crash, a repeated delivery) lists the
+            # case: what the earlier rows were written with is not known then. Listed twice is
             # harmless; listed needlessly only costs the rollups a join for that case.
-            if opening and not stored_ids <= ids:
+            if (
+                opening
+                and not stored_ids <= ids
+                and (opening == _REPLAYED or _reads_another_home(stored, ids, case_id, home))
+            ):
                 rehomed.append([case_id])
             cases.append(derived.case)
             transfers += derived.transfers

@@ -24,7 +24,7 @@ from services.ops.replay import _balanced, case_rows, fact_rows
 from services.ops.spill import BucketWriter, bucket_of, bucket_paths, read_facts
 from services.processor.batch import apply_batch
 from services.processor.case_state import CASE_HOME
-from services.processor.facts import Fact
+from services.processor.facts import Fact, province_of
 from services.serving.sink import RowBatch
 from tests.processor.test_oracle import facts_as_the_worker_builds_them
 
@@ -77,11 +77,15 @@ def latest(batches: list[RowBatch]) -> dict[str, dict]:
                     kept[table][row[key]] = tuple(row)
     # The violations view shows those of each case's latest version only.
     cases = kept["cases_state"]
-    # The home the rollups read for an event (rollups.py): its case's, from `cases_state`, when
-    # the case is listed in `cases_rehomed`, else the one written with the row.
+    # The province the rollups count an event in (rollups.py): its case's home, from
+    # `cases_state` when the case is listed in `cases_rehomed`, else the one written with the
+    # row; the agency's own province when that is ''.
     rehomed = {row[0] for batch in batches for row in batch.rows.get("cases_rehomed", [])}
     kept["events"] = {
-        k: (*row[:-1], cases[row[2]][CASE_HOME] if row[2] in rehomed else row[-1])
+        k: (
+            *row[:-1],
+            (cases[row[2]][CASE_HOME] if row[2] in rehomed else row[-1]) or province_of(row[3]),
+        )
         for k, row in kept["events"].items()
     }
     kept["integrity_violations_state"] = {

@@ -15,7 +15,7 @@ import pytest
 
 from services.processor.batch import apply_batch
 from services.processor.case_state import CASE_HOME
-from services.processor.facts import EVENT_COLUMNS, Fact
+from services.processor.facts import EVENT_COLUMNS, Fact, province_of
 
 pytestmark = pytest.mark.unit
 
@@ -55,15 +55,23 @@ def test_a_case_opened_first_writes_its_home_on_every_row_and_is_not_listed():
     assert listed1 == listed2 == []
 
 
-def test_an_opening_after_other_facts_of_its_case_lists_the_case():
-    early = fact("stage_changed", "20-POLICE", "2024-03-05", stage="investigation")
+def test_an_opening_after_facts_of_another_province_lists_the_case():
+    early = fact("case_transferred", "79-INSP", "2024-03-05", transfer_id="T", to_agency_id="x")
     opening = opened()
     state, [(homes1, listed1), (homes2, listed2)] = run([[early], [opening]])
     assert homes1 == {early.event_id: ""} and listed1 == []  # no opening known yet
-    assert homes2 == {opening.event_id: "20"} and listed2 == [CASE]  # the early row is stale
+    # the early row reads its agency's province, 79, and the case's home is 20
+    assert homes2 == {opening.event_id: "20"} and listed2 == [CASE]
     # Replayed after a crash (the state already holds the opening): listed again.
     _, [(homes3, listed3)] = run([[opening]], state)
     assert homes3 == {opening.event_id: "20"} and listed3 == [CASE]
+
+
+def test_an_opening_after_facts_of_its_own_province_does_not_list_the_case():
+    """A row written without a home reads its agency's province: already the case's home."""
+    early = fact("stage_changed", "20-POLICE", "2024-03-05", stage="investigation")
+    _, [(homes1, listed1), (homes2, listed2)] = run([[early], [opened()]])
+    assert homes1 == {early.event_id: ""} and listed1 == listed2 == []
 
 
 def test_a_case_whose_facts_all_arrive_in_one_batch_is_not_listed():
@@ -86,6 +94,19 @@ def test_every_row_has_its_cases_final_home_unless_the_case_is_listed():
             fact("stage_changed", owner, f"2024-03-{d:02d}", case, stage="investigation")
             for d in range(2, 2 + n % 5)
         ]
+        if n % 3 == 0:  # a transfer to another province, and its receipt there
+            tid = f"T{n}"
+            facts.append(
+                fact(
+                    "case_transferred",
+                    owner,
+                    "2024-03-09",
+                    case,
+                    transfer_id=tid,
+                    to_agency_id="79-PROC",
+                )
+            )
+            facts.append(fact("transfer_received", "79-PROC", "2024-03-10", case, transfer_id=tid))
         if n % 4 == 0:  # a second opening by the owner, dated earlier: it becomes the opening
             facts.append(opened(owner, "2024-02-01", case))
         if n % 5 == 0:  # an opening by an agency the case id does not name: a violation
@@ -93,6 +114,7 @@ def test_every_row_has_its_cases_final_home_unless_the_case_is_listed():
     rng.shuffle(facts)
     state: dict = {}
     written: dict[str, tuple[str, str]] = {}  # event id -> (case, home written last)
+    agency = {f.event_id: f.agency_id for f in facts}
     listed: set[str] = set()
     final: dict[str, str] = {}
     for start in range(0, len(facts), 17):
@@ -104,6 +126,13 @@ def test_every_row_has_its_cases_final_home_unless_the_case_is_listed():
         for row in result.rows.rows["cases_state"]:
             final[row[0]] = row[CASE_HOME]
     assert listed and len(listed) < len(final)  # the shuffle made some, not all, stale
-    read = {eid: final[case] if case in listed else home for eid, (case, home) in written.items()}
-    assert read == {eid: final[case] for eid, (case, _) in written.items()}
+    # what the rollups read (rollups.py): the written home, or the case's for a listed case,
+    # and the agency's own province where that is ''
+    read = {
+        eid: (final[case] if case in listed else home) or province_of(agency[eid])
+        for eid, (case, home) in written.items()
+    }
+    assert read == {
+        eid: final[case] or province_of(agency[eid]) for eid, (case, _) in written.items()
+    }
     assert set(final.values()) == {"20", "21", "22"}
