@@ -104,14 +104,16 @@ def test_every_column_matches_the_oracle(history, ch, expected, table):
 
 
 def test_each_event_row_has_its_cases_home_or_its_case_is_listed(history, ch):
-    """The provincial rollups read the home written with each event unless its case is in
-    `cases_rehomed` (rollups.py): through the real worker, with late and repeated events, the
-    written home is the case's, or the case is listed."""
+    """The provincial rollups read the home written with each event (the agency's province when
+    it is '') unless its case is in `cases_rehomed` (rollups.py): through the real worker, with
+    late and repeated events, that is the case's home (the agency's province for a case with
+    no home), or the case is listed."""
     tag, _ = history
     rows, wrong, listed = ch.query(
-        "SELECT count(), countIf(e.home_province_code != c.province_code AND e.case_id NOT IN "
-        "(SELECT case_id FROM cases_rehomed)), uniqExactIf(e.case_id, e.case_id IN "
-        "(SELECT case_id FROM cases_rehomed)) "
+        "SELECT count(), countIf(if(e.home_province_code != '', e.home_province_code, "
+        "e.province_code) != if(c.province_code != '', c.province_code, e.province_code) "
+        "AND e.case_id NOT IN (SELECT case_id FROM cases_rehomed)), uniqExactIf(e.case_id, "
+        "e.case_id IN (SELECT case_id FROM cases_rehomed)) "
         "FROM events AS e FINAL INNER JOIN cases AS c ON c.case_id = e.case_id "
         "WHERE e.case_id LIKE {p:String}",
         parameters={"p": f"{tag}:%"},
