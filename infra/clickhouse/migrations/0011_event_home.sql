@@ -19,8 +19,10 @@ CREATE TABLE IF NOT EXISTS cases_rehomed
 ENGINE = ReplacingMergeTree
 ORDER BY case_id;
 
--- The view feeds the new column too. Migrations run before the workers write (`casestream
--- migrate`, or a worker's start with the others stopped), so no insert falls between the two.
+-- The view feeds the new column too. Apply this migration with every worker stopped (`casestream
+-- migrate`, then start the new workers; docs/clickhouse-cluster.md): no insert falls between the
+-- DROP and the CREATE, and no worker of the previous version writes rows without a home after
+-- the listing below.
 DROP TABLE IF EXISTS events_by_type_feed;
 
 CREATE MATERIALIZED VIEW IF NOT EXISTS events_by_type_feed TO events_by_type AS
