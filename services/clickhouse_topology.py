@@ -59,6 +59,7 @@ _CREATE_VIEW = re.compile(
 )
 _CREATE_DATABASE = re.compile(rf"^(CREATE DATABASE IF NOT EXISTS)\s+({_IDENT})\s*$", re.I)
 _ALTER = re.compile(rf"^(ALTER TABLE)\s+({_NAME})\s+", re.I)
+_MODIFY_QUERY = re.compile(r"^MODIFY QUERY\b", re.I)
 _EXCHANGE = re.compile(rf"^EXCHANGE TABLES\s+({_NAME})\s+AND\s+({_NAME})\s*$", re.I)
 _DROP = re.compile(rf"^DROP (TABLE|DATABASE) IF EXISTS\s+({_NAME})\s*$", re.I)
 _ENGINE = re.compile(r"\bENGINE\s*=\s*(\w*)MergeTree\b(\s*\(([^()]*)\))?", re.I)
@@ -131,7 +132,8 @@ class Topology:
             return [f"{m[1]} {m[2]} {on} {m[3]}{text[m.end() :]}"]
         if m := _ALTER.match(text):
             rest = text[m.end() :]
-            if self.kind == "sharded":
+            # a view's query: the view exists once, by its name (no local table behind it)
+            if self.kind == "sharded" and not _MODIFY_QUERY.match(rest):
                 return [f"{m[1]} {_local(m[2])} {on} {rest}", f"{m[1]} {m[2]} {on} {rest}"]
             return [f"{m[1]} {m[2]} {on} {rest}"]
         if m := _EXCHANGE.match(text):

@@ -107,7 +107,7 @@ def test_sharded_puts_local_tables_behind_distributed_ones_keyed_by_the_order_ke
     events = next(s for s in out if s.startswith("CREATE TABLE IF NOT EXISTS events ON"))
     assert events.endswith("cityHash64(event_id))")
     # a column added later reaches both
-    alter = [s for s in out if s.startswith("ALTER TABLE")]
+    alter = [s for s in out if s.startswith("ALTER TABLE") and "MODIFY QUERY" not in s]
     heads = [a.split(" ON CLUSTER")[0] for a in alter]
     assert alter and heads == [
         f"ALTER TABLE {name}{suffix}"
@@ -178,3 +178,17 @@ def test_migrate_print_shows_what_a_cluster_would_run(monkeypatch):
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS casestream ON CLUSTER national"
     assert all("ON CLUSTER national" in s for s in statements if not s.startswith("INSERT"))
     assert rendered(_settings(monkeypatch))[0] == "CREATE DATABASE IF NOT EXISTS casestream"
+
+
+@pytest.mark.parametrize("kind", ["replicated", "sharded"])
+def test_a_views_query_is_changed_once_by_its_name(kind):
+    """`ALTER TABLE … MODIFY QUERY` of a materialized view: ON CLUSTER, never on a `_local`
+    table (a view has none, even sharded), and never a DROP and CREATE (a moment without the
+    view would lose the rollups' copy of the rows inserted then)."""
+    out = [p for s in STATEMENTS for p in Topology(kind, "national").render(s, DB)]
+    modify = [s for s in out if "MODIFY QUERY" in s]
+    assert modify and all(
+        s.startswith("ALTER TABLE events_by_type_feed ON CLUSTER national MODIFY QUERY")
+        for s in modify
+    )
+    assert not [s for s in out if s.startswith("DROP") and "events_by_type_feed" in s]

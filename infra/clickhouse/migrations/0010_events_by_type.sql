@@ -33,7 +33,10 @@ SELECT event_id, event_type, case_id, province_code, occurred_at, discipline_par
 FROM events;
 
 -- The events written before the view existed (a row the view also took collapses with its copy).
-INSERT INTO events_by_type
+-- The columns are named: a worker started at the same time may already have applied a later
+-- migration that adds one.
+INSERT INTO events_by_type (event_id, event_type, case_id, province_code, occurred_at,
+    discipline_party_members, discipline_party_orgs, assets_identified_vnd, assets_recovered_vnd)
 SELECT event_id, event_type, case_id, province_code, occurred_at, discipline_party_members,
     discipline_party_orgs, assets_identified_vnd, assets_recovered_vnd
 FROM events;

@@ -19,16 +19,15 @@ CREATE TABLE IF NOT EXISTS cases_rehomed
 ENGINE = ReplacingMergeTree
 ORDER BY case_id;
 
--- The view feeds the new column too. Apply this migration with every worker stopped (`casestream
--- migrate`, then start the new workers; docs/clickhouse-cluster.md): no insert falls between the
--- DROP and the CREATE, and no worker of the previous version writes rows without a home after
--- the listing below.
-DROP TABLE IF EXISTS events_by_type_feed;
-
-CREATE MATERIALIZED VIEW IF NOT EXISTS events_by_type_feed TO events_by_type AS
+-- The view feeds the new column too, changed in place (one atomic ALTER: a DROP and CREATE
+-- would leave a moment in which inserts reach `events` but not its copy, and workers started
+-- together each run the migrations).
+ALTER TABLE events_by_type_feed MODIFY QUERY
 SELECT event_id, event_type, case_id, province_code, occurred_at, discipline_party_members,
     discipline_party_orgs, assets_identified_vnd, assets_recovered_vnd, home_province_code
 FROM events;
 
--- The rows written before this migration carry no home: their cases take it from `cases`.
-INSERT INTO cases_rehomed SELECT DISTINCT case_id FROM events;
+-- The rows written before this migration carry no home: their cases take it from `cases`. Apply
+-- it with the workers of the previous version stopped (docs/clickhouse-cluster.md): one writing
+-- after this would leave rows without a home whose cases are not listed.
+INSERT INTO cases_rehomed (case_id) SELECT DISTINCT case_id FROM events;
