@@ -111,7 +111,7 @@ _FAMILIES: list[tuple[str, str, str, dict[str, str]]] = [
     (
         "e.occurred_at",
         "{case_scope}",
-        """events_dedup AS e {case_home_e}
+        """events_dedup AS e {late_home_e}
         WHERE e.event_type IN ('case_opened', 'case_resolved', 'case_reopened',
                                'discipline_imposed', 'assets_recovered')""",
         {
@@ -162,7 +162,7 @@ _FAMILIES: list[tuple[str, str, str, dict[str, str]]] = [
     (
         "m.t",
         "{monitored_scope}",
-        "monitoring AS m {case_home_m}",
+        "monitoring AS m {late_home_m}",
         {"monitored_delta": "count()"},
     ),
     (
@@ -171,7 +171,7 @@ _FAMILIES: list[tuple[str, str, str, dict[str, str]]] = [
         "{monitored_scope}",
         """events_dedup AS e
         INNER JOIN monitoring AS m ON m.case_id = e.case_id
-        {monitored_home_e}
+        {late_home_m}
         WHERE e.event_type IN ('case_resolved', 'case_reopened')""",
         {
             "monitored_resolved_delta": "sum(if(e.event_type = 'case_resolved', 1, -1))",
@@ -333,12 +333,11 @@ def rollup_sql(period_kind: str, *, national: bool, geography: str = "historical
     # perf: the nation needs no case's home province, so no join at all; the provinces join
     # only the homes of the cases in `cases_rehomed` (see _home).
     joins = (
-        {"case_home_e": "", "case_home_m": "", "monitored_home_e": ""}
+        {"late_home_e": "", "late_home_m": ""}
         if national
         else {
-            "case_home_e": "LEFT JOIN late_home AS c ON c.case_id = e.case_id",
-            "case_home_m": "LEFT JOIN late_home AS c ON c.case_id = m.case_id",
-            "monitored_home_e": "LEFT JOIN late_home AS c ON c.case_id = m.case_id",
+            "late_home_e": "LEFT JOIN late_home AS c ON c.case_id = e.case_id",
+            "late_home_m": "LEFT JOIN late_home AS c ON c.case_id = m.case_id",
         }
     )
     flows = _FLOWS.format(**scopes, **joins, period_fn=period_fn)

@@ -27,6 +27,7 @@ from services.contracts.examples import example_events
 from services.contracts.fake_registry import InMemorySchemaRegistry
 from services.settings import Settings
 from services.stack.process import free_ports
+from tests.agency.test_publishing import FakeProducer
 
 pytestmark = pytest.mark.unit
 
@@ -53,33 +54,6 @@ def test_every_generated_event_gives_the_forms_of_one_step_at_a_time(history):
         stored, text = parse_for_outbox(copy.deepcopy(obj))
         assert (stored, text) == one_at_a_time(obj)
         assert list(stored) == list(one_at_a_time(obj)[0])  # the same keys in the same order
-
-
-class FakeProducer:
-    """Records what is produced; acknowledges every message at the next poll."""
-
-    produced: list[tuple[str, bytes, bytes]] = []
-
-    def __init__(self, config: dict) -> None:
-        self.waiting: list = []
-        FakeProducer.produced = []
-
-    def produce(self, topic, key=None, value=None, on_delivery=None) -> None:
-        FakeProducer.produced.append((topic, key, value))
-        self.waiting.append(on_delivery)
-
-    def poll(self, timeout: float = 0) -> int:
-        waiting, self.waiting = self.waiting, []
-        for callback in waiting:
-            callback(None, None)
-        return len(waiting)
-
-    def flush(self, timeout: float = 0) -> int:
-        self.poll()
-        return 0
-
-    def purge(self) -> None:
-        pass
 
 
 @pytest.fixture
@@ -139,6 +113,7 @@ def test_the_outbox_rows_chain_links_and_messages_are_those_of_one_step_at_a_tim
         accepted += pub.publish_many(events[start : start + 700])
     agencies = {e["agency_id"] for e in events}
     headers = {agency: HEADER.pack(MAGIC_BYTE, pub.schema_id(agency)) for agency in agencies}
+    producer = pub._producer  # the FakeProducer (close lets go of it)
     pub.close(timeout=1)
     assert [a.new for a in accepted].count(False) == 2
     rows, links = expected_rows(events)
@@ -152,7 +127,7 @@ def test_the_outbox_rows_chain_links_and_messages_are_those_of_one_step_at_a_tim
         ).fetchall()
     assert got_rows == rows
     assert got_links == links
-    assert FakeProducer.produced == [
+    assert producer.produced == [
         (topic_for_agency(agency), case_id.encode(), headers[agency] + body)
         for _, _, agency, case_id, body in rows
     ]
