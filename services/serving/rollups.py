@@ -240,8 +240,10 @@ WITH
         WHERE case_id IN (SELECT case_id FROM cases_rehomed)
     ),
     monitoring AS (
+        -- a case's monitoring rows written before and after its opening arrived: the home any
+        -- of them carries (every home written to an unlisted case's rows is its home now)
         SELECT case_id, min(occurred_at) AS t, any(province_code) AS agency_province,
-            any(home_province_code) AS written_home
+            anyIf(home_province_code, home_province_code != '') AS written_home
         FROM events_dedup WHERE event_type = 'monitoring_assigned' GROUP BY case_id
     ),
     flows AS ({flows}),
