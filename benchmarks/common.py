@@ -365,6 +365,49 @@ def worker_lag_total(settings: Settings, app_id: str) -> int | None:
     return sum(p.lag for p in lags)
 
 
+def intake_started(settings: Settings, app_id: str) -> bool:
+    """The worker's intake committed its first batch: start-up is over, the pipeline runs."""
+    from services.ops.consumer_lag import worker_lag
+    from services.ops.topics import facts_topic
+
+    return any(
+        p.committed >= 0 for p in worker_lag(settings, app_id) if p.topic != facts_topic(app_id)
+    )
+
+
+def wait_pipeline_started(
+    settings: Settings, app_id: str, alive: Callable[[], bool], timeout: float = 600.0
+) -> float | None:
+    """When the worker's intake committed its first batch (wall clock), or None.
+
+    The time of the last poll that saw no commit yet, so the pipeline span measured from it is
+    never shorter than the real one. Both halves' first commits are not the start: derive's
+    group (faust) commits every few seconds and started late in this mode, after the intake —
+    a separate process — had already re-keyed most of a 200,000-event history (a start taken
+    there made the worker look 0.75 of the ceiling).
+    """
+    started = time.monotonic()
+    before = time.time()
+    while time.monotonic() - started < timeout and alive():
+        if intake_started(settings, app_id):
+            return before
+        before = time.time()
+        time.sleep(0.1)
+    return None
+
+
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants (the worker runs its intake as a child process)."""
+    found = [pid]
+    for parent in found:
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        found.extend(int(child) for child in children)
+    return found
+
+
 def agency_topics(settings: Settings) -> list[str]:
     from services.ops.consumer_lag import matching_topics
     from services.ops.topics import AGENCY_TOPIC_PATTERN
@@ -589,7 +632,10 @@ class WorkerRun:
             return "(no log)"
 
     def peak_rss_mb(self) -> float | None:
-        return peak_rss_mb(self.pid) if self.alive() else None
+        """The worker's processes' peak RSS added up (its intake runs as a child process)."""
+        if not self.alive() or not self.pid:
+            return None
+        return sum(peak_rss_mb(pid) or 0.0 for pid in process_tree(self.pid))
 
     def log_lines(self, needle: str) -> list[str]:
         """The lines of this run's log that contain `needle`."""
@@ -600,8 +646,10 @@ class WorkerRun:
         return [line for line in text.splitlines() if needle in line]
 
     def cpu_seconds(self) -> float | None:
-        """User + system CPU time of the worker process so far (None once it exited)."""
-        return process_cpu_seconds(self.pid) if self.alive() and self.pid else None
+        """User + system CPU time of the worker's processes so far (None once it exited)."""
+        if not self.alive() or not self.pid:
+            return None
+        return sum(process_cpu_seconds(pid) or 0.0 for pid in process_tree(self.pid))
 
     def lag(self) -> int | None:
         """Uncommitted messages on the agency topics and the facts topic (None: no commit yet)."""
@@ -693,6 +741,7 @@ class PySpy:
             "--format",
             "raw",
             "--nonblocking",
+            "--subprocesses",  # the worker's intake is a child process
             "--output",
             str(self.output),
         ]

@@ -32,7 +32,7 @@ from benchmarks.common import (
     machine_cpu,
     process_cpu_seconds,
     steady_rate,
-    worker_lag_total,
+    wait_pipeline_started,
     write_timeline,
 )
 
@@ -60,13 +60,9 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
         for n in range(processes)
     ]
     lead = workers[0]
-    started = time.monotonic()
-    first_commit = None
-    while time.monotonic() - started < 600 and all(w.alive() for w in workers):
-        if worker_lag_total(ctx.settings, lead.app_id) is not None:
-            first_commit = time.time()
-            break
-        time.sleep(0.5)
+    first_commit = wait_pipeline_started(
+        ctx.settings, lead.app_id, lambda: all(w.alive() for w in workers)
+    )
 
     def progress(lag: int | None) -> None:
         now = time.monotonic()

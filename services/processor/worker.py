@@ -1,8 +1,8 @@
 """The stream worker: agency topics → validated facts → per-case state → ClickHouse.
 
-Two halves in one process:
+Two halves in two processes (intake_process.py says why):
 
-* the intake (intake.py, a librdkafka thread) reads every agency topic by regular expression
+* the intake (intake.py on librdkafka, in a child process) reads every agency topic by regular expression
   (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
   validates. Valid events travel as envelopes (envelope.py: one message per facts partition
   per batch) on ``<app_id>-facts-by-case``; anything else goes to the dead-letter topic with
@@ -41,7 +41,7 @@ from services.processor import envelope, restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
-from services.processor.intake import Intake
+from services.processor.intake_process import IntakeProcess
 from services.processor.refetch import read_offsets, start_offsets
 from services.processor.stall import StallTracker
 from services.processor.state_store import PartitionStates
@@ -449,6 +449,7 @@ def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
 
 
 _RESTART_LOG: dict[str, Path] = {}  # "path": where _restart records, set by run()
+_INTAKE: dict[str, IntakeProcess] = {}  # "process": ended before a restart, set by run()
 
 
 def _leave_now() -> None:
@@ -465,27 +466,22 @@ def _restart(reason: str) -> NoReturn:
             restarts.record(_RESTART_LOG["path"], reason)
         except OSError as exc:  # a full disk must not keep a stalled worker stalled
             log.error("could not record the restart (%r)", exc)
+    if "process" in _INTAKE:  # the new image starts its own: never two intakes at once
+        _INTAKE["process"].end()
     logging.shutdown()
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def _start_intake(settings: Settings, app_id: str, metrics: Any) -> Intake:
-    """The intake thread; if it ever fails (a bug, a fatal client error), restart the worker:
-    nothing it did not commit is lost, and a half-alive worker is the worst kind."""
-    intake = Intake.from_settings(settings, app_id, metrics)
-
-    def run() -> None:
-        try:
-            intake.run()
-        except BaseException as exc:
-            log.exception("the intake failed")
-            _restart(f"the intake failed ({exc!r})")
-
-    threading.Thread(target=run, name="casestream-intake", daemon=True).start()
-    return intake
+def _start_intake(settings: Settings, app_id: str, metrics: Any) -> IntakeProcess:
+    """The intake, in its own process (intake_process.py); if it ever exits (a bug, a fatal
+    client error), restart the worker: nothing it did not commit is lost, and a half-alive
+    worker is the worst kind."""
+    return IntakeProcess(settings, app_id, metrics, on_exit=_restart)
 
 
-def _start_thread_watchdog(app: faust.App, intake: Intake, settings: Settings, app_id: str) -> None:
+def _start_thread_watchdog(
+    app: faust.App, intake: IntakeProcess, settings: Settings, app_id: str
+) -> None:
     """A second watchdog on a plain thread, for stalls the event loop cannot see itself.
 
     Seen in full test-suite runs (when faust still read the agency topics): the worker sat idle
@@ -550,7 +546,9 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     app = create_app(settings)
     app.casestream_metrics.restarts.set(restarts.restarts_so_far())
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
-    intake = _start_intake(settings, settings.worker_app_id, app.casestream_metrics)
+    intake = _INTAKE["process"] = _start_intake(
+        settings, settings.worker_app_id, app.casestream_metrics
+    )
     _start_thread_watchdog(app, intake, settings, settings.worker_app_id)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

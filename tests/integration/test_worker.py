@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from datetime import date
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -329,3 +332,64 @@ def test_killing_the_worker_mid_stream_gives_the_same_tables_as_an_uninterrupted
     # what the contract implies for the published events, every column.
     assert_tables_match(after_crash, expected_tables(events))
     assert after_crash == uninterrupted
+
+
+def _intake_pid(worker_pid: int) -> int | None:
+    """The worker's intake process: its child started by multiprocessing (not the tracker)."""
+    try:
+        children = Path(f"/proc/{worker_pid}/task/{worker_pid}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        try:
+            argv = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"spawn_main" in arg for arg in argv):
+            return int(child)
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")  # exited, not yet reaped by whoever adopted it
+
+
+def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker(stack):
+    tag = new_tag()
+    app_id = f"intake-{tag}"
+    start_at_the_end(stack, app_id)
+    worker = WorkerProcess(
+        stack,
+        env={
+            "CASESTREAM_WORKER_APP_ID": app_id,
+            "CASESTREAM_CLICKHOUSE_DATABASE": f"intake_{tag}",
+        },
+        may_restart=True,
+    ).start()
+    second = None
+    try:
+        first = wait_for(lambda: _intake_pid(worker.proc.pid), timeout=60, what="the intake")
+        os.kill(first, signal.SIGKILL)  # a crash of the intake alone
+        restarted = wait_for(worker.restarts, timeout=60, what="the worker's restart")
+        assert "the intake process exited" in restarted[0]["reason"], restarted
+        assert worker.alive()
+
+        events = _case_events(tag, 20)  # read by the new intake, derived, written
+        _publish(stack, events)
+        rows = stack.clickhouse_client(database=f"intake_{tag}")
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
+            timeout=180,
+            what="every event written after the intake's restart",
+        )
+        second = _intake_pid(worker.proc.pid)
+        assert second is not None and second != first
+        assert len(worker.restarts()) == 1, worker.restarts()
+    finally:
+        worker.kill()  # SIGKILL: no chance to end its intake itself
+    assert second is not None
+    wait_for(lambda: _gone(second), timeout=10, what="the intake's end with the worker")

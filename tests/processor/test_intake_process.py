@@ -1,0 +1,53 @@
+"""The intake process's pipe: what the intake counts reaches the worker's /metrics and watchdog.
+
+The process itself (started, ended with the worker, its end restarting the worker) is tested
+through the real worker in tests/integration/test_worker.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+
+from services.ops.metrics import WorkerMetrics
+from services.processor.intake_process import _Relay, apply
+
+pytestmark = pytest.mark.unit
+
+
+def _value(metrics: WorkerMetrics, name: str, labels: dict[str, str]) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_batch_counted_in_the_intake_process_reaches_the_workers_metrics() -> None:
+    receive, send = multiprocessing.Pipe(duplex=False)
+    relay = _Relay(send)
+    for agency in ("20-INSP", "20-INSP", "01-POL"):
+        relay.accepted(agency)
+    relay.rejected("agency.20-INSP.events", "invalid_event")
+    relay.batch("ingest", 4, 0.25)
+    relay.accepted("01-POL")  # the next batch starts from zero
+    relay.batch("ingest", 1, 0.1)
+
+    metrics = WorkerMetrics()
+    status = (set(), False)
+    for _ in range(2):
+        status = apply(receive.recv(), metrics, status)
+
+    ingested = "casestream_worker_events_ingested_total"
+    assert _value(metrics, ingested, {"agency": "20-INSP"}) == 2
+    assert _value(metrics, ingested, {"agency": "01-POL"}) == 2
+    dead = "casestream_worker_events_dead_lettered_total"
+    assert _value(metrics, dead, {"agency": "20-INSP", "reason": "invalid_event"}) == 1
+    batches = "casestream_worker_batch_size_count"
+    assert _value(metrics, batches, {"agent": "ingest"}) == 2
+    assert status == (set(), False)  # batches do not change what the watchdog reads
+
+
+def test_the_status_tells_the_watchdog_what_the_intake_owns_and_whether_it_waits() -> None:
+    receive, send = multiprocessing.Pipe(duplex=False)
+    relay = _Relay(send)
+    relay.send("status", ({("agency.20-INSP.events", 0)}, True))
+    status = apply(receive.recv(), None, (set(), False))
+    assert status == ({("agency.20-INSP.events", 0)}, True)
