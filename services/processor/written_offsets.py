@@ -15,7 +15,9 @@ starting at the offset committed when the partition was assigned; a batch writte
 ClickHouse moves it only over offsets that follow one another. A batch that skips an offset
 reports the skip (the worker then restarts and replays from the committed offset, which is
 below the skip), and the offset the worker commits is never past a fact it did not write.
-Pure: no faust, no Kafka; the worker feeds it (partition, offset) pairs.
+A batch derived while the previous one's rows are still being written (the worker overlaps the
+two) is `derived` first: the next batch's holes are judged past it, its commit waits for its
+write. Pure: no faust, no Kafka; the worker feeds it (partition, offset) pairs.
 """
 
 from __future__ import annotations
@@ -42,10 +44,12 @@ class WrittenOffsets:
     """Per partition, the offset below which every fact has been written."""
 
     _next: dict[Hashable, int] = field(default_factory=dict)
+    _derived: dict[Hashable, int] = field(default_factory=dict)  # past batches being written
     _generation: dict[Hashable, int] = field(default_factory=dict)
 
     def assigned(self, partition: Hashable, committed: int | None, generation: int = 0) -> None:
         """(Re)start a partition at its committed offset (None: from the first offset seen)."""
+        self._derived.pop(partition, None)
         if committed is None or committed < 0:
             self._next.pop(partition, None)
         else:
@@ -67,12 +71,19 @@ class WrittenOffsets:
             by_partition.setdefault(partition, []).append(offset)
         found = []
         for partition, seen in by_partition.items():
-            expected = self._next.get(partition, min(seen))
+            expected = self._derived.get(partition, self._next.get(partition, min(seen)))
             for offset in sorted(set(seen)):
                 if offset > expected:
                     found.append(Skip(partition, expected, offset - 1))
                 expected = max(expected, offset + 1)
         return found
+
+    def derived(self, offsets: Iterable[tuple[Hashable, int]]) -> None:
+        """Record a batch derived whose rows are still being written: the next batch follows it
+        (`holes`), while the committable offset waits for `written`."""
+        for partition, offset in offsets:
+            if offset >= self._derived.get(partition, offset):
+                self._derived[partition] = offset + 1
 
     def written(self, offsets: Iterable[tuple[Hashable, int]]) -> list[Skip]:
         """Record a written batch; return the skips found (the partition's offset then stops)."""

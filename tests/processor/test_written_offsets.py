@@ -82,3 +82,22 @@ def test_holes_lists_every_gap_of_a_batch_without_recording_it():
     assert written.holes(batch + refetched) == []
     assert written.written(batch + refetched) == []
     assert written.committable("p0") == 17
+
+
+def test_a_batch_derived_while_the_previous_one_is_written_has_no_holes():
+    written = WrittenOffsets()
+    written.assigned("p0", 10)
+    written.derived([("p0", 10), ("p0", 11)])  # its rows are being written
+    assert written.holes([("p0", 12), ("p0", 13)]) == []
+    assert written.holes([("p0", 13)]) == [Skip("p0", 12, 12)]
+    assert written.committable("p0") == 10  # nothing is committed before its write
+    assert written.written([("p0", 10), ("p0", 11)]) == []
+    assert written.committable("p0") == 12
+
+
+def test_a_new_assignment_forgets_the_batches_being_written():
+    written = WrittenOffsets()
+    written.assigned("p0", 10)
+    written.derived([("p0", 10), ("p0", 11)])
+    written.assigned("p0", 10, generation=1)  # the rebalance: replayed from the commit
+    assert written.holes([("p0", 12)]) == [Skip("p0", 10, 11)]
