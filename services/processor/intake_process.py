@@ -57,7 +57,9 @@ class IntakeProcess:
             target=_main,
             args=(settings, app_id, send, logging.getLogger().getEffectiveLevel(), os.getpid()),
             name="casestream-intake",
-            daemon=False,  # the intake outlives nothing: the parent-death signal ends it
+            # At an ordinary interpreter exit (faust stopping on its own) multiprocessing ends a
+            # daemon child; a non-daemon one it would join, i.e. wait for forever.
+            daemon=True,
         )
         self._process.start()
         send.close()  # only the child writes: its end closes when it exits

@@ -51,3 +51,25 @@ def test_the_status_tells_the_watchdog_what_the_intake_owns_and_whether_it_waits
     relay.send("status", ({("agency.20-INSP.events", 0)}, True))
     status = apply(receive.recv(), None, (set(), False))
     assert status == ({("agency.20-INSP.events", 0)}, True)
+
+
+def test_the_intake_process_never_holds_up_the_workers_exit_and_its_end_is_no_crash(
+    tmp_path, monkeypatch
+) -> None:
+    """A daemon child: at an ordinary interpreter exit multiprocessing would join a non-daemon
+    one, i.e. wait forever for an intake that never stops. `end` (before a restart) kills it
+    without reporting an exit to restart for."""
+    from services.processor.intake_process import IntakeProcess
+    from services.settings import Settings
+
+    monkeypatch.setenv("CASESTREAM_HOME", str(tmp_path))
+    monkeypatch.setenv("CASESTREAM_KAFKA_BOOTSTRAP", "127.0.0.1:9")  # nothing listens there
+    exits: list[str] = []
+    intake = IntakeProcess(Settings.from_env(), "unit-intake", None, on_exit=exits.append)
+    try:
+        assert intake._process.daemon
+        assert intake.pid is not None
+    finally:
+        intake.end()
+    assert not intake._process.is_alive()
+    assert exits == []
