@@ -352,27 +352,29 @@ def kafka_config(settings: Settings, **extra: Any) -> dict[str, Any]:
     return {"bootstrap.servers": settings.kafka_bootstrap, **extra}
 
 
-def worker_lag_total(settings: Settings, app_id: str) -> int | None:
-    """A worker's uncommitted messages, both of its groups (None until each committed once)."""
+def _worker_halves(settings: Settings, app_id: str) -> tuple[list, list]:
+    """A worker's partition lags: (its intake's on the agency topics, its derive's)."""
     from services.ops.consumer_lag import worker_lag
     from services.ops.topics import facts_topic
 
     lags = worker_lag(settings, app_id)
     derive = [p for p in lags if p.topic == facts_topic(app_id)]
     intake = [p for p in lags if p.topic != facts_topic(app_id)]
-    if not all(any(p.committed >= 0 for p in half) for half in (intake, derive)):
+    return intake, derive
+
+
+def worker_lag_total(settings: Settings, app_id: str) -> int | None:
+    """A worker's uncommitted messages, both of its groups (None until each committed once)."""
+    halves = _worker_halves(settings, app_id)
+    if not all(any(p.committed >= 0 for p in half) for half in halves):
         return None
-    return sum(p.lag for p in lags)
+    return sum(p.lag for half in halves for p in half)
 
 
 def intake_started(settings: Settings, app_id: str) -> bool:
     """The worker's intake committed its first batch: start-up is over, the pipeline runs."""
-    from services.ops.consumer_lag import worker_lag
-    from services.ops.topics import facts_topic
-
-    return any(
-        p.committed >= 0 for p in worker_lag(settings, app_id) if p.topic != facts_topic(app_id)
-    )
+    intake, _derive = _worker_halves(settings, app_id)
+    return any(p.committed >= 0 for p in intake)
 
 
 def wait_pipeline_started(

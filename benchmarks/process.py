@@ -7,8 +7,9 @@ and write them to ClickHouse, and only then acknowledge. Its rate = messages / (
 its intake's first offset commit, taken as the last poll that did not see it yet): start-up
 (imports, migrations, group join, first fetch) is excluded, the whole pipeline is included.
 Until 2026-12-05 the start was the first commit of *both* halves; derive's (faust's, every few
-seconds) came seconds after the intake had begun, which flattered every earlier figure. The last write comes from ClickHouse's own insert
-clock (every `events` row carries `ingested_at`, DEFAULT now64 at insert). Also reported: the
+seconds) came seconds after the intake had begun, which flattered every earlier figure. The
+last write comes from ClickHouse's own insert clock (every `events` row carries `ingested_at`,
+DEFAULT now64 at insert). Also reported: the
 wall-clock rate from spawn to caught up, and the write phase alone (first to last write): the
 ingest agent keeps the event loop busy while it has a backlog, so the derive agent writes most
 rows after ingest is done, and the write phase rate is not the pipeline's rate.

@@ -2,8 +2,8 @@
 
 Two halves in two processes (intake_process.py says why):
 
-* the intake (intake.py on librdkafka, in a child process) reads every agency topic by regular expression
-  (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
+* the intake (intake.py on librdkafka, in a child process) reads every agency topic by
+  regular expression (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
   validates. Valid events travel as envelopes (envelope.py: one message per facts partition
   per batch) on ``<app_id>-facts-by-case``; anything else goes to the dead-letter topic with
   its raw bytes, source topic/partition/offset and a reason. It never raises on input, and
@@ -489,13 +489,6 @@ def _restart(reason: str) -> NoReturn:
     os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
 
 
-def _start_intake(settings: Settings, app_id: str, metrics: Any) -> IntakeProcess:
-    """The intake, in its own process (intake_process.py); if it ever exits (a bug, a fatal
-    client error), restart the worker: nothing it did not commit is lost, and a half-alive
-    worker is the worst kind."""
-    return IntakeProcess(settings, app_id, metrics, on_exit=_restart)
-
-
 def _start_thread_watchdog(
     app: faust.App, intake: IntakeProcess, settings: Settings, app_id: str
 ) -> None:
@@ -563,8 +556,11 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     app = create_app(settings)
     app.casestream_metrics.restarts.set(restarts.restarts_so_far())
     ops_metrics.serve(app.casestream_metrics, settings.worker_metrics_addr)  # ops: /metrics
-    intake = _INTAKE["process"] = _start_intake(
-        settings, settings.worker_app_id, app.casestream_metrics
+    # The intake in its own process (intake_process.py). If it ever exits (a bug, a fatal
+    # client error) the worker restarts: nothing it did not commit is lost, and a half-alive
+    # worker is the worst kind.
+    intake = _INTAKE["process"] = IntakeProcess(
+        settings, settings.worker_app_id, app.casestream_metrics, on_exit=_restart
     )
     _start_thread_watchdog(app, intake, settings, settings.worker_app_id)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)

@@ -82,8 +82,7 @@ class WrittenOffsets:
         """Record a batch derived whose rows are still being written: the next batch follows it
         (`holes`), while the committable offset waits for `written`."""
         for partition, offset in offsets:
-            if offset >= self._derived.get(partition, offset):
-                self._derived[partition] = offset + 1
+            self._derived[partition] = max(self._derived.get(partition, 0), offset + 1)
 
     def written(self, offsets: Iterable[tuple[Hashable, int]]) -> list[Skip]:
         """Record a written batch; return the skips found (the partition's offset then stops)."""
