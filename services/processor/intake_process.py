@@ -15,11 +15,15 @@ things the worker's process needs to know, sent over a pipe:
 * its end: if the intake process exits, the worker restarts in place (crash semantics, nothing
   uncommitted is lost); if the worker's process goes (killed, stopped, or re-executing itself),
   the intake process goes too (the kernel's parent-death signal, and a failed send once the
-  pipe's other end is gone).
+  pipe's other end is gone). The intake ignores SIGTERM and SIGINT: a stop signalled to the
+  whole process group (`casestream worker stop`, systemd) must end the worker, not first the
+  intake, whose exit the worker would take for a crash and restart for. An ordinary exit of
+  the worker's interpreter ends the intake first (`atexit`), for the same reason.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import multiprocessing
@@ -62,6 +66,7 @@ class IntakeProcess:
             daemon=True,
         )
         self._process.start()
+        atexit.register(self.end)  # before multiprocessing's own exit handler (LIFO)
         send.close()  # only the child writes: its end closes when it exits
         self._receive = receive
         threading.Thread(target=self._listen, name="casestream-intake-pipe", daemon=True).start()
@@ -148,8 +153,9 @@ def _main(settings: Settings, app_id: str, send: Connection, level: int, parent:
     logging.basicConfig(
         level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))  # uncommitted input is read again
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the worker, which ends us
+    # A stop reaches the worker, whose end ends this process (see the module's docstring).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     if os.getppid() != parent:  # the worker went while this process started
         os._exit(0)
     relay = _Relay(send)

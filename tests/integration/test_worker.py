@@ -373,6 +373,12 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
     second = None
     try:
         first = wait_for(lambda: _intake_pid(worker.proc.pid), timeout=60, what="the intake")
+        time.sleep(2)  # the intake process is up (its signal handling set)
+        # A stop signalled to the process group reaches the intake too: it leaves the stop to
+        # the worker, whose end ends it (an intake ending first looked like a crash).
+        os.kill(first, signal.SIGTERM)
+        time.sleep(3)
+        assert not _gone(first) and not worker.restarts(), worker.restarts()
         os.kill(first, signal.SIGKILL)  # a crash of the intake alone
         restarted = wait_for(worker.restarts, timeout=60, what="the worker's restart")
         assert "the intake process exited" in restarted[0]["reason"], restarted

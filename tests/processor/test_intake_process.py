@@ -73,3 +73,31 @@ def test_the_intake_process_never_holds_up_the_workers_exit_and_its_end_is_no_cr
         intake.end()
     assert not intake._process.is_alive()
     assert exits == []
+
+
+def test_an_ordinary_exit_of_the_worker_ends_its_intake_without_a_restart(tmp_path) -> None:
+    """At interpreter exit (faust stopping on its own) the intake is ended first: its exit must
+    not be taken for a crash (a restart recorded, the process re-executed) on the way out."""
+    import os
+    import subprocess
+    import sys
+
+    marker = tmp_path / "restarted"
+    script = f"""
+import sys
+from services.processor.intake_process import IntakeProcess
+from services.settings import Settings
+intake = IntakeProcess(Settings.from_env(), "unit-intake", None,
+                       on_exit=lambda reason: open({str(marker)!r}, "w").write(reason))
+sys.exit(0)
+"""
+    env = {
+        **os.environ,
+        "CASESTREAM_HOME": str(tmp_path),
+        "CASESTREAM_KAFKA_BOOTSTRAP": "127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, timeout=60, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), marker.read_text()
