@@ -94,9 +94,10 @@ class IntakeProcess:
             except (EOFError, OSError):
                 break
             self._owned, self.waiting = apply(message, self._metrics, (self._owned, self.waiting))
+        if self._ending:  # `end` joins it: two joins race, and the loser sees it alive
+            return
         self._process.join(5)
-        if not self._ending:
-            self._on_exit(f"the intake process exited (exit code {self._process.exitcode})")
+        self._on_exit(f"the intake process exited (exit code {self._process.exitcode})")
 
 
 Status = tuple[set[tuple[str, int]], bool]  # the partitions owned, waiting
