@@ -38,7 +38,13 @@ from services.settings import Settings
 
 log = logging.getLogger("casestream.intake")
 
-BATCH_SIZE = 5000
+# A batch pays one wait for the broker's acknowledgements and one synchronous commit, and each
+# of its envelopes is one faust message downstream. Under load `consume` returns full batches,
+# so a larger batch spreads those costs over more events; at low traffic `consume` returns what
+# came within BATCH_WITHIN_SECONDS, as before. 5,000 → 20,000 (with derive's 20 → 60 envelopes,
+# worker.py) took the process benchmark from 23.9–24.0 k to 26.8–30.0 k events/s, interleaved,
+# 3 runs each (docs/benchmarks.md); 50,000 was no better.
+BATCH_SIZE = 20_000
 ENVELOPE_MAX_FACTS = 1000  # ~400 kB of facts: well under Kafka's default 1 MB message limit
 ENVELOPE_MAX_BYTES = 900_000  # an envelope of unusually large facts is split further
 # At low traffic a batch waits this long to fill. Under load `consume` returns full batches at
