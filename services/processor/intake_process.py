@@ -36,6 +36,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from services.processor.intake import Intake
+from services.processor.priority import intake_priority
 from services.settings import Settings
 
 log = logging.getLogger("casestream.intake")
@@ -48,7 +49,12 @@ class IntakeProcess:
     """The worker's handle on its intake process: what the watchdog and /metrics read."""
 
     def __init__(
-        self, settings: Settings, app_id: str, metrics: Any, on_exit: Callable[[str], None]
+        self,
+        settings: Settings,
+        app_id: str,
+        metrics: Any,
+        on_exit: Callable[[str], None],
+        niceness: int | None = None,
     ) -> None:
         self._metrics = metrics
         self._on_exit = on_exit
@@ -59,7 +65,14 @@ class IntakeProcess:
         receive, send = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_main,
-            args=(settings, app_id, send, logging.getLogger().getEffectiveLevel(), os.getpid()),
+            args=(
+                settings,
+                app_id,
+                send,
+                logging.getLogger().getEffectiveLevel(),
+                os.getpid(),
+                niceness,
+            ),
             name="casestream-intake",
             # At an ordinary interpreter exit (faust stopping on its own) multiprocessing ends a
             # daemon child; a non-daemon one it would join, i.e. wait for forever.
@@ -148,9 +161,18 @@ class _Relay:
             os._exit(0)
 
 
-def _main(settings: Settings, app_id: str, send: Connection, level: int, parent: int) -> None:
+def _main(
+    settings: Settings,
+    app_id: str,
+    send: Connection,
+    level: int,
+    parent: int,
+    niceness: int | None = None,
+) -> None:
     """The intake process: run the intake until the worker's process goes."""
     _die_with_parent()
+    if niceness is not None:
+        intake_priority(niceness)  # the worker's own, not derive's lowered one (priority.py)
     logging.basicConfig(
         level=level, format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
     )

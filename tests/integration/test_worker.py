@@ -19,6 +19,7 @@ from services.contracts.reference import agencies_at
 from services.contracts.registry import make_client, register_agency_subject
 from services.ops.consumer_lag import matching_topics, wait_caught_up, worker_lag
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC
+from services.processor.priority import DERIVE_NICENESS
 from tests.helpers import (
     WorkerProcess,
     case_sent_to_police,
@@ -350,6 +351,10 @@ def _intake_pid(worker_pid: int) -> int | None:
     return None
 
 
+def _niceness(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
 def _gone(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -374,6 +379,9 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
     try:
         first = wait_for(lambda: _intake_pid(worker.proc.pid), timeout=60, what="the intake")
         time.sleep(2)  # the intake process is up (its signal handling set)
+        # Derive yields the CPU to its intake (priority.py).
+        started = _niceness(first)
+        assert _niceness(worker.proc.pid) == started + DERIVE_NICENESS
         # A stop signalled to the process group reaches the intake too: it leaves the stop to
         # the worker, whose end ends it (an intake ending first looked like a crash).
         os.kill(first, signal.SIGTERM)
@@ -394,6 +402,12 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
         )
         second = _intake_pid(worker.proc.pid)
         assert second is not None and second != first
+        # After the in-place restart (an exec, which keeps derive's lowered priority) the new
+        # intake returns to the worker's first niceness where allowed (as root; unprivileged, a
+        # process cannot lower its niceness, and both stay at derive's).
+        assert _niceness(worker.proc.pid) == started + DERIVE_NICENESS
+        expected = started if os.geteuid() == 0 else started + DERIVE_NICENESS
+        assert _niceness(second) == expected
         assert len(worker.restarts()) == 1, worker.restarts()
     finally:
         worker.kill()  # SIGKILL: no chance to end its intake itself
