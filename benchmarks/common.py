@@ -973,8 +973,16 @@ class BenchContext:
         from services.agency.publisher import Publisher
 
         self.ensure_agency_topics(data.agencies)
+        outbox = self.work / "outbox-setup.sqlite"
+        if outbox.exists():
+            # The topics lack the dataset, so this outbox was filled for another stack (a `--work`
+            # kept across a new stack): its event ids would make every publish an idempotent
+            # no-op, and the benchmark would wait for events nobody sent.
+            self.log(f"starting a new setup outbox ({outbox} is from another stack)")
+            for path in (outbox, *outbox.parent.glob(outbox.name + "-*")):
+                path.unlink(missing_ok=True)
         self.log(f"publishing {len(data.events):,} events (not timed)")
-        with Publisher(None, self.settings, outbox_path=self.work / "outbox-setup.sqlite") as pub:
+        with Publisher(None, self.settings, outbox_path=outbox) as pub:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(8) as pool:  # ~830 subjects, one registry round trip each
