@@ -5,10 +5,10 @@ derive what the intake re-keyed. When both want the CPU (a catch-up, a replay af
 two cores shared with the broker and ClickHouse), derive running at a lower priority lets the
 intake run at its pace, and derive, left behind, finds more envelopes waiting and takes them as
 one larger batch: its per-batch costs (the ClickHouse parts, each touched case's state row and
-changelog record) are paid fewer times. Measured with the process benchmark, interleaved on one
-stack: derive at niceness +5 reached 28.2 and 30.9 k events/s (0.48, 0.49 of the decode
-ceiling; 17 and 12 writes) where at +0 it reached 26.7 and 27.1 k (0.43, 0.45; 22 writes each).
-With idle CPU, as at 1,000 events/s, niceness changes nothing: nobody waits for a core.
+changelog record) are paid fewer times. Measured with the process benchmark, interleaved 3×
+on one stack (docs/benchmarks.md, rows ¹⁰): 0.44, 0.48, 0.42 of the decode ceiling with 18–22
+writes before, 0.46, 0.48, 0.48 with 11–13 writes after. With idle CPU, as at 1,000 events/s,
+niceness changes nothing: nobody waits for a core.
 
 A process without privileges can raise its niceness, never lower it. The worker's in-place
 restart (an exec) keeps the raised one, and the intake it then starts would inherit it; so the

@@ -3,8 +3,8 @@
 Two halves in two processes (intake_process.py says why):
 
 * the intake (intake.py on librdkafka, in a child process) reads every agency topic by
-  regular expression (new agencies are picked up within seconds, nothing restarts), decodes with the registry and
-  validates. Valid events travel as envelopes (envelope.py: one message per facts partition
+  regular expression (new agencies are picked up within seconds, nothing restarts), decodes
+  with the registry and validates. Valid events travel as envelopes (envelope.py: one message per facts partition
   per batch) on ``<app_id>-facts-by-case``; anything else goes to the dead-letter topic with
   its raw bytes, source topic/partition/offset and a reason. It never raises on input, and
   commits only what the broker acknowledged.
