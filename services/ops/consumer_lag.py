@@ -5,9 +5,15 @@ Used by `casestream health` and by the demo and tests to know when the worker ha
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from services.settings import Settings
@@ -44,20 +50,57 @@ def group_lag(
     committed = {
         (tp.topic, tp.partition): tp.offset for tp in future.result(timeout).topic_partitions
     }
-    # One ListOffsets request for every partition: a watermark request per partition took
-    # seconds with ~830 agency topics, and the worker's watchdogs ask every 15 s.
-    ends = admin.list_offsets(
-        {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=timeout
-    )
     return [
-        PartitionLag(
-            tp.topic,
-            tp.partition,
-            committed.get((tp.topic, tp.partition), -1),
-            f.result(timeout).offset,
-        )
-        for tp, f in ends.items()
+        PartitionLag(tp.topic, tp.partition, committed.get((tp.topic, tp.partition), -1), end)
+        for tp, end in _high_watermarks(admin, partitions, timeout).items()
     ]
+
+
+#: A partition's offsets asked while its leader is being elected (a topic created a moment ago,
+#: a broker restarting); librdkafka does not mark every one of them retriable.
+_NO_LEADER_YET = frozenset(
+    {
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
+
+def _high_watermarks(
+    admin: AdminClient, partitions: list[TopicPartition], timeout: float
+) -> dict[TopicPartition, int]:
+    """The end offset of each partition, asking again for those whose leader is not known yet.
+
+    One ListOffsets request for every partition: a watermark request per partition took
+    seconds with ~830 agency topics, and the worker's watchdogs ask every 15 s. A topic the
+    worker created a moment ago answers NOT_LEADER_FOR_PARTITION (or LEADER_NOT_AVAILABLE)
+    until its leader is elected — the process benchmark failed on it right after a fresh
+    worker started; such retriable errors are asked again until ``timeout``, others raise.
+    """
+    deadline = time.monotonic() + timeout
+    ends: dict[TopicPartition, int] = {}
+    asking = list(partitions)
+    while True:
+        futures = admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in asking}, request_timeout=timeout
+        )
+        again: list[TopicPartition] = []
+        for tp, future in futures.items():
+            try:
+                ends[tp] = future.result(timeout).offset
+            except KafkaException as exc:
+                error = exc.args[0] if exc.args else None
+                leaderless = isinstance(error, KafkaError) and (
+                    error.code() in _NO_LEADER_YET or error.retriable()
+                )
+                if not leaderless or time.monotonic() >= deadline:
+                    raise
+                again.append(tp)
+        if not again:
+            return {tp: ends[tp] for tp in partitions}
+        asking = again
+        time.sleep(0.2)
 
 
 def matching_topics(settings: Settings, pattern) -> list[str]:
@@ -90,8 +133,6 @@ def wait_caught_up(
     Lag must be zero twice in a row: faust commits every few seconds, and the re-keyed topic
     only fills up after the agency topics were read.
     """
-    import time
-
     started = time.monotonic()
     zero_streak = 0
     while time.monotonic() - started < timeout:
