@@ -35,6 +35,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from services.processor import collector
 from services.processor.intake import Intake
 from services.processor.priority import intake_priority
 from services.settings import Settings
@@ -183,6 +184,7 @@ def _main(
         os._exit(0)
     relay = _Relay(send)
     intake = Intake.from_settings(settings, app_id, relay)
+    collector.run_on_a_clock()  # no cycle collection on allocation counts (collector.py)
 
     def report_status() -> None:
         while True:

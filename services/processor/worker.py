@@ -37,7 +37,7 @@ from services.ops import probe as ops_probe  # ops: end-to-end latency probes
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
-from services.processor import envelope, priority, restarts
+from services.processor import collector, envelope, priority, restarts
 from services.processor.batch import apply_batch, collector_paused
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
@@ -570,6 +570,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
         settings, settings.worker_app_id, app.casestream_metrics, _restart, niceness
     )
     priority.yield_to_intake(niceness)  # derive waits for the CPU behind its intake
+    collector.run_on_a_clock()  # no cycle collection on allocation counts (collector.py)
     _start_thread_watchdog(app, intake, settings, settings.worker_app_id)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()
