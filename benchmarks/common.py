@@ -372,27 +372,40 @@ def worker_lag_total(settings: Settings, app_id: str) -> int | None:
     return sum(p.lag for half in halves for p in half)
 
 
-def intake_started(settings: Settings, app_id: str) -> bool:
-    """The worker's intake committed its first batch: start-up is over, the pipeline runs."""
-    intake, _derive = _worker_halves(settings, app_id)
-    return any(p.committed >= 0 for p in intake)
+def intake_assigned(settings: Settings, app_id: str) -> bool:
+    """The worker's intake group is stable with its partitions assigned: it fetches from now."""
+    from confluent_kafka import ConsumerGroupState
+    from confluent_kafka.admin import AdminClient
+
+    from services.processor.intake import intake_group
+
+    group = intake_group(app_id)
+    admin = AdminClient(kafka_config(settings))
+    try:
+        found = admin.describe_consumer_groups([group], request_timeout=5)[group].result(5)
+    except Exception:  # noqa: BLE001 - the group does not exist yet
+        return False
+    return found.state == ConsumerGroupState.STABLE and any(
+        member.assignment.topic_partitions for member in found.members
+    )
 
 
 def wait_pipeline_started(
     settings: Settings, app_id: str, alive: Callable[[], bool], timeout: float = 600.0
 ) -> float | None:
-    """When the worker's intake committed its first batch (wall clock), or None.
+    """When the worker's intake got its partitions (wall clock), or None.
 
-    The time of the last poll that saw no commit yet, so the pipeline span measured from it is
-    never shorter than the real one. Both halves' first commits are not the start: derive's
-    group (faust) commits every few seconds and started late in this mode, after the intake —
-    a separate process — had already re-keyed most of a 200,000-event history (a start taken
-    there made the worker look 0.75 of the ceiling).
+    The time of the last poll that saw no assignment yet, so the pipeline span measured from it
+    is never shorter than the real one: start-up (imports, migrations, the group join) is over,
+    the first fetch and everything after it count. Earlier starts were later, and flattered:
+    derive's first commit (faust's, every few seconds, after the intake had re-keyed most of a
+    200,000-event history: 0.75 of the ceiling, corrected 2026-12-05), then the intake's first
+    commit (its first batch, up to 20,000 events, ~0.6 s of work, lay before it).
     """
     started = time.monotonic()
     before = time.time()
     while time.monotonic() - started < timeout and alive():
-        if intake_started(settings, app_id):
+        if intake_assigned(settings, app_id):
             return before
         before = time.time()
         time.sleep(0.1)
