@@ -46,6 +46,7 @@ from services.processor.refetch import read_offsets, start_offsets
 from services.processor.stall import StallTracker
 from services.processor.state_store import PartitionStates
 from services.processor.state_upgrade import upgrade_state
+from services.processor.table_manager import PromptTableManager
 from services.processor.write_behind import WriteBehind
 from services.processor.written_offsets import WrittenOffsets
 from services.serving.sink import TABLES as SINK_TABLES
@@ -228,6 +229,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         web_enabled=False,
         producer_acks=-1,
         # faust's own producer only sends the latency probes now (changelog_producer.py).
+        TableManager=PromptTableManager,  # no 1 s wait at start (table_manager.py)
     )
     facts_in = app.topic(
         facts_topic(app_id),
