@@ -45,6 +45,11 @@ log = logging.getLogger("casestream.intake")
 # worker.py) took the process benchmark from 23.9–24.0 k to 26.8–30.0 k events/s, interleaved,
 # 3 runs each (docs/benchmarks.md); 50,000 was no better.
 BATCH_SIZE = 20_000
+# After a pause (start, restart, a lull) batches start small and double up to BATCH_SIZE, as TCP
+# starts slowly: derive can only begin once the intake's first batch is re-keyed, and a first
+# batch of 20,000 events kept it idle for ~0.8 s of every start (a fresh worker over the process
+# benchmark's 200,000 events: the machine ran ~1.2 of its 2 cores for the first 1.8 s).
+FIRST_BATCH_SIZE = 2_000
 ENVELOPE_MAX_FACTS = 1000  # ~400 kB of facts: well under Kafka's default 1 MB message limit
 ENVELOPE_MAX_BYTES = 900_000  # an envelope of unusually large facts is split further
 # At low traffic a batch waits this long to fill. Under load `consume` returns full batches at
@@ -60,6 +65,12 @@ SUBSCRIPTION = [AGENCY_TOPIC_PATTERN.pattern, PROBE_TOPIC]
 def intake_group(app_id: str) -> str:
     """The intake's consumer group: its own, since faust's group speaks another assignor."""
     return f"{app_id}-intake"
+
+
+def next_batch_size(limit: int, taken: int) -> int:
+    """The next batch's limit: twice this one (up to BATCH_SIZE) when this batch was full, the
+    first size again when it was not (the backlog is read: the next burst starts small)."""
+    return min(BATCH_SIZE, 2 * limit) if taken >= limit else FIRST_BATCH_SIZE
 
 
 class Message(Protocol):
@@ -174,10 +185,12 @@ class Intake:
             SUBSCRIPTION, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
         )
         try:
+            limit = FIRST_BATCH_SIZE
             while not self.stop.is_set():
-                messages = self._consumer.consume(BATCH_SIZE, timeout=BATCH_WITHIN_SECONDS)
+                messages = self._consumer.consume(limit, timeout=BATCH_WITHIN_SECONDS)
                 if messages:
                     self.handle(messages)
+                limit = next_batch_size(limit, len(messages))
         finally:
             self._consumer.close()
 

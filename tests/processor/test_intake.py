@@ -12,11 +12,14 @@ from services.processor import envelope
 from services.processor.facts import Fact
 from services.processor.ingest import RegistryUnavailable, Rejected
 from services.processor.intake import (
+    BATCH_SIZE,
     ENVELOPE_MAX_BYTES,
+    FIRST_BATCH_SIZE,
     SUBSCRIPTION,
     Intake,
     envelopes,
     intake_group,
+    next_batch_size,
 )
 
 pytestmark = pytest.mark.unit
@@ -278,6 +281,32 @@ def test_run_subscribes_by_pattern_and_probe_topic_and_stops_on_request():
     assert SUBSCRIPTION[0].startswith("^") and PROBE_TOPIC in SUBSCRIPTION
     assert consumer.commits == [[(TOPIC, 0, 1)]]
     assert consumer.closed
+
+
+def test_batches_start_small_and_double_while_full_then_start_small_again():
+    limits = [FIRST_BATCH_SIZE]
+    for _ in range(6):  # a backlog: every batch comes full
+        limits.append(next_batch_size(limits[-1], limits[-1]))
+    assert limits[:4] == [2_000, 4_000, 8_000, 16_000]
+    assert limits[4:] == [BATCH_SIZE] * 3  # never above the cap
+    assert next_batch_size(BATCH_SIZE, 150) == FIRST_BATCH_SIZE  # caught up: the next burst
+
+
+def test_run_asks_the_consumer_for_the_growing_batch_limits():
+    full = [[Msg(TOPIC, 0, i, b"ok:C1")] for i in range(3)]
+    consumer = FakeConsumer(batches=full)
+    intake, _ = make(consumer)
+    asked = []
+
+    def consume(n, timeout):
+        asked.append(n)
+        if len(asked) == 5:
+            intake.stop.set()
+        return [m for m in consumer.batches.pop(0) for _ in range(n)] if consumer.batches else []
+
+    consumer.consume = consume
+    intake.run()
+    assert asked == [2_000, 4_000, 8_000, 16_000, 2_000]  # the 4th came empty: back to small
 
 
 @dataclass
