@@ -131,7 +131,7 @@ def run(ctx: BenchContext) -> list[Result]:
     spy = None
     # The intake's partitions assigned: start-up (imports, migrations, group join) is over.
     # The pipeline rate is measured from here.
-    first_commit = wait_pipeline_started(settings, worker.app_id, worker.alive)
+    started = wait_pipeline_started(settings, worker.app_id, worker.alive)
     if ctx.profile:
         seconds = max(10, min(60, messages / 3_000))
         spy = PySpy(worker.pid, seconds, ctx.work / "profiles" / "worker.raw").start()
@@ -148,7 +148,7 @@ def run(ctx: BenchContext) -> list[Result]:
     last_write = timeline[-1][0] if timeline else caught_up_wall
     # Pipeline: every message fetched, decoded, validated, re-keyed, consumed again, derived
     # and written between the intake's assignment and the last write.
-    span = last_write - first_commit if first_commit else None
+    span = last_write - started if started else None
     rate = messages / span if span and span > 0 else None
     wall = caught_up_wall - worker.started_at
     ctx.live = worker
@@ -181,7 +181,7 @@ def run(ctx: BenchContext) -> list[Result]:
                 "unique_expected": unique,
                 "writes": len(timeline),
                 "pipeline_span_s": round(span, 1) if span else None,
-                "startup_s": round(first_commit - worker.started_at, 1) if first_commit else None,
+                "startup_s": round(started - worker.started_at, 1) if started else None,
                 "first_write_after_s": round(first_write - worker.started_at, 1),
                 "write_phase_rate": round(write_rate) if write_rate else None,
                 "write_phase_s": round(write_span, 1),

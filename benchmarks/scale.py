@@ -60,7 +60,7 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
         for n in range(processes)
     ]
     lead = workers[0]
-    first_commit = wait_pipeline_started(
+    started = wait_pipeline_started(
         ctx.settings, lead.app_id, lambda: all(w.alive() for w in workers)
     )
 
@@ -102,11 +102,11 @@ def run_group(ctx: BenchContext, what: str, processes: int) -> dict:
     client = ctx.client()
     timeline = write_timeline(client, lead.database)
     last_write = timeline[-1][0] if timeline else caught_up
-    span = last_write - first_commit if first_commit else None
+    span = last_write - started if started else None
     rate = messages / span if span and span >= MIN_SPAN else None
-    basis = "first commit to last write"
+    basis = "intake assigned to last write"
     if rate is None:
-        # A small dataset can be done before the first commit is seen (polled every 0.5 s):
+        # A small dataset can be done before the assignment is seen (polled every 0.1 s):
         # then the write phase (steady_rate: first write's rows left out) is the rate.
         rate, span = steady_rate(timeline)
         basis = "write phase (first to last write)"
