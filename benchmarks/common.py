@@ -494,18 +494,6 @@ def ensure_topics(settings: Settings, names: Iterable[str], partitions: int | No
         time.sleep(0.5)
 
 
-def delete_topics(settings: Settings, names: Iterable[str]) -> None:
-    from confluent_kafka.admin import AdminClient
-
-    names = list(names)
-    if not names:
-        return
-    admin = AdminClient(kafka_config(settings))
-    for future in admin.delete_topics(names, request_timeout=120).values():
-        with contextlib.suppress(Exception):
-            future.result()
-
-
 def producer_config(settings: Settings) -> dict[str, Any]:
     """What the SDK publisher configures (services/agency/publisher.py), for the baselines."""
     return {

@@ -21,13 +21,13 @@ The file is created 0600 in a 0700 directory (its ``-wal``/``-shm`` follow the f
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from services.agency import durable_sqlite
 from services.contracts.chain import ChainHead, chain_links
 from services.private_files import private_sqlite
 
@@ -40,11 +40,7 @@ class ChainStore:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         private_sqlite(self.path)
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(
-            self.path, check_same_thread=False, isolation_level=None, timeout=60
-        )
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db = durable_sqlite.connect(self.path, timeout=60)  # see durable_sqlite.py
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS heads ("
             " agency_id TEXT PRIMARY KEY, seq INTEGER NOT NULL, hash TEXT NOT NULL)"

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import io
 import json
-import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -45,6 +44,7 @@ from typing import Any
 
 import fastavro
 
+from services.agency import durable_sqlite
 from services.contracts.codec import AvroCodec, parse_schema
 from services.contracts.schema import schema_str
 from services.private_files import private_sqlite
@@ -113,9 +113,7 @@ class Outbox:
         private_sqlite(self.path)
         self._lock = threading.Lock()
         self._codec = AvroCodec()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # accepted = survives a power loss too
+        self._db = durable_sqlite.connect(self.path)  # WAL, fsync per commit (durable_sqlite.py)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS writer_schemas ("
             " ref INTEGER PRIMARY KEY, schema TEXT NOT NULL UNIQUE)"
