@@ -47,7 +47,7 @@ from services.private_files import private_dir
 from services.processor.case_state import CASE_HOME, derive_rows
 from services.processor.facts import Fact, event_row, ms_to_datetime
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
-from services.serving.sink import ClickHouseSink, RowBatch
+from services.serving.sink import ClickHouseSink, RowBatch, sink_clients
 from services.settings import Settings
 
 log = logging.getLogger("casestream.replay")
@@ -352,7 +352,7 @@ def derive_buckets(
     """Derive and write whole buckets (every fact's `events` row, every case's rows)."""
     stats = PhaseStats()
     started = time.monotonic()
-    sink = ClickHouseSink(lambda: settings.clickhouse_client(database=database))
+    sink = ClickHouseSink(sink_clients(settings, database))
     now = datetime.now(UTC)
     for bucket in buckets:
         facts = list(read_facts(bucket_paths(directory, bucket, writers)))
@@ -600,9 +600,7 @@ class Replay:
             raise RuntimeError("catch_up() before run()")
         self._rounds += 1
         writer_name = f"c{self._rounds}"
-        sink = ClickHouseSink(
-            lambda: self.settings.clickhouse_client(database=database or self.database)
-        )
+        sink = ClickHouseSink(sink_clients(self.settings, database or self.database))
         now = datetime.now(UTC)
         new: list[Fact] = []  # written every BUCKET_EVENTS: a long backlog stays bounded
         touched: dict[int, set[str]] = {}

@@ -50,7 +50,7 @@ from services.processor.table_manager import PromptTableManager
 from services.processor.write_behind import WriteBehind
 from services.processor.written_offsets import WrittenOffsets
 from services.serving.sink import TABLES as SINK_TABLES
-from services.serving.sink import ClickHouseSink, RowBatch
+from services.serving.sink import ClickHouseSink, RowBatch, sink_clients
 from services.settings import Settings, SettingsError
 
 log = logging.getLogger("casestream.worker")
@@ -255,7 +255,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     changelog_name = case_state.changelog_topic.get_topic_name()
     changelog_out = ChangelogProducer(settings)
     sink = ClickHouseSink(
-        lambda: settings.clickhouse_client(),
+        sink_clients(settings),
         columns={**SINK_TABLES, "probes": ops_probe.PROBE_COLUMNS},  # ops: + probes table
     )
     app.casestream_sink = sink  # exposed for metrics

@@ -69,6 +69,18 @@ class RowBatch:
         return sum(len(r) for r in self.rows.values())
 
 
+def sink_clients(settings: Any, database: str | None = None) -> Callable[[], Any]:
+    """A factory of the sink's clickhouse-connect clients (``settings``: services.settings).
+
+    Without a session: the sink only inserts and keeps no session state, and a request in a
+    session costs the server its session's bookkeeping (the endpoint reads the session's current
+    database and sets and resets the request's database and settings around each statement):
+    measured against the local endpoint, 5.3-5.5 ms per small insert in a session, 4.0-4.1 ms
+    without one, and a batch writes up to eight tables.
+    """
+    return lambda: settings.clickhouse_client(database=database, autogenerate_session_id=False)
+
+
 class ClickHouseSink:
     """Writes batches through clickhouse-connect; `write` blocks until ClickHouse took them."""
 

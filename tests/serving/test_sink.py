@@ -121,3 +121,22 @@ def test_the_values_json_cannot_mistake_keep_their_exact_form(client):
         (rows[0][0], 1_700_000_000_999, None, -(2**63), 2**64 - 1, 0.1 + 0.2, rows[0][6]),
         (rows[1][0], 1, 1_700_000_000_001, 2**63 - 1, 0, None, ""),
     ]
+
+
+def test_the_sinks_clients_open_no_session():
+    """Sessions cost the endpoint its per-request bookkeeping; the sink keeps no session state."""
+    from services.serving.sink import sink_clients
+
+    asked: list[dict] = []
+
+    class _Settings:
+        def clickhouse_client(self, **kwargs):
+            asked.append(kwargs)
+            return "client"
+
+    assert sink_clients(_Settings(), "rebuild_db")() == "client"
+    assert sink_clients(_Settings())() == "client"
+    assert asked == [
+        {"database": "rebuild_db", "autogenerate_session_id": False},
+        {"database": None, "autogenerate_session_id": False},
+    ]
