@@ -47,8 +47,8 @@ log = logging.getLogger("casestream.intake")
 BATCH_SIZE = 20_000
 # After a pause (start, restart, a lull) batches start small and double up to BATCH_SIZE, as TCP
 # starts slowly: derive can only begin once the intake's first batch is re-keyed, and a first
-# batch of 20,000 events kept it idle for ~0.8 s of every start (a fresh worker over the process
-# benchmark's 200,000 events: the machine ran ~1.2 of its 2 cores for the first 1.8 s).
+# batch of 20,000 events is ~0.43 s of the intake's work before derive sees anything, 2,000
+# ~0.08 s (`Intake.handle` over the process benchmark's topics).
 FIRST_BATCH_SIZE = 2_000
 ENVELOPE_MAX_FACTS = 1000  # ~400 kB of facts: well under Kafka's default 1 MB message limit
 ENVELOPE_MAX_BYTES = 900_000  # an envelope of unusually large facts is split further

@@ -38,7 +38,7 @@ from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
 from services.processor import collector, envelope, priority, restarts
-from services.processor.batch import apply_batch, collector_paused
+from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
 from services.processor.intake_process import IntakeProcess
@@ -293,14 +293,14 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         rows = RowBatch()
         changed: dict[int, dict[str, bytes]] = {}
         facts: list[Fact] = []
-        with collector_paused():  # the envelopes' facts too (batch.py, `apply_batch`)
-            by_partition = facts_by_partition(fact_events)
-            for partition, partition_facts in by_partition.items():
-                result = apply_batch(partition_facts, states.getter(partition))
-                for table, table_rows in result.rows.rows.items():
-                    rows.extend(table, table_rows)
-                changed[partition] = result.changed
-                facts.extend(partition_facts)
+        # No collection runs meanwhile: the worker collects on a clock (collector.py).
+        by_partition = facts_by_partition(fact_events)
+        for partition, partition_facts in by_partition.items():
+            result = apply_batch(partition_facts, states.getter(partition))
+            for table, table_rows in result.rows.rows.items():
+                rows.extend(table, table_rows)
+            changed[partition] = result.changed
+            facts.extend(partition_facts)
         rows.extend("probes", probes)  # ops: written with the batch's rows
         for partition, partition_changed in changed.items():
             for case_id, state in partition_changed.items():

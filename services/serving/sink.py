@@ -21,13 +21,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from services.processor.case_state import CASE_COLUMNS, VIOLATION_COLUMNS
 from services.processor.facts import EVENT_COLUMNS
 from services.processor.transfer_lag import APPRAISAL_COLUMNS, TRANSFER_COLUMNS
+
+if TYPE_CHECKING:
+    from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +72,8 @@ class RowBatch:
         return sum(len(r) for r in self.rows.values())
 
 
-def sink_clients(settings: Any, database: str | None = None) -> Callable[[], Any]:
-    """A factory of the sink's clickhouse-connect clients (``settings``: services.settings).
+def sink_clients(settings: Settings, database: str | None = None) -> Callable[[], Any]:
+    """A factory of the sink's clickhouse-connect clients.
 
     Without a session: the sink only inserts and keeps no session state, and a request in a
     session costs the server its session's bookkeeping (the endpoint reads the session's current
