@@ -140,3 +140,49 @@ def test_the_sinks_clients_open_no_session():
         {"database": "rebuild_db", "autogenerate_session_id": False},
         {"database": None, "autogenerate_session_id": False},
     ]
+
+
+def test_a_connected_sink_writes_with_the_client_it_created_in_advance():
+    """`connect` creates the client the first write then uses: one client, created once."""
+    from services.serving.sink import ClickHouseSink, RowBatch
+
+    made: list[object] = []
+
+    class _Client:
+        def __init__(self) -> None:
+            self.inserts: list[str] = []
+            made.append(self)
+
+        def raw_insert(self, table, **_kwargs):
+            self.inserts.append(table)
+
+    sink = ClickHouseSink(_Client)
+    assert sink.connect() is True
+    batch = RowBatch()
+    batch.add("cases_rehomed", ["C-1"])
+    sink.write(batch)
+    assert len(made) == 1 and made[0].inserts == ["cases_rehomed"]
+
+
+def test_a_sink_that_cannot_connect_in_advance_still_writes_later(caplog):
+    """ClickHouse down at start: `connect` says so and the first write creates the client."""
+    from services.serving.sink import ClickHouseSink, RowBatch
+
+    attempts: list[int] = []
+
+    class _Client:
+        def __init__(self) -> None:
+            attempts.append(1)
+            if len(attempts) == 1:
+                raise ConnectionRefusedError("nothing listens on 127.0.0.1:8123")
+
+        def raw_insert(self, table, **_kwargs):
+            pass
+
+    sink = ClickHouseSink(_Client)
+    assert sink.connect() is False
+    assert "not connected in advance" in caplog.text and "127.0.0.1:8123" in caplog.text
+    batch = RowBatch()
+    batch.add("cases_rehomed", ["C-1"])
+    sink.write(batch)
+    assert len(attempts) == 2 and sink.rows_written == 1 and sink.failures == 0
