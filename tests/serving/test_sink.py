@@ -186,3 +186,79 @@ def test_a_sink_that_cannot_connect_in_advance_still_writes_later(caplog):
     batch.add("cases_rehomed", ["C-1"])
     sink.write(batch)
     assert len(attempts) == 2 and sink.rows_written == 1 and sink.failures == 0
+
+
+class _RecordingClient:
+    """Records the order of inserts; `events` waits until `cases_state` has started, which only
+    happens when the two are inserted at once (one after the other it would time out)."""
+
+    def __init__(self, fail_once: str | None = None) -> None:
+        import threading
+
+        self.log: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.cases_started = threading.Event()
+        self.fail_once = fail_once
+        self.overlapped = False
+
+    def raw_insert(self, table, **_kwargs):
+        with self.lock:
+            self.log.append(("start", table))
+        if table == "cases_state":
+            self.cases_started.set()
+        if table == "events":
+            self.overlapped = self.cases_started.wait(5)
+        if table == self.fail_once:
+            self.fail_once = None
+            raise ConnectionResetError(f"lost the connection while inserting into {table}")
+        with self.lock:
+            self.log.append(("end", table))
+
+
+def _full_batch():
+    from services.serving.sink import RowBatch
+
+    batch = RowBatch()
+    for table in ("cases_rehomed", "events", "cases_state", "transfers_state"):
+        batch.add(table, [table])
+    return batch
+
+
+def test_the_rehomed_cases_are_inserted_before_anything_else_starts():
+    from services.serving.sink import ClickHouseSink
+
+    client = _RecordingClient()
+    ClickHouseSink(lambda: client).write(_full_batch())
+    assert client.log[:2] == [("start", "cases_rehomed"), ("end", "cases_rehomed")]
+    assert {t for what, t in client.log if what == "end"} == {
+        "cases_rehomed",
+        "events",
+        "cases_state",
+        "transfers_state",
+    }
+
+
+def test_events_are_inserted_while_the_other_tables_are():
+    from services.serving.sink import ClickHouseSink
+
+    client = _RecordingClient()
+    ClickHouseSink(lambda: client).write(_full_batch())
+    assert client.overlapped
+
+
+def test_a_failed_insert_in_either_lane_writes_the_whole_batch_again():
+    from services.serving.sink import ClickHouseSink
+
+    for failing in ("transfers_state", "events"):
+        client = _RecordingClient(fail_once=failing)
+        sink = ClickHouseSink(lambda client=client: client, max_backoff=0.01)
+        sink.write(_full_batch())
+        ended = [t for what, t in client.log if what == "end"]
+        assert sink.failures == 1 and sink.rows_written == 4
+        assert ended.count("cases_rehomed") == 2  # the second attempt starts from the first table
+        assert failing in ended and set(ended) == {
+            "cases_rehomed",
+            "events",
+            "cases_state",
+            "transfers_state",
+        }
