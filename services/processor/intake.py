@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from services.ops.probe import facts_key
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, PROBE_TOPIC, facts_topic
-from services.processor import envelope
+from services.processor import envelope, instance
 from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.settings import Settings
@@ -60,6 +60,15 @@ METADATA_REFRESH_MS = 5000  # how soon a new agency topic is subscribed
 REGISTRY_RETRY_MAX_SECONDS = 10.0
 # Probes ride with the agency events, so they measure the same path (services/ops/probe.py).
 SUBSCRIPTION = [AGENCY_TOPIC_PATTERN.pattern, PROBE_TOPIC]
+
+
+class FatalConsumerError(RuntimeError):
+    """librdkafka says the consumer is unusable: the intake process ends and the worker restarts."""
+
+
+def _fatal(error: Any) -> bool:
+    fatal = getattr(error, "fatal", None)  # confluent_kafka.KafkaError; fakes may give text
+    return bool(fatal()) if callable(fatal) else False
 
 
 def intake_group(app_id: str) -> str:
@@ -130,6 +139,8 @@ class Intake:
             settings.kafka_client_config(
                 **{
                     "group.id": intake_group(app_id),
+                    # A restart takes its partitions back at once (instance.py).
+                    "group.instance.id": instance.member_id(settings, app_id),
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",  # a new agency's first events are read too
                     "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
@@ -208,9 +219,12 @@ class Intake:
                 failures.append(err)
 
         for message in messages:
-            if message.error() is not None:
+            error = message.error()
+            if error is not None:
+                if _fatal(error):  # e.g. fenced: another live process has this member id
+                    raise FatalConsumerError(f"the intake's consumer cannot go on: {error}")
                 # Transport trouble and unknown-topic notices: librdkafka recovers by itself.
-                log.warning("consumer: %s", message.error())
+                log.warning("consumer: %s", error)
                 continue
             where = (message.topic(), message.partition())
             first.setdefault(where, message.offset())

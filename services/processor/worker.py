@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 import threading
@@ -37,7 +36,7 @@ from services.ops import probe as ops_probe  # ops: end-to-end latency probes
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
-from services.processor import collector, envelope, priority, restarts
+from services.processor import collector, envelope, instance, priority, restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
@@ -51,10 +50,9 @@ from services.processor.write_behind import WriteBehind
 from services.processor.written_offsets import WrittenOffsets
 from services.serving.sink import TABLES as SINK_TABLES
 from services.serving.sink import ClickHouseSink, RowBatch, sink_clients
-from services.settings import Settings, SettingsError
+from services.settings import Settings
 
 log = logging.getLogger("casestream.worker")
-_INSTANCE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 # Up to ~60,000 facts (an envelope holds up to 1,000: intake.py). Each batch's write makes about
 # 14 ClickHouse parts whatever its size (the events table and its view split by year), and each
@@ -208,13 +206,13 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     _shorten_faust_fetch_wait()  # latency
     _commit_only_written_facts()
     app_id = app_id or settings.worker_app_id
-    worker_datadir(settings, app_id).mkdir(parents=True, exist_ok=True)
+    instance.state_dir(settings, app_id).mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=settings.faust_broker_credentials(),  # SASL/SSL by config
         store="rocksdb://",  # case state on disk (state_store.py)
-        datadir=str(worker_datadir(settings, app_id)),
+        datadir=str(instance.state_dir(settings, app_id)),
         table_standby_replicas=settings.worker_standby_replicas,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
@@ -230,6 +228,8 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         producer_acks=-1,
         # faust's own producer only sends the latency probes now (changelog_producer.py).
         TableManager=PromptTableManager,  # no 1 s wait at start (table_manager.py)
+        # A restart takes its partitions back at once (instance.py).
+        consumer_group_instance_id=instance.member_id(settings, app_id),
     )
     facts_in = app.topic(
         facts_topic(app_id),
@@ -421,17 +421,6 @@ def _facts_of(raw: bytes) -> list[Fact]:
     return [Fact.from_json(raw)]
 
 
-def worker_datadir(settings: Settings, app_id: str) -> Path:
-    """A worker instance's own state directory: RocksDB allows one process per database."""
-    instance = settings.worker_instance
-    if not _INSTANCE_NAME.fullmatch(instance) or instance in (".", ".."):
-        raise SettingsError(
-            f"CASESTREAM_WORKER_INSTANCE={instance!r} is not a plain name (letters, digits, "
-            "'.', '_', '-'; it names the worker's state directory)"
-        )
-    return settings.home / "worker" / app_id / instance
-
-
 async def _finish_or_die(batch: Awaitable[None]) -> None:
     """Process one batch; if the worker is stopped in the middle of it, die instead.
 
@@ -486,6 +475,7 @@ def _describe(stuck: list[tuple[str, int, int, float]]) -> str:
 
 _RESTART_LOG: dict[str, Path] = {}  # "path": where _restart records, set by run()
 _INTAKE: dict[str, IntakeProcess] = {}  # "process": ended before a restart, set by run()
+_HELD: dict[str, Any] = {}  # "lock": the instance's lock file, open for the process's life
 
 
 def _leave_now() -> None:
@@ -563,6 +553,10 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 
     # Its state dir and restart log are private whoever started it (stack, systemd, a shell).
     os.umask(UMASK)
+    # Before joining any group: one process per instance name (instance.py).
+    _HELD["lock"] = instance.hold(
+        instance.state_dir(settings, settings.worker_app_id), settings, settings.worker_app_id
+    )
     migrate(settings, log=log.info)
     _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
     if restarts.restarts_so_far():

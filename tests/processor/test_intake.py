@@ -350,3 +350,22 @@ def test_the_intake_group_is_under_the_worker_app_id_prefix():
     # The worker's ACLs grant groups by the app id prefix (services/stack/kafka_security.py).
     assert intake_group("casestream-worker").startswith("casestream-worker")
     assert intake_group("casestream-worker") != "casestream-worker"
+
+
+def test_a_fatal_consumer_error_ends_the_intake_instead_of_being_skipped():
+    """Fenced (another live process joined with this member id) or any other fatal error: the
+    consumer is unusable, so skipping would leave the intake reading nothing for good."""
+    from services.processor.intake import FatalConsumerError
+
+    class _Fenced:
+        def fatal(self) -> bool:
+            return True
+
+        def __str__(self) -> str:
+            return 'KafkaError{code=FENCED_INSTANCE_ID,val=82,str="fenced"}'
+
+    consumer, producer = FakeConsumer(), FakeProducer()
+    intake, _ = make(consumer, producer)
+    with pytest.raises(FatalConsumerError, match="FENCED_INSTANCE_ID"):
+        intake.handle([Msg(TOPIC, 0, 12, b"ok:C1"), Msg(TOPIC, 0, -1001, None, None, _Fenced())])
+    assert consumer.commits == []
