@@ -413,3 +413,52 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
         worker.kill()  # SIGKILL: no chance to end its intake itself
     assert second is not None
     wait_for(lambda: _gone(second), timeout=10, what="the intake's end with the worker")
+
+
+def _static_members(stack, group: str) -> list[str | None]:
+    """The group's members as the broker lists them: their static ids (None: dynamic)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(stack.kafka_client_config())
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return [member.group_instance_id for member in described.members]
+
+
+def test_a_worker_killed_and_started_again_takes_its_own_place_in_both_groups(stack):
+    """Static membership (instance.py): the restarted process rejoins under the killed one's
+    member id, so the group hands it the partitions at once instead of waiting for the dead
+    member's session to time out, and the broker never lists the two side by side."""
+    from services.processor.instance import member_id
+    from services.processor.intake import intake_group
+
+    tag = new_tag()
+    app_id = f"static-{tag}"
+    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"static_{tag}"}
+    start_at_the_end(stack, app_id)
+    me = member_id(stack, app_id)
+    groups = (app_id, intake_group(app_id))
+    first = WorkerProcess(stack, env=env).start()
+    second = None
+    try:
+        for group in groups:
+            wait_for(
+                lambda group=group: _static_members(stack, group) == [me],
+                timeout=120,
+                what=f"the worker as the static member {me} of {group}",
+            )
+        first.kill()  # SIGKILL: neither group hears a goodbye
+        second = WorkerProcess(stack, env=env).start()
+        events = _case_events(tag, 10)
+        _publish(stack, events)
+        rows = stack.clickhouse_client(database=f"static_{tag}")
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
+            timeout=180,
+            what="the events published after the restart, written",
+        )
+        for group in groups:
+            assert _static_members(stack, group) == [me]
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
