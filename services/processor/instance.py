@@ -1,28 +1,22 @@
-"""A worker instance's identity: its state directory, its static membership in its consumer
-groups, and the lock that keeps the directory to one process.
+"""A worker instance's identity: its state directory, and the lock that keeps it to one process.
 
-Why static membership (Kafka's ``group.instance.id``): a restarted worker used to join its
-groups as a new member, and the group then waited for the old member's session to time out
-(10 s) before it handed out the partitions again: 8-9 s of a ~10 s restart, whatever the size
-of the state (docs/benchmarks.md, the restart scenario). A member that comes back under the
-same instance id takes its place, and its partitions, at once. The cost is the other side of
-the same rule: a member gone for good keeps its partitions until its session times out, as
-before, since the worker never leaves its groups politely (it exits like a crash).
+Why the lock: a state directory holds one process (RocksDB allows one per database). A second
+`casestream worker run` on a directory in use (the same `CASESTREAM_WORKER_INSTANCE`, app id and
+home) is refused before it connects to anything, with a message naming the process that holds
+it, rather than meeting a locked RocksDB store once it is already in both groups.
 
-The member id names the host and the state directory, not only the instance name: instance
-names are unique per host (systemd's `casestream-worker@1` may run on every host), and two live
-processes with one member id would fence each other out of the group in turn (the broker keeps
-the newest). A state directory holds one process: RocksDB allows one per database, and `hold`
-refuses a second process before it joins anything, naming the one that holds it.
+Tried and reverted: static membership (Kafka's `group.instance.id`) keyed on this identity, so
+that a restarted worker takes its partitions back without waiting for its old session to time
+out (the restart benchmark went from ~10 s to ~2 s). In an integration test, a worker killed
+right after joining and started again then derived the events published afterwards one facts
+partition every 10-20 s, with the intake alone static as well (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import re
-import socket
 from pathlib import Path
 from typing import IO
 
@@ -41,13 +35,6 @@ def state_dir(settings: Settings, app_id: str) -> Path:
             "'.', '_', '-'; it names the worker's state directory)"
         )
     return settings.home / "worker" / app_id / name
-
-
-def member_id(settings: Settings, app_id: str) -> str:
-    """The static member id of this process in the app id's groups (the intake's and derive's):
-    the same after a restart on this host with this state directory, different anywhere else."""
-    where = hashlib.sha256(str(state_dir(settings, app_id).resolve()).encode()).hexdigest()[:12]
-    return f"{app_id}.{socket.gethostname()}.{settings.worker_instance}.{where}"
 
 
 def hold(state_dir: Path, settings: Settings, app_id: str) -> IO[str]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from services.ops.probe import facts_key
 from services.ops.topics import AGENCY_TOPIC_PATTERN, DLQ_TOPIC, PROBE_TOPIC, facts_topic
-from services.processor import envelope, instance
+from services.processor import envelope
 from services.processor.facts import Fact
 from services.processor.ingest import Ingestor, RegistryUnavailable, Rejected
 from services.settings import Settings
@@ -139,8 +139,6 @@ class Intake:
             settings.kafka_client_config(
                 **{
                     "group.id": intake_group(app_id),
-                    # A restart takes its partitions back at once (instance.py).
-                    "group.instance.id": instance.member_id(settings, app_id),
                     "enable.auto.commit": False,
                     "auto.offset.reset": "earliest",  # a new agency's first events are read too
                     "topic.metadata.refresh.interval.ms": METADATA_REFRESH_MS,
@@ -221,7 +219,7 @@ class Intake:
         for message in messages:
             error = message.error()
             if error is not None:
-                if _fatal(error):  # e.g. fenced: another live process has this member id
+                if _fatal(error):  # the client says it cannot go on (librdkafka's fatal errors)
                     raise FatalConsumerError(f"the intake's consumer cannot go on: {error}")
                 # Transport trouble and unknown-topic notices: librdkafka recovers by itself.
                 log.warning("consumer: %s", error)

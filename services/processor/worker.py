@@ -228,8 +228,6 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
         producer_acks=-1,
         # faust's own producer only sends the latency probes now (changelog_producer.py).
         TableManager=PromptTableManager,  # no 1 s wait at start (table_manager.py)
-        # A restart takes its partitions back at once (instance.py).
-        consumer_group_instance_id=instance.member_id(settings, app_id),
     )
     facts_in = app.topic(
         facts_topic(app_id),
@@ -553,7 +551,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
 
     # Its state dir and restart log are private whoever started it (stack, systemd, a shell).
     os.umask(UMASK)
-    # Before joining any group: one process per instance name (instance.py).
+    # Before joining any group: one process per state directory (instance.py).
     _HELD["lock"] = instance.hold(
         instance.state_dir(settings, settings.worker_app_id), settings, settings.worker_app_id
     )

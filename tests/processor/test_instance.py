@@ -1,4 +1,4 @@
-"""A worker instance's identity: one process per state directory, one member id per directory."""
+"""A worker instance's identity: one process per state directory."""
 
 from __future__ import annotations
 
@@ -16,15 +16,6 @@ def _settings(monkeypatch, home, name: str = "0") -> Settings:
     monkeypatch.setenv("CASESTREAM_HOME", str(home))
     monkeypatch.setenv("CASESTREAM_WORKER_INSTANCE", name)
     return Settings.from_env()
-
-
-def test_a_restart_in_place_keeps_its_member_id_and_no_other_process_has_it(tmp_path, monkeypatch):
-    here = instance.member_id(_settings(monkeypatch, tmp_path / "a"), "app")
-    assert here == instance.member_id(_settings(monkeypatch, tmp_path / "a"), "app")
-    assert here.startswith("app.") and ".0." in here
-    # another state directory: another host's home, or another instance name on this host
-    assert here != instance.member_id(_settings(monkeypatch, tmp_path / "b"), "app")
-    assert here != instance.member_id(_settings(monkeypatch, tmp_path / "a", "1"), "app")
 
 
 def test_a_second_process_on_one_state_directory_is_refused_naming_the_first(tmp_path, monkeypatch):

@@ -353,19 +353,19 @@ def test_the_intake_group_is_under_the_worker_app_id_prefix():
 
 
 def test_a_fatal_consumer_error_ends_the_intake_instead_of_being_skipped():
-    """Fenced (another live process joined with this member id) or any other fatal error: the
-    consumer is unusable, so skipping would leave the intake reading nothing for good."""
+    """librdkafka says the consumer cannot go on (`KafkaError.fatal()`): skipping the error, as
+    transport trouble is skipped, would leave the intake reading nothing for good."""
     from services.processor.intake import FatalConsumerError
 
-    class _Fenced:
+    class _Fatal:
         def fatal(self) -> bool:
             return True
 
         def __str__(self) -> str:
-            return 'KafkaError{code=FENCED_INSTANCE_ID,val=82,str="fenced"}'
+            return 'KafkaError{code=_FATAL,val=-150,str="Fatal error"}'
 
     consumer, producer = FakeConsumer(), FakeProducer()
     intake, _ = make(consumer, producer)
-    with pytest.raises(FatalConsumerError, match="FENCED_INSTANCE_ID"):
-        intake.handle([Msg(TOPIC, 0, 12, b"ok:C1"), Msg(TOPIC, 0, -1001, None, None, _Fenced())])
+    with pytest.raises(FatalConsumerError, match="_FATAL"):
+        intake.handle([Msg(TOPIC, 0, 12, b"ok:C1"), Msg(TOPIC, 0, -1001, None, None, _Fatal())])
     assert consumer.commits == []
