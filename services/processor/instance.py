@@ -9,7 +9,11 @@ Tried and reverted: static membership (Kafka's `group.instance.id`) keyed on thi
 that a restarted worker takes its partitions back without waiting for its old session to time
 out (the restart benchmark went from ~10 s to ~2 s). In an integration test, a worker killed
 right after joining and started again then derived the events published afterwards one facts
-partition every 10-20 s, with the intake alone static as well (docs/benchmarks.md).
+partition every 10-20 s, with the intake alone static as well (docs/benchmarks.md). The killed
+worker had joined before any agency topic existed (its intake logged "Subscribed topic not
+available"): likely the static rejoin kept that empty assignment, and the agency topic created
+afterwards reached the intake only through later rejoins (untested). A new agency's topic is
+the normal case, so static membership waits for a test of exactly that.
 """
 
 from __future__ import annotations
