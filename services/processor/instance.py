@@ -41,15 +41,16 @@ def state_dir(settings: Settings, app_id: str) -> Path:
     return settings.home / "worker" / app_id / name
 
 
-def hold(state_dir: Path, settings: Settings, app_id: str) -> IO[str]:
+def hold(settings: Settings, app_id: str) -> IO[str]:
     """Lock the instance's state directory for this process's lifetime, or refuse to start.
 
     The lock goes with the open file: the worker keeps the returned file, and it is released
     when the process exits or re-executes itself (files are not inherited across ``exec``), so
     the restarted image takes it again.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(state_dir / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process's life
+    where = state_dir(settings, app_id)
+    where.mkdir(parents=True, exist_ok=True)
+    handle = open(where / LOCK_FILE, "a+")  # noqa: SIM115 - held for the process's life
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -58,7 +59,7 @@ def hold(state_dir: Path, settings: Settings, app_id: str) -> IO[str]:
         handle.close()
         raise SettingsError(
             f"CASESTREAM_WORKER_INSTANCE={settings.worker_instance!r} of app id {app_id!r} is "
-            f"already running (pid {holder}, state directory {state_dir}): give each worker "
+            f"already running (pid {holder}, state directory {where}): give each worker "
             "process of an app id its own instance name"
         ) from None
     handle.seek(0)

@@ -206,13 +206,14 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     _shorten_faust_fetch_wait()  # latency
     _commit_only_written_facts()
     app_id = app_id or settings.worker_app_id
-    instance.state_dir(settings, app_id).mkdir(parents=True, exist_ok=True)
+    state_dir = instance.state_dir(settings, app_id)
+    state_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
         broker_credentials=settings.faust_broker_credentials(),  # SASL/SSL by config
         store="rocksdb://",  # case state on disk (state_store.py)
-        datadir=str(instance.state_dir(settings, app_id)),
+        datadir=str(state_dir),
         table_standby_replicas=settings.worker_standby_replicas,
         topic_partitions=settings.topic_partitions,
         topic_replication_factor=settings.topic_replication_factor,
@@ -552,9 +553,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     # Its state dir and restart log are private whoever started it (stack, systemd, a shell).
     os.umask(UMASK)
     # Before joining any group: one process per state directory (instance.py).
-    _HELD["lock"] = instance.hold(
-        instance.state_dir(settings, settings.worker_app_id), settings, settings.worker_app_id
-    )
+    _HELD["lock"] = instance.hold(settings, settings.worker_app_id)
     migrate(settings, log=log.info)
     _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
     if restarts.restarts_so_far():

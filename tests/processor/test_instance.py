@@ -21,25 +21,25 @@ def _settings(monkeypatch, home, name: str = "0") -> Settings:
 def test_a_second_process_on_one_state_directory_is_refused_naming_the_first(tmp_path, monkeypatch):
     settings = _settings(monkeypatch, tmp_path)
     where = instance.state_dir(settings, "app")
-    held = instance.hold(where, settings, "app")
+    held = instance.hold(settings, "app")
     try:
         # flock is per open file: a second open, even in this process, is another holder
         with pytest.raises(SettingsError) as refused:
-            instance.hold(where, settings, "app")
+            instance.hold(settings, "app")
         message = str(refused.value)
         assert "CASESTREAM_WORKER_INSTANCE='0'" in message and "'app'" in message
         assert f"pid {os.getpid()}" in message and str(where) in message
     finally:
         held.close()
-    instance.hold(where, settings, "app").close()  # released with its file
+    instance.hold(settings, "app").close()  # released with its file
 
 
 def test_another_instance_name_is_another_state_directory(tmp_path, monkeypatch):
     first = _settings(monkeypatch, tmp_path, "w1")
     second = _settings(monkeypatch, tmp_path, "w2")
-    held = instance.hold(instance.state_dir(first, "app"), first, "app")
+    held = instance.hold(first, "app")
     try:
-        instance.hold(instance.state_dir(second, "app"), second, "app").close()
+        instance.hold(second, "app").close()
     finally:
         held.close()
 
@@ -52,7 +52,7 @@ def test_the_worker_command_refuses_a_held_instance_before_connecting_anywhere(
     import sys
 
     settings = _settings(monkeypatch, tmp_path, "w1")
-    held = instance.hold(instance.state_dir(settings, settings.worker_app_id), settings, "x")
+    held = instance.hold(settings, settings.worker_app_id)
     try:
         done = subprocess.run(
             [sys.executable, "-m", "services.cli", "worker", "run"],
