@@ -43,6 +43,8 @@ from services.settings import Settings
 log = logging.getLogger("casestream.intake")
 
 STATUS_SECONDS = 1.0
+#: Sent by the worker on a stop: leave the consumer group and exit (SIGTERM/SIGINT stay ignored).
+LEAVE_SIGNAL = signal.SIGUSR1
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -100,6 +102,17 @@ class IntakeProcess:
         if self._process.is_alive():
             self._process.kill()
         self._process.join(5)
+
+    def leave(self, timeout: float) -> bool:
+        """Ask the intake process to leave its consumer group and exit, and wait for it up to
+        ``timeout`` seconds (then the worker goes anyway and the kernel ends the intake with it).
+        True if it left in time. Its exit is then expected: no restart for it."""
+        self._ending = True
+        if self._process.is_alive() and self._process.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, LEAVE_SIGNAL)
+        self._process.join(timeout)
+        return not self._process.is_alive()
 
     def _listen(self) -> None:
         while True:
@@ -184,6 +197,9 @@ def _main(
         os._exit(0)
     relay = _Relay(send)
     intake = Intake.from_settings(settings, app_id, relay)
+    # Runs on this (the intake's) thread between two of its steps; the loop then ends and
+    # `Intake.run` closes the consumer, which leaves the group.
+    signal.signal(LEAVE_SIGNAL, lambda _signum, _frame: intake.stop.set())
     collector.run_on_a_clock()  # no cycle collection on allocation counts (collector.py)
 
     def report_status() -> None:

@@ -413,3 +413,63 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
         worker.kill()  # SIGKILL: no chance to end its intake itself
     assert second is not None
     wait_for(lambda: _gone(second), timeout=10, what="the intake's end with the worker")
+
+
+def _members(stack, group: str) -> int:
+    """How many members the broker lists in the consumer group now."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(stack.kafka_client_config())
+    return len(admin.describe_consumer_groups([group])[group].result(timeout=30).members)
+
+
+def test_a_stopped_worker_leaves_both_groups_so_the_next_one_reads_at_once(stack):
+    """A stop (SIGTERM) tells both consumer groups the worker is leaving: the broker drops it
+    at once instead of after its 10-s session, which a restarted worker used to wait out before
+    it read anything. Nothing is lost or doubled across the stop."""
+    from services.processor.intake import intake_group
+
+    tag = new_tag()
+    app_id = f"leave-{tag}"
+    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"leave_{tag}"}
+    start_at_the_end(stack, app_id)
+    groups = (app_id, intake_group(app_id))
+    events = _case_events(tag, 20)
+    first = WorkerProcess(stack, env=env).start()
+    second = None
+    try:
+        for group in groups:
+            wait_for(lambda group=group: _members(stack, group) == 1, timeout=120, what=group)
+        rows = stack.clickhouse_client(database=f"leave_{tag}")  # migrated before joining
+        _publish(stack, events[:10])
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == 10,
+            timeout=180,
+            what="the first events written",
+        )
+        stopped = time.monotonic()
+        first.stop()  # SIGTERM
+        for group in groups:
+            # The session is 10 s: a member that only vanished is still listed until then.
+            wait_for(lambda group=group: _members(stack, group) == 0, timeout=6, what=group)
+        assert time.monotonic() - stopped < 9
+        assert "did not leave" not in first.log.read_text(errors="replace"), first.log_tail()
+
+        second = WorkerProcess(stack, env=env).start()
+        _publish(stack, events[10:])
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
+            timeout=180,
+            what="the events published after the stop, written",
+        )
+        counted = rows.query(
+            "SELECT sum(event_count) FROM cases WHERE case_id LIKE {p:String}",
+            parameters={"p": f"{tag}:%"},
+        ).result_rows[0][0]
+        assert counted == len(events)  # each case's state counted each of its events once
+        first.assert_no_restarts()
+        second.assert_no_restarts()
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
