@@ -8,7 +8,8 @@ whatever the size of the state. Measured here:
 1. A worker of its own (app id, database, instance) derives every event on the agency topics,
    which are topped up (re-tagged copies of the generated history, published with the SDK, not
    timed) to the first size of ``Sizes.restart_facts``; it is stopped with SIGTERM (the worker
-   leaves without a clean hand-over, like a crash) and started again. Measured from the spawn:
+   commits nothing more, like a crash, but tells both consumer groups it leaves) and started
+   again. Measured from the spawn:
    (a) ready: faust's worker logs "Ready" (recovery of the tables done, agents started);
    (b) first row: an event published right after the spawn is visible in `events` (its
        `ingested_at`, ClickHouse's insert clock).
