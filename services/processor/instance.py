@@ -13,7 +13,9 @@ partition every 10-20 s, with the intake alone static as well (docs/benchmarks.m
 worker had joined before any agency topic existed (its intake logged "Subscribed topic not
 available"): likely the static rejoin kept that empty assignment, and the agency topic created
 afterwards reached the intake only through later rejoins (untested). A new agency's topic is
-the normal case, so static membership waits for a test of exactly that.
+the normal case, so static membership waits for a test of exactly that. What it was for is
+done another way: the next process on a state directory removes the members its dead
+predecessor noted there (predecessor.py), and a stop leaves both groups (worker.py).
 """
 
 from __future__ import annotations

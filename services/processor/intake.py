@@ -128,6 +128,9 @@ class Intake:
         # Set while a legitimate wait holds offsets still (registry down, broker not acking):
         # the worker's stall watchdogs must not restart for those.
         self.waiting = False
+        # Told this process's member id in the group after each assignment (predecessor.py).
+        self.on_member: Callable[[str], None] | None = None
+        self._member: str | None = None
 
     @classmethod
     def from_settings(
@@ -178,9 +181,17 @@ class Intake:
         with self._owned_lock:
             return set(self._owned)
 
-    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
         with self._owned_lock:
             self._owned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self.on_member is not None:
+            try:
+                member = consumer.memberid()
+                if member and member != self._member:
+                    self.on_member(member)
+                    self._member = member
+            except Exception as exc:  # noqa: BLE001 - a note, never a reason to stop reading
+                log.warning("member id not noted (%r)", exc)
 
     def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
         with self._owned_lock:

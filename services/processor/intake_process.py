@@ -35,8 +35,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from services.processor import collector
-from services.processor.intake import Intake
+from services.processor import collector, instance, predecessor
+from services.processor.intake import Intake, intake_group
 from services.processor.priority import intake_priority
 from services.settings import Settings
 
@@ -200,6 +200,9 @@ def _main(
     # Runs on this (the intake's) thread between two of its steps; the loop then ends and
     # `Intake.run` closes the consumer, which leaves the group.
     signal.signal(LEAVE_SIGNAL, lambda _signum, _frame: intake.stop.set())
+    directory = instance.state_dir(settings, app_id)
+    group = intake_group(app_id)
+    intake.on_member = lambda member: predecessor.note(directory, "intake", group, member)
     collector.run_on_a_clock()  # no cycle collection on allocation counts (collector.py)
 
     def report_status() -> None:

@@ -37,7 +37,7 @@ from services.ops import probe as ops_probe  # ops: end-to-end latency probes
 from services.ops.consumer_lag import group_lag, worker_lag
 from services.ops.topics import PROBE_TOPIC, ensure_topics, facts_topic
 from services.private_files import UMASK
-from services.processor import collector, envelope, instance, priority, restarts
+from services.processor import collector, envelope, instance, predecessor, priority, restarts
 from services.processor.batch import apply_batch
 from services.processor.changelog_producer import ChangelogProducer, DeliveryFailed
 from services.processor.facts import Fact
@@ -263,6 +263,17 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     written = WrittenOffsets()
     app.casestream_written = (facts_in.get_topic_name(), written)  # read by the commit patch
     metrics = app.casestream_metrics = ops_metrics.WorkerMetrics(sink)  # ops: served by run()
+
+    async def note_member(_app: faust.App, _assigned: Any, **_: Any) -> None:
+        """Note derive's member id in its state directory after each assignment, for the next
+        process on it should this one die without leaving (predecessor.py)."""
+        try:  # aiokafka's coordinator, on faust's consumer thread: read, not called
+            member = app.consumer._thread._consumer._coordinator.member_id
+            predecessor.note(state_dir, "derive", app_id, member)
+        except Exception as exc:  # noqa: BLE001 - a note, never a reason to stop deriving
+            log.warning("derive's member id not noted (%r)", exc)
+
+    app.on_partitions_assigned.connect(note_member)
 
     @app.task
     async def connect_outputs() -> None:
@@ -595,6 +606,15 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     os.umask(UMASK)
     # Before joining any group: one process per state directory (instance.py).
     _HELD["lock"] = instance.hold(settings, settings.worker_app_id)
+    # Its predecessor on this directory is gone: its members leave both groups now, not when
+    # their sessions time out (predecessor.py).
+    departed = predecessor.remove_noted(
+        settings, instance.state_dir(settings, settings.worker_app_id)
+    )
+    for half, outcome in departed.items():
+        # "removed": the previous process died without leaving (killed, crashed, restarted)
+        level = logging.WARNING if outcome == "removed" else logging.INFO
+        log.log(level, "the previous process's %s member: %s", half, outcome)
     migrate(settings, log=log.info)
     _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
     if restarts.restarts_so_far():

@@ -473,3 +473,74 @@ def test_a_stopped_worker_leaves_both_groups_so_the_next_one_reads_at_once(stack
         for worker in (first, second):
             if worker is not None:
                 worker.stop()
+
+
+def _member_ids(stack, group: str) -> set[str]:
+    """The member ids the broker lists in the consumer group now."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(stack.kafka_client_config())
+    described = admin.describe_consumer_groups([group])[group].result(timeout=30)
+    return {member.member_id for member in described.members}
+
+
+def test_a_killed_worker_started_again_removes_the_dead_members_before_it_joins(stack):
+    """SIGKILL: no goodbye. The process started on the same state directory removes the dead
+    one's members (noted there) before it joins, so no group lists a dead member beside a new
+    one, which lasted until the dead member's 10-s session ran out. Nothing lost or doubled."""
+    from services.processor.intake import intake_group
+
+    tag = new_tag()
+    app_id = f"ghost-{tag}"
+    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"ghost_{tag}"}
+    start_at_the_end(stack, app_id)
+    groups = (app_id, intake_group(app_id))
+    events = _case_events(tag, 20)
+    first = WorkerProcess(stack, env=env).start()
+    second = None
+    try:
+        for group in groups:
+            wait_for(lambda group=group: len(_member_ids(stack, group)) == 1, timeout=120)
+        rows = stack.clickhouse_client(database=f"ghost_{tag}")
+        _publish(stack, events[:10])
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == 10,
+            timeout=180,
+            what="the first events written",
+        )
+        dead = {group: _member_ids(stack, group) for group in groups}
+        first.kill()  # SIGKILL
+        second = WorkerProcess(stack, env=env).start()
+        side_by_side: list[tuple[str, set[str]]] = []
+
+        def settled() -> bool:
+            done = True
+            for group in groups:
+                ids = _member_ids(stack, group)
+                if ids & dead[group] and ids - dead[group]:
+                    side_by_side.append((group, ids))
+                done = done and bool(ids) and not ids & dead[group]
+            return done
+
+        wait_for(settled, timeout=120, interval=0.2, what="the new worker alone in both groups")
+        assert not side_by_side, side_by_side
+        log = second.log.read_text(errors="replace")
+        assert "the previous process's derive member: removed" in log, second.log_tail()
+        assert "the previous process's intake member: removed" in log, second.log_tail()
+
+        _publish(stack, events[10:])
+        wait_for(
+            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
+            timeout=180,
+            what="the events published after the crash, written",
+        )
+        counted = rows.query(
+            "SELECT sum(event_count) FROM cases WHERE case_id LIKE {p:String}",
+            parameters={"p": f"{tag}:%"},
+        ).result_rows[0][0]
+        assert counted == len(events)  # each case's state counted each of its events once
+        second.assert_no_restarts()
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
