@@ -6,8 +6,12 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -415,66 +419,6 @@ def test_the_intake_process_ends_with_the_worker_and_its_end_restarts_the_worker
     wait_for(lambda: _gone(second), timeout=10, what="the intake's end with the worker")
 
 
-def _members(stack, group: str) -> int:
-    """How many members the broker lists in the consumer group now."""
-    from confluent_kafka.admin import AdminClient
-
-    admin = AdminClient(stack.kafka_client_config())
-    return len(admin.describe_consumer_groups([group])[group].result(timeout=30).members)
-
-
-def test_a_stopped_worker_leaves_both_groups_so_the_next_one_reads_at_once(stack):
-    """A stop (SIGTERM) tells both consumer groups the worker is leaving: the broker drops it
-    at once instead of after its 10-s session, which a restarted worker used to wait out before
-    it read anything. Nothing is lost or doubled across the stop."""
-    from services.processor.intake import intake_group
-
-    tag = new_tag()
-    app_id = f"leave-{tag}"
-    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"leave_{tag}"}
-    start_at_the_end(stack, app_id)
-    groups = (app_id, intake_group(app_id))
-    events = _case_events(tag, 20)
-    first = WorkerProcess(stack, env=env).start()
-    second = None
-    try:
-        for group in groups:
-            wait_for(lambda group=group: _members(stack, group) == 1, timeout=120, what=group)
-        rows = stack.clickhouse_client(database=f"leave_{tag}")  # migrated before joining
-        _publish(stack, events[:10])
-        wait_for(
-            lambda: len(table_snapshot(rows, tag)["events"]) == 10,
-            timeout=180,
-            what="the first events written",
-        )
-        stopped = time.monotonic()
-        first.stop()  # SIGTERM
-        for group in groups:
-            # The session is 10 s: a member that only vanished is still listed until then.
-            wait_for(lambda group=group: _members(stack, group) == 0, timeout=6, what=group)
-        assert time.monotonic() - stopped < 9
-        assert "did not leave" not in first.log.read_text(errors="replace"), first.log_tail()
-
-        second = WorkerProcess(stack, env=env).start()
-        _publish(stack, events[10:])
-        wait_for(
-            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
-            timeout=180,
-            what="the events published after the stop, written",
-        )
-        counted = rows.query(
-            "SELECT sum(event_count) FROM cases WHERE case_id LIKE {p:String}",
-            parameters={"p": f"{tag}:%"},
-        ).result_rows[0][0]
-        assert counted == len(events)  # each case's state counted each of its events once
-        first.assert_no_restarts()
-        second.assert_no_restarts()
-    finally:
-        for worker in (first, second):
-            if worker is not None:
-                worker.stop()
-
-
 def _member_ids(stack, group: str) -> set[str]:
     """The member ids the broker lists in the consumer group now."""
     from confluent_kafka.admin import AdminClient
@@ -484,38 +428,94 @@ def _member_ids(stack, group: str) -> set[str]:
     return {member.member_id for member in described.members}
 
 
+def _written(stack, rows, tag: str, events: list[dict], total: int, what: str) -> None:
+    """Publish ``events`` and wait until ``total`` events of the test are in `events`."""
+    _publish(stack, events)
+    wait_for(lambda: len(table_snapshot(rows, tag)["events"]) == total, timeout=180, what=what)
+
+
+def _counted_once(rows, tag: str) -> int:
+    """The events the test's cases' states counted (each distinct event once)."""
+    return rows.query(
+        "SELECT sum(event_count) FROM cases WHERE case_id LIKE {p:String}",
+        parameters={"p": f"{tag}:%"},
+    ).result_rows[0][0]
+
+
+@dataclass
+class _Run:
+    """One app id of its own: its tag, env, groups, `events` client and 20 cases' events."""
+
+    stack: Any
+    tag: str
+    env: dict[str, str]
+    groups: tuple[str, str]
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def start(self) -> WorkerProcess:
+        worker = WorkerProcess(self.stack, env=self.env).start()
+        self.workers.append(worker)
+        return worker
+
+
+@contextmanager
+def _one_worker_wrote_ten(stack, prefix: str) -> Iterator[tuple[_Run, Any, list[dict]]]:
+    """A new worker of its own app id, a member of both groups, which wrote the first 10 of
+    ``events``; yields (run, rows client, events) and stops every worker of the run after."""
+    from services.processor.intake import intake_group
+
+    tag = new_tag()
+    app_id = f"{prefix}-{tag}"
+    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"{prefix}_{tag}"}
+    start_at_the_end(stack, app_id)
+    run = _Run(stack, tag, env, (app_id, intake_group(app_id)))
+    try:
+        run.start()
+        for group in run.groups:
+            wait_for(lambda g=group: len(_member_ids(stack, g)) == 1, timeout=120, what=group)
+        rows = stack.clickhouse_client(database=f"{prefix}_{tag}")  # migrated before joining
+        events = _case_events(tag, 20)
+        _written(stack, rows, tag, events[:10], 10, "the first events")
+        yield run, rows, events
+    finally:
+        for worker in run.workers:
+            worker.stop()
+
+
+def test_a_stopped_worker_leaves_both_groups_so_the_next_one_reads_at_once(stack):
+    """A stop (SIGTERM) tells both consumer groups the worker is leaving: the broker drops it
+    at once instead of after its 10-s session, which a restarted worker used to wait out before
+    it read anything. Nothing is lost or doubled across the stop."""
+    with _one_worker_wrote_ten(stack, "leave") as (run, rows, events):
+        first = run.workers[0]
+        stopped = time.monotonic()
+        first.stop()  # SIGTERM
+        for group in run.groups:
+            # The session is 10 s: a member that only vanished is still listed until then.
+            wait_for(lambda g=group: not _member_ids(stack, g), timeout=6, what=group)
+        assert time.monotonic() - stopped < 9
+        assert "did not leave" not in first.log.read_text(errors="replace"), first.log_tail()
+
+        second = run.start()
+        _written(stack, rows, run.tag, events[10:], len(events), "the events after the stop")
+        assert _counted_once(rows, run.tag) == len(events)
+        first.assert_no_restarts()
+        second.assert_no_restarts()
+
+
 def test_a_killed_worker_started_again_removes_the_dead_members_before_it_joins(stack):
     """SIGKILL: no goodbye. The process started on the same state directory removes the dead
     one's members (noted there) before it joins, so no group lists a dead member beside a new
     one, which lasted until the dead member's 10-s session ran out. Nothing lost or doubled."""
-    from services.processor.intake import intake_group
-
-    tag = new_tag()
-    app_id = f"ghost-{tag}"
-    env = {"CASESTREAM_WORKER_APP_ID": app_id, "CASESTREAM_CLICKHOUSE_DATABASE": f"ghost_{tag}"}
-    start_at_the_end(stack, app_id)
-    groups = (app_id, intake_group(app_id))
-    events = _case_events(tag, 20)
-    first = WorkerProcess(stack, env=env).start()
-    second = None
-    try:
-        for group in groups:
-            wait_for(lambda group=group: len(_member_ids(stack, group)) == 1, timeout=120)
-        rows = stack.clickhouse_client(database=f"ghost_{tag}")
-        _publish(stack, events[:10])
-        wait_for(
-            lambda: len(table_snapshot(rows, tag)["events"]) == 10,
-            timeout=180,
-            what="the first events written",
-        )
-        dead = {group: _member_ids(stack, group) for group in groups}
-        first.kill()  # SIGKILL
-        second = WorkerProcess(stack, env=env).start()
+    with _one_worker_wrote_ten(stack, "ghost") as (run, rows, events):
+        dead = {group: _member_ids(stack, group) for group in run.groups}
+        run.workers[0].kill()  # SIGKILL
+        second = run.start()
         side_by_side: list[tuple[str, set[str]]] = []
 
         def settled() -> bool:
             done = True
-            for group in groups:
+            for group in run.groups:
                 ids = _member_ids(stack, group)
                 if ids & dead[group] and ids - dead[group]:
                     side_by_side.append((group, ids))
@@ -528,19 +528,6 @@ def test_a_killed_worker_started_again_removes_the_dead_members_before_it_joins(
         assert "the previous process's derive member: removed" in log, second.log_tail()
         assert "the previous process's intake member: removed" in log, second.log_tail()
 
-        _publish(stack, events[10:])
-        wait_for(
-            lambda: len(table_snapshot(rows, tag)["events"]) == len(events),
-            timeout=180,
-            what="the events published after the crash, written",
-        )
-        counted = rows.query(
-            "SELECT sum(event_count) FROM cases WHERE case_id LIKE {p:String}",
-            parameters={"p": f"{tag}:%"},
-        ).result_rows[0][0]
-        assert counted == len(events)  # each case's state counted each of its events once
+        _written(stack, rows, run.tag, events[10:], len(events), "the events after the crash")
+        assert _counted_once(rows, run.tag) == len(events)
         second.assert_no_restarts()
-    finally:
-        for worker in (first, second):
-            if worker is not None:
-                worker.stop()
