@@ -504,8 +504,9 @@ async def _leave_groups_and_exit(app: faust.App) -> NoReturn:
     A member that just vanishes keeps its partitions until its session times out, so a worker
     restarted after a stop (a deploy, `systemctl restart`) read nothing for ~10 s (restart
     benchmark: ready 9.2-9.5 s, a fresh worker 1.7 s). Here the intake process leaves its group
-    (`IntakeProcess.leave`) while derive's aiokafka coordinator closes on its own thread's loop; nothing more is committed by either, and each gets `LEAVE_SECONDS`, after
-    which the worker goes anyway (the crash case: the groups wait out the session as before).
+    (`IntakeProcess.leave`) while derive's aiokafka coordinator closes on its own thread's
+    loop; neither commits anything more. Each gets `LEAVE_SECONDS`; then the worker goes anyway,
+    and the next process on its state directory removes what is left (predecessor.py).
     """
     loop = asyncio.get_running_loop()
     intake = _INTAKE.get("process")
@@ -514,7 +515,7 @@ async def _leave_groups_and_exit(app: faust.App) -> NoReturn:
     )
     try:
         thread = app.consumer._thread  # faust's consumer thread, which runs aiokafka's loop
-        coordinator = thread._ensure_consumer()._coordinator
+        coordinator = thread._consumer._coordinator  # None before it started: logged below
         # `close`, not a bare LeaveGroup: aiokafka's coordination task, still running, rejoined
         # at once as a new member, and the next worker waited out that one's session instead
         # (broker log). It ends the task, commits nothing (faust commits itself), then leaves.

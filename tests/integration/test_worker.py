@@ -444,7 +444,7 @@ def _counted_once(rows, tag: str) -> int:
 
 @dataclass
 class _Run:
-    """One app id of its own: its tag, env, groups, `events` client and 20 cases' events."""
+    """A test's own app id: its tag, the env naming it, its two groups, its workers."""
 
     stack: Any
     tag: str
