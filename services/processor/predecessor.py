@@ -11,7 +11,9 @@ members (`remove_noted`: a LeaveGroup on their behalf) before it joins itself. T
 because it holds the directory's lock (instance.py), so the process that noted them is gone, and
 member ids are new at every join, so a noted id never names a live member of another process. A
 stop already leaves both groups (worker.py); an id that left already is answered
-UNKNOWN_MEMBER_ID and ignored.
+UNKNOWN_MEMBER_ID and ignored. The requests carry the worker's own credentials, whose ACLs
+reach only its own groups: another application's group refuses them
+(tests/reliability/test_kafka_tls.py).
 
 Static membership (Kafka's `group.instance.id`) would give the same, and was tried: instance.py
 says why it is not used.
@@ -24,7 +26,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -83,8 +85,8 @@ def remove_noted(settings: Settings, directory: Path) -> dict[str, str]:
 
 
 async def _remove(settings: Settings, members: list[tuple[str, str]]) -> list[str]:
-    from aiokafka.client import AIOKafkaClient, CoordinationType
-    from aiokafka.protocol.group import LeaveGroupRequest
+    from aiokafka import errors
+    from aiokafka.client import AIOKafkaClient
     from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 
     client = AIOKafkaClient(
@@ -95,14 +97,35 @@ async def _remove(settings: Settings, members: list[tuple[str, str]]) -> list[st
     outcomes = []
     try:
         for group, member_id in members:
-            node = await client.coordinator_lookup(CoordinationType.GROUP, group)
-            response = await client.send(node, LeaveGroupRequest(group, member_id))
-            if response.error_code == 0:
-                outcomes.append("removed")
-            elif response.error_code == _UNKNOWN_MEMBER_ID:
-                outcomes.append("already gone")
-            else:
-                outcomes.append(f"not removed (Kafka error code {response.error_code})")
+            try:  # each group on its own: one refused (its ACL, say) leaves the others to do
+                outcomes.append(await _leave(client, group, member_id))
+            except errors.KafkaError as exc:
+                outcomes.append(f"not removed ({exc!r})")
     finally:
         await client.close()
     return outcomes
+
+
+async def _leave(client: Any, group: str, member_id: str) -> str:
+    """A LeaveGroup for ``member_id`` sent to the group's coordinator, asked again while the
+    broker answers with a retriable error (a cluster's first group: its coordinator is still
+    loading or moving). `REMOVE_SECONDS` bounds the whole removal."""
+    from aiokafka import errors
+    from aiokafka.client import CoordinationType
+    from aiokafka.protocol.group import LeaveGroupRequest
+
+    while True:
+        try:
+            node = await client.coordinator_lookup(CoordinationType.GROUP, group)
+            code = (await client.send(node, LeaveGroupRequest(group, member_id))).error_code
+        except errors.KafkaError as exc:
+            if not exc.retriable:
+                raise
+            code = -1
+        if code == 0:
+            return "removed"
+        if code == _UNKNOWN_MEMBER_ID:
+            return "already gone"
+        if code != -1 and not errors.for_code(code).retriable:
+            return f"not removed (Kafka error code {code}: {errors.for_code(code).__name__})"
+        await asyncio.sleep(0.2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 
@@ -86,3 +87,36 @@ def test_a_failing_note_does_not_break_the_assignment():
 
     intake._assigned(_Consumer("rdkafka-1"), [_TP()])
     assert intake.owned() == {("agency.x", 0)}
+
+
+class _Client:
+    """A broker's group coordinator answering LeaveGroup with the given error codes in turn."""
+
+    def __init__(self, codes: list[int]) -> None:
+        self.codes, self.sent = codes, 0
+
+    async def coordinator_lookup(self, _kind, _group) -> int:
+        return 1
+
+    async def send(self, _node, _request):
+        self.sent += 1
+
+        class _Response:
+            error_code = self.codes.pop(0)
+
+        return _Response()
+
+
+@pytest.mark.parametrize(
+    ("codes", "outcome", "sent"),
+    [
+        ([0], "removed", 1),
+        ([25], "already gone", 1),
+        ([16, 14, 0], "removed", 3),  # not the coordinator / still loading: asked again
+        ([30], "not removed (Kafka error code 30: GroupAuthorizationFailedError)", 1),
+    ],
+)
+def test_a_leave_is_asked_again_only_while_the_broker_says_retry(codes, outcome, sent):
+    client = _Client(codes)
+    assert asyncio.run(predecessor._leave(client, "app", "faust-1")) == outcome
+    assert client.sent == sent

@@ -211,6 +211,23 @@ def test_worker_faust_client_aiokafka_reads_over_sasl_ssl(tls_kafka, principals,
         asyncio.run(write_agency_topic())
 
 
+def test_a_dead_predecessors_members_are_removed_over_sasl_ssl_in_its_own_groups_only(
+    tls_kafka, principals, monkeypatch, tmp_path
+):
+    """The worker removes the members its dead predecessor noted (predecessor.py) with its own
+    credentials: its groups answer (the member is unknown here, so "already gone"), another
+    application's group refuses it, so a worker's password cannot empty other groups."""
+    from services.processor import predecessor
+
+    settings = _settings(tls_kafka, principals["worker"], monkeypatch)
+    predecessor.note(tmp_path, "derive", WORKER_APP_ID, "faust-0.15.3-dead")
+    predecessor.note(tmp_path, "intake", "another-app-intake", "rdkafka-dead")
+    outcomes = predecessor.remove_noted(settings, tmp_path)
+    assert outcomes["derive"] == "already gone", outcomes
+    assert outcomes["intake"].startswith("not removed"), outcomes
+    assert predecessor.noted(tmp_path) == {}
+
+
 # ------------------------------------------------------------------------ what is refused
 
 
