@@ -87,7 +87,9 @@ class WorkerProcess:
         )
 
     def stop(self, timeout: float = 30) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:  # never started (a test that failed before it)
+            return
+        if self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(timeout)
@@ -97,7 +99,9 @@ class WorkerProcess:
         self._log_handle.close()
 
     def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
         self._log_handle.close()

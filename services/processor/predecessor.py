@@ -15,8 +15,14 @@ UNKNOWN_MEMBER_ID and ignored. The requests carry the worker's own credentials, 
 reach only its own groups: another application's group refuses them
 (tests/reliability/test_kafka_tls.py).
 
-Static membership (Kafka's `group.instance.id`) would give the same, and was tried: instance.py
-says why it is not used.
+The same for a sibling: several instances of one app id on one host (the systemd template's
+`casestream-worker@{1..4}`) keep their state directories side by side, and each worker checks
+every `SIBLING_CHECK_SECONDS` for a sibling whose process is gone and which left notes
+(`dead_siblings`): a killed instance's partitions then move to the survivors within about a
+second, not after its session, whether or not it is started again.
+
+Static membership (Kafka's `group.instance.id`) would give the same for a restart, and was
+tried: instance.py says why it is not used.
 """
 
 from __future__ import annotations
@@ -28,12 +34,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from services.processor.instance import LOCK_FILE
+
 if TYPE_CHECKING:
     from services.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MEMBERS_DIR = "members"
+SIBLING_CHECK_SECONDS = 1.0
 REMOVE_SECONDS = 5.0  # then the worker starts anyway, and the groups wait out the session
 _UNKNOWN_MEMBER_ID = 25  # Kafka's error code: the member left or timed out already
 
@@ -61,6 +70,36 @@ def noted(directory: Path) -> dict[str, tuple[str, str]]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring the member note %s (%r)", path, exc)
     return found
+
+
+def dead_siblings(directory: Path) -> list[Path]:
+    """The other state directories of this app id on this host that hold notes and whose
+    process is gone (the pid in their lock file no longer runs). A directory whose holder is
+    unknown, or alive, or another user's process, is left alone."""
+    found = []
+    for sibling in sorted(directory.parent.iterdir()):
+        if sibling == directory or not any((sibling / MEMBERS_DIR).glob("*.json")):
+            continue
+        try:
+            holder = int((sibling / LOCK_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if not _running(holder):
+            found.append(sibling)
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process: not ours to judge
+    try:  # exited but not yet reaped by its parent
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
 
 
 def remove_noted(settings: Settings, directory: Path) -> dict[str, str]:

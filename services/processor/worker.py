@@ -275,6 +275,18 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
 
     app.on_partitions_assigned.connect(note_member)
 
+    @app.timer(interval=predecessor.SIBLING_CHECK_SECONDS)
+    async def remove_dead_siblings_members() -> None:
+        """A sibling instance on this host died without leaving: its partitions move to the
+        living now, not after its session (predecessor.py)."""
+        for sibling in predecessor.dead_siblings(state_dir):
+            removed = await asyncio.get_running_loop().run_in_executor(
+                None, predecessor.remove_noted, settings, sibling
+            )
+            for half, outcome in removed.items():
+                level = logging.WARNING if outcome == "removed" else logging.INFO
+                log.log(level, "instance %s is gone: its %s member %s", sibling.name, half, outcome)
+
     @app.task
     async def connect_outputs() -> None:
         """Connect the changelog producer and the ClickHouse client while faust joins its

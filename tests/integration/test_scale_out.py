@@ -205,8 +205,26 @@ def test_killing_one_of_two_workers_mid_stream_then_adding_another_loses_and_dou
         wait_for(lambda: _members(stack, f"pair-{tag}") == 2, timeout=180, what="two members")
         publishing = _publish_in_waves(stack, events, waves=12, pause=2.0)
         wait_for(lambda: _rows(stack, f"pair_{tag}", tag) > 0, timeout=180, what="first rows")
+        for worker in (first, second):  # both deriving: the group's first rebalance is over
+            wait_for(
+                lambda worker=worker: "deriving " in worker.log.read_text(errors="replace"),
+                timeout=180,
+                what=f"{worker.name} deriving",
+            )
         assert _rows(stack, f"pair_{tag}", tag) < unique, "too late to kill mid-stream"
         second.kill()  # SIGKILL: its partitions and their state move to the survivor
+        # ... at once: the survivor sees its sibling on this host gone and removes its members
+        # from both groups (predecessor.py) instead of waiting out their 10-s sessions.
+        for half in ("derive", "intake"):
+            wait_for(
+                lambda half=half: (
+                    f"instance i1 is gone: its {half} member removed"
+                    in first.log.read_text(errors="replace")
+                ),
+                timeout=30,
+                what=f"the dead sibling's {half} member removed by the survivor\n"
+                + first.log_tail(30),
+            )
         time.sleep(10)
         later.start()  # a new member takes partitions (and their state) back
         publishing.join(timeout=600)

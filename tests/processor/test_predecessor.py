@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
 
@@ -120,3 +121,41 @@ def test_a_leave_is_asked_again_only_while_the_broker_says_retry(codes, outcome,
     client = _Client(codes)
     assert asyncio.run(predecessor._leave(client, "app", "faust-1")) == outcome
     assert client.sent == sent
+
+
+def _instance_dir(app_dir, name: str, holder: str, notes: bool = True):
+    where = app_dir / name
+    where.mkdir(parents=True)
+    (where / "instance.lock").write_text(holder)
+    if notes:
+        predecessor.note(where, "derive", "app", f"faust-{name}")
+    return where
+
+
+def test_a_dead_sibling_with_notes_is_found_and_no_other(tmp_path):
+    import subprocess
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # reaped: its pid runs nothing now
+    me = _instance_dir(tmp_path, "0", str(os.getpid()))
+    dead = _instance_dir(tmp_path, "1", str(gone.pid))
+    _instance_dir(tmp_path, "2", str(os.getpid()))  # alive
+    _instance_dir(tmp_path, "3", str(gone.pid), notes=False)  # nothing to remove
+    _instance_dir(tmp_path, "4", "not a pid")  # holder unknown: left alone
+    assert predecessor.dead_siblings(me) == [dead]
+
+
+def test_an_exited_but_unreaped_sibling_counts_as_dead(tmp_path):
+    import subprocess
+
+    zombie = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    while os.waitid(os.P_PID, zombie.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        me = _instance_dir(tmp_path, "0", str(os.getpid()))
+        dead = _instance_dir(tmp_path, "1", str(zombie.pid))
+        assert predecessor.dead_siblings(me) == [dead]
+    finally:
+        zombie.wait()
