@@ -19,7 +19,9 @@ The same for a sibling: several instances of one app id on one host (the systemd
 `casestream-worker@{1..4}`) keep their state directories side by side, and each worker checks
 every `SIBLING_CHECK_SECONDS` for a sibling whose process is gone and which left notes
 (`dead_siblings`): a killed instance's partitions then move to the survivors within about a
-second, not after its session, whether or not it is started again.
+second, not after its session, whether or not it is started again. Should the sibling be
+started again in the moment between the check of its pid and the removal, and have joined
+already (it takes a second or two), its new member is removed once: a rebalance, nothing lost.
 
 Static membership (Kafka's `group.instance.id`) would give the same for a restart, and was
 tried: instance.py says why it is not used.
