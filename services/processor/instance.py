@@ -43,6 +43,15 @@ def state_dir(settings: Settings, app_id: str) -> Path:
     return settings.home / "worker" / app_id / name
 
 
+def holder(directory: Path) -> int | None:
+    """The pid of the process that holds (or last held) a state directory, as `hold` wrote it;
+    None when unknown. Whether it still runs is the caller's question."""
+    try:
+        return int((directory / LOCK_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def hold(settings: Settings, app_id: str) -> IO[str]:
     """Lock the instance's state directory for this process's lifetime, or refuse to start.
 

@@ -36,7 +36,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.processor.instance import LOCK_FILE
+from services.processor.instance import holder
 
 if TYPE_CHECKING:
     from services.settings import Settings
@@ -82,11 +82,8 @@ def dead_siblings(directory: Path) -> list[Path]:
     for sibling in sorted(directory.parent.iterdir()):
         if sibling == directory or not any((sibling / MEMBERS_DIR).glob("*.json")):
             continue
-        try:
-            holder = int((sibling / LOCK_FILE).read_text().strip())
-        except (OSError, ValueError):
-            continue
-        if not _running(holder):
+        pid = holder(sibling)
+        if pid is not None and not _running(pid):
             found.append(sibling)
     return found
 
@@ -123,6 +120,13 @@ def remove_noted(settings: Settings, directory: Path) -> dict[str, str]:
     for half in members:
         (directory / MEMBERS_DIR / f"{half}.json").unlink(missing_ok=True)
     return dict(zip(members, outcomes, strict=True))
+
+
+def log_outcomes(outcomes: dict[str, str], message: str) -> None:
+    """Log each half's outcome with ``message`` (a %-format of half and outcome): a warning
+    when a member was removed (its process had died without leaving), else for information."""
+    for half, outcome in outcomes.items():
+        log.log(logging.WARNING if outcome == "removed" else logging.INFO, message, half, outcome)
 
 
 async def _remove(settings: Settings, members: list[tuple[str, str]]) -> list[str]:

@@ -283,9 +283,7 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
             removed = await asyncio.get_running_loop().run_in_executor(
                 None, predecessor.remove_noted, settings, sibling
             )
-            for half, outcome in removed.items():
-                level = logging.WARNING if outcome == "removed" else logging.INFO
-                log.log(level, "instance %s is gone: its %s member %s", sibling.name, half, outcome)
+            predecessor.log_outcomes(removed, f"instance {sibling.name} is gone: its %s member %s")
 
     @app.task
     async def connect_outputs() -> None:
@@ -624,10 +622,7 @@ def run(settings: Settings, loglevel: str = "info") -> None:
     departed = predecessor.remove_noted(
         settings, instance.state_dir(settings, settings.worker_app_id)
     )
-    for half, outcome in departed.items():
-        # "removed": the previous process died without leaving (killed, crashed, restarted)
-        level = logging.WARNING if outcome == "removed" else logging.INFO
-        log.log(level, "the previous process's %s member: %s", half, outcome)
+    predecessor.log_outcomes(departed, "the previous process's %s member: %s")
     migrate(settings, log=log.info)
     _RESTART_LOG["path"] = restarts.restart_log(settings.home, settings.worker_app_id)
     if restarts.restarts_so_far():
