@@ -220,7 +220,7 @@ def _check_text(value: Any, path: str, ctx: _Ctx) -> str:
 
 
 def _check_agency_ref(value: Any, path: str, ctx: _Ctx) -> str:
-    _check_known_agency(value, path, ctx.local_date, ctx.ref)
+    _known_agency(value, ctx.local_date, ctx.ref, path)
     if value == ctx.agency_id:
         raise EventValidationError(path, value, "must differ from the event's own agency_id")
     return value
@@ -621,7 +621,7 @@ def validate_event(
     serializers are well-typed Avro but may still break the contract: unknown agency, payload
     record not matching event_type, event in the future, ...).  Returns the event re-normalized.
     """
-    if not isinstance(event, Mapping):
+    if type(event) is not dict and not isinstance(event, Mapping):
         raise EventValidationError("<event>", event, "event must be a mapping")
     common = _validate_common(event, now, ref)
     return common if common is not None else _validate_exact(event, now, ref)
@@ -677,7 +677,7 @@ def _validate_common(
         or not isinstance(case_id, str)
         or not ID_RE.fullmatch(case_id)
         or not isinstance(agency, str)
-        or not isinstance(payload, Mapping)
+        or (type(payload) is not dict and not isinstance(payload, Mapping))
     ):
         return None
     try:
@@ -719,27 +719,34 @@ def _validate_common(
 
 #: Offset minutes -> its timedelta (at most 2,161 offsets pass the range check).
 _OFFSET_DELTAS: dict[int, timedelta] = {}
-#: (agency id, local date) found known in the shipped reference data: an agency publishes
-#: day after day, so the pattern and interval checks run once per agency and day. Bounded.
-_KNOWN_ON: set[tuple[str, date]] = set()
-_KNOWN_ON_MAX = 200_000
+#: Agency id -> its validity intervals in the shipped reference data, for ids of the agency
+#: pattern. An agency's dates vary, its intervals do not: the memo of (agency, local date)
+#: pairs this replaced missed for 86 % of a replayed 5-year history (200,000 generated events).
+_INTERVALS: dict[str, tuple[tuple[date | None, date | None], ...]] = {}
+_INTERVALS_MAX = 100_000
 
 
-def _known_agency(agency: Any, at: date, ref: _ref.ReferenceData | None) -> str:
-    """`_check_known_agency(agency, "agency_id", at, ref)` remembered for the shipped
-    reference data (``ref`` None); the same errors, which are never remembered. With it and the
-    two shortcuts in `_validate_common`, `validate_event` on 60,000 decoded generated events
-    went from 8.2 to 4.8-5.0 us per event (CPU, best of 7)."""
+def _known_agency(
+    agency: Any, at: date, ref: _ref.ReferenceData | None, path: str = "agency_id"
+) -> str:
+    """`_check_known_agency(agency, path, at, ref)` with the shipped reference data's
+    intervals of each agency remembered (``ref`` None); every error still comes from
+    `_check_known_agency`, never remembered. On 100,000 events of the benchmark's history (CPU,
+    best of 5, each round from an empty memo): `validate_event` 7.2–7.7 → 5.7 µs per event,
+    `parse_for_outbox` 8.1–8.5 → 6.6–6.8 µs (with `type(...) is dict` before the ABC checks)."""
     if ref is not None or type(agency) is not str:
-        return _check_known_agency(agency, "agency_id", at, ref)
-    key = (agency, at)
-    if key in _KNOWN_ON:
+        return _check_known_agency(agency, path, at, ref)
+    intervals = _INTERVALS.get(agency)
+    if intervals is None:
+        if not _ref.AGENCY_ID_PATTERN.fullmatch(agency):
+            return _check_known_agency(agency, path, at, ref)  # raises, worded
+        intervals = _ref.agency_intervals(agency)
+        if len(_INTERVALS) >= _INTERVALS_MAX:
+            _INTERVALS.clear()
+        _INTERVALS[agency] = intervals
+    if _ref.valid_on(intervals, at):
         return agency
-    checked = _check_known_agency(agency, "agency_id", at, ref)
-    if len(_KNOWN_ON) >= _KNOWN_ON_MAX:
-        _KNOWN_ON.clear()
-    _KNOWN_ON.add(key)
-    return checked
+    return _check_known_agency(agency, path, at, ref)  # raises, worded
 
 
 def validate_publisher(event: Mapping[str, Any], agency_id: str) -> None:

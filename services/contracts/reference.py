@@ -312,22 +312,34 @@ def agency(
     return None
 
 
-def is_known_agency(
-    agency_id: str, at: date | None = None, ref: ReferenceData | None = None
-) -> bool:
-    """True when ``agency_id`` is a known agency on ``at``; with ``at=None``, if it ever was."""
+def agency_intervals(
+    agency_id: str, ref: ReferenceData | None = None
+) -> tuple[tuple[date | None, date | None], ...]:
+    """The (valid_from, valid_to) of each version of ``agency_id``, both inclusive, None open;
+    empty for an unknown agency. Remembered per reference data (the hot path of validation)."""
     ref = ref or reference()
     intervals = ref._intervals.get(agency_id)
     if intervals is None:
         intervals = tuple((a.valid_from, a.valid_to) for a in agency_versions(agency_id, ref))
-        if len(ref._intervals) < 100_000:  # bounded memo (hot path of event validation)
+        if len(ref._intervals) < 100_000:  # bounded memo
             ref._intervals[agency_id] = intervals
-    if at is None:
-        return bool(intervals)
+    return intervals
+
+
+def valid_on(intervals: tuple[tuple[date | None, date | None], ...], at: date) -> bool:
+    """Whether ``at`` falls in one of the intervals (as `agency_intervals` gives them)."""
     for start, end in intervals:
         if (start is None or start <= at) and (end is None or at <= end):
             return True
     return False
+
+
+def is_known_agency(
+    agency_id: str, at: date | None = None, ref: ReferenceData | None = None
+) -> bool:
+    """True when ``agency_id`` is a known agency on ``at``; with ``at=None``, if it ever was."""
+    intervals = agency_intervals(agency_id, ref)
+    return bool(intervals) if at is None else valid_on(intervals, at)
 
 
 def current_agency(agency_id: str, at: date | None = None, ref: ReferenceData | None = None) -> str:

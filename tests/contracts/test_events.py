@@ -753,11 +753,22 @@ def test_the_future_limit_is_now_plus_the_skew_to_the_microsecond():
         parse_event(event, now=NOW + timedelta(microseconds=999))
 
 
-def test_a_known_agency_is_remembered_for_its_date_only():
-    """Validation remembers (agency, local date) pairs found known: the day before a merger
-    admits the predecessor, again and again, and the day after still refuses it."""
+def test_a_known_agency_is_remembered_for_its_dates_only():
+    """Validation remembers each agency's validity intervals once it was found known: the day
+    before a merger admits the predecessor, again and again, and the day after still refuses
+    it, as the sender and as a transfer's receiver (the field named in the error)."""
     after = datetime(2026, 1, 1, tzinfo=UTC)
     for _ in range(3):
+        sent = with_payload("case_transferred", to_agency_id="34-POLICE")
+        sent["occurred_at"] = "2025-06-30T23:59:00+07:00"
+        assert parse_event(sent, now=after)["payload"]["to_agency_id"] == "34-POLICE"
+        rejected(
+            sent | {"occurred_at": "2025-07-01T00:00:00+07:00"},
+            "payload.to_agency_id",
+            "34-POLICE",
+            now=after,
+            reason_part="successor is 33-POLICE",
+        )
         event = example_event(
             "case_resolved", agency_id="34-POLICE", occurred_at="2025-06-30T23:59:00+07:00"
         )
