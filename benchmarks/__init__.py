@@ -37,6 +37,7 @@ def run_benchmarks(
     log: Callable[[str], None] = print,
     command: str = "casestream bench",
     agency_partitions: int | None = None,
+    repeat: int = 1,
 ) -> tuple[list[Result], BenchContext]:
     """Start (or use) the stack, run the scenarios in order, return their results."""
     unknown = set(scenarios) - set(SCENARIOS)
@@ -56,6 +57,7 @@ def run_benchmarks(
             profile=profile,
             log=log,
             agency_partitions=agency_partitions,
+            repeat=repeat,
         )
         try:
             for name in ordered:

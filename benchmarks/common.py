@@ -659,22 +659,29 @@ class WorkerRun:
         """Uncommitted messages on the agency topics and the facts topic (None: no commit yet)."""
         return worker_lag_total(self.settings, self.app_id)
 
-    def wait_written(self, rows: int, timeout: float = 3600.0) -> None:
-        """Until the worker's `events` table holds `rows` rows, asked every 0.5 s.
+    def wait_written(self, rows: int, timeout: float = 3600.0, still: float = 5.0) -> None:
+        """Until the worker's `events` table holds `rows` rows or has stopped growing for
+        `still` seconds, asked every 0.5 s.
 
         The quiet wait before `wait_caught_up` in the timed scenarios: a lag poll lists the
         offsets of ~830 agency partitions and the groups' commits, ~35 ms of this process's CPU
-        and ~24 ms of the broker's each (measured 2026-12-05, second session), taken from the
-        two cores the timed pipeline runs on; a `count()` costs the endpoint ~4.4 ms and this
-        process ~0.8 ms.
-        Duplicates may reach the count early: it only decides when the lag polls begin.
+        and ~24 ms of the broker's each (measured 2026-12-05), taken from the two cores the
+        timed pipeline runs on; a `count()` costs the endpoint ~4.4 ms and this process ~0.8 ms.
+        The count only decides when the lag polls begin: duplicates may reach `rows` early, and
+        merged away (topics holding events twice) they may never reach it, hence `still`.
         """
         client = self.settings.clickhouse_client(database=self.database)
         started = time.monotonic()
+        last, grew_at = -1, started
         while time.monotonic() - started < timeout and self.alive():
             with contextlib.suppress(Exception):  # a failed poll waits for the next one
-                if int(client.command("SELECT count() FROM events")) >= rows:
+                count = int(client.command("SELECT count() FROM events"))
+                if count >= rows:
                     return
+                if count != last:
+                    last, grew_at = count, time.monotonic()
+            if last > 0 and time.monotonic() - grew_at >= still:
+                return
             time.sleep(0.5)
 
     def wait_caught_up(self, timeout: float = 3600.0, progress=None) -> float:
@@ -919,6 +926,7 @@ class BenchContext:
     quick: bool = False
     profile: bool = True
     agency_partitions: int | None = None  # None: the settings' topic_partitions (the default)
+    repeat: int = 1  # runs of the process scenario; its row is the run of median ratio
     log: Callable[[str], None] = print
     stamp: str = field(default_factory=lambda: time.strftime("%H%M%S"))
     seed: int = DEFAULT_SEED
@@ -952,7 +960,8 @@ class BenchContext:
 
     def repro(self, scenario: str) -> str:
         size = "--quick" if self.quick else f"--events {self.sizes.events}"
-        return f"{self.command} --scenario {scenario} {size}".strip()
+        repeat = f" --repeat {self.repeat}" if scenario == "process" and self.repeat > 1 else ""
+        return f"{self.command} --scenario {scenario} {size}{repeat}".strip()
 
     def name(self, what: str) -> str:
         """A per-run identifier for databases / consumer groups."""

@@ -108,8 +108,60 @@ def bare_decode(
 
 
 def run(ctx: BenchContext) -> list[Result]:
-    settings = ctx.settings
+    """One row: the run of median ratio among ``ctx.repeat`` runs, each with its own ceiling and
+    a fresh worker. On two cores shared with the broker and the ClickHouse engine the same code
+    measured 0.40-0.52 of the ceiling in single runs on one day (docs/benchmarks.md): one run
+    decides "met" by chance, the median of several does not."""
     ctx.ensure_published()
+    runs = []
+    for index in range(ctx.repeat):
+        if index:
+            ctx.live.stop()  # an idle worker still wakes its timers: not beside the next run
+            ctx.log(f"process: run {index + 1} of {ctx.repeat}")
+        runs.append(_measure(ctx, "proc" if index == 0 else f"proc{index + 1}", index == 0))
+    ratios = [r["ratio"] or 0.0 for r in runs]
+    chosen = runs[median_index(ratios)]
+    if len(runs) > 1:
+        chosen["numbers"] = {
+            "runs": len(runs),
+            "ratios": ", ".join(f"{r:.2f}" for r in ratios),
+            "rates": ", ".join(fmt_num(r["rate"]) for r in runs),
+            **chosen["numbers"],
+        }
+    rate, ratio = chosen["rate"], chosen["ratio"]
+    met = bool(
+        ratio is not None
+        and ratio >= TARGET_RATIO
+        and rate >= TARGET_RATE
+        and all(r["visible"] >= r["unique"] for r in runs)
+    )
+    return [
+        Result(
+            scenario="process (worker)",
+            result=fmt_num(rate, "events/s")
+            + (f" (median of {len(runs)})" if len(runs) > 1 else ""),
+            baseline=f"bare decode {fmt_num(chosen['ceiling'], 'events/s')}",
+            ratio=ratio,
+            ratio_label="of ceiling",
+            target=f">= {TARGET_RATIO:.0%} of ceiling and >= {TARGET_RATE:,} events/s",
+            met=met,
+            numbers=chosen["numbers"],
+            memory=chosen["memory"],
+            command=ctx.repro("process"),
+        )
+    ]
+
+
+def median_index(values: list[float]) -> int:
+    """Where the median of the values is; of an even number, the lower of the middle two (a
+    figure claimed met must not rest on the better half)."""
+    return sorted(range(len(values)), key=values.__getitem__)[(len(values) - 1) // 2]
+
+
+def _measure(ctx: BenchContext, what: str, profile: bool) -> dict:
+    """The bare-decode ceiling, then a fresh worker (app id and database named by ``what``) over
+    every message of the agency topics; its figures. The worker is left running (``ctx.live``)."""
+    settings = ctx.settings
     topics = agency_topics(settings)
     messages = ctx.agency_messages()
     unique = ctx.dataset.unique_events
@@ -127,16 +179,16 @@ def run(ctx: BenchContext) -> list[Result]:
         from benchmarks.common import reset_peak_rss as _reset
 
         _reset(ep_pid)
-    worker = ctx.start_worker("proc")
+    worker = ctx.start_worker(what)
     spy = None
     # The intake's partitions assigned: start-up (imports, migrations, group join) is over.
     # The pipeline rate is measured from here.
     started = wait_pipeline_started(settings, worker.app_id, worker.alive)
-    if ctx.profile:
+    if ctx.profile and profile:
         seconds = max(10, min(60, messages / 3_000))
         spy = PySpy(worker.pid, seconds, ctx.work / "profiles" / "worker.raw").start()
     waiting = time.monotonic()
-    worker.wait_written(messages)  # no lag polls on the two cores while the pipeline runs
+    worker.wait_written(unique)  # no lag polls on the two cores while the pipeline runs
     worker.wait_caught_up(timeout=3600)
     catch_up = time.monotonic() - waiting
     caught_up_wall = time.time()
@@ -157,46 +209,38 @@ def run(ctx: BenchContext) -> list[Result]:
     ctx.live = worker
 
     if spy is not None and spy.wait():
-        profile = summarize_profile(spy.output)
-        ctx.profiles["process (worker)"] = profile.render()
+        profile_text = summarize_profile(spy.output)
+        ctx.profiles["process (worker)"] = profile_text.render()
     elif spy is not None:
         ctx.profiles["process (worker)"] = f"py-spy failed: {spy.error}"
 
     ratio = (rate / ceiling["rate"]) if rate and ceiling["rate"] else None
-    met = bool(
-        ratio is not None and ratio >= TARGET_RATIO and rate >= TARGET_RATE and visible >= unique
-    )
     memory = {"worker": round(worker_rss or 0), "bare consumer": round(bare_rss or 0)}
     if ep_rss:
         memory["endpoint"] = round(ep_rss)
-    return [
-        Result(
-            scenario="process (worker)",
-            result=fmt_num(rate, "events/s"),
-            baseline=f"bare decode {fmt_num(ceiling['rate'], 'events/s')}",
-            ratio=ratio,
-            ratio_label="of ceiling",
-            target=f">= {TARGET_RATIO:.0%} of ceiling and >= {TARGET_RATE:,} events/s",
-            met=met,
-            numbers={
-                "messages": messages,
-                "unique_events_visible": int(visible),
-                "unique_expected": unique,
-                "writes": len(timeline),
-                "pipeline_span_s": round(span, 1) if span else None,
-                "startup_s": round(started - worker.started_at, 1) if started else None,
-                "first_write_after_s": round(first_write - worker.started_at, 1),
-                "write_phase_rate": round(write_rate) if write_rate else None,
-                "write_phase_s": round(write_span, 1),
-                "wall_s_to_caught_up": round(wall, 1),
-                "wall_rate": round(messages / wall) if wall > 0 else 0,
-                "catch_up_wait_s": round(catch_up, 1),
-                "bare_consume_only_rate": round(consume_only["rate"]),
-                "bare_decode_s": round(ceiling["seconds"], 2),
-                "worker_us_per_event": round(1e6 / rate, 1) if rate else None,
-                "decode_us_per_event": round(1e6 / ceiling["rate"], 1) if ceiling["rate"] else None,
-            },
-            memory=memory,
-            command=ctx.repro("process"),
-        )
-    ]
+    return {
+        "rate": rate,
+        "ratio": ratio,
+        "ceiling": ceiling["rate"],
+        "visible": int(visible),
+        "unique": unique,
+        "memory": memory,
+        "numbers": {
+            "messages": messages,
+            "unique_events_visible": int(visible),
+            "unique_expected": unique,
+            "writes": len(timeline),
+            "pipeline_span_s": round(span, 1) if span else None,
+            "startup_s": round(started - worker.started_at, 1) if started else None,
+            "first_write_after_s": round(first_write - worker.started_at, 1),
+            "write_phase_rate": round(write_rate) if write_rate else None,
+            "write_phase_s": round(write_span, 1),
+            "wall_s_to_caught_up": round(wall, 1),
+            "wall_rate": round(messages / wall) if wall > 0 else 0,
+            "catch_up_wait_s": round(catch_up, 1),
+            "bare_consume_only_rate": round(consume_only["rate"]),
+            "bare_decode_s": round(ceiling["seconds"], 2),
+            "worker_us_per_event": round(1e6 / rate, 1) if rate else None,
+            "decode_us_per_event": round(1e6 / ceiling["rate"], 1) if ceiling["rate"] else None,
+        },
+    }

@@ -73,6 +73,15 @@ CHOICES = [
     "topics each carry a few events a minute, and with 4 each (CASESTREAM_TOPIC_PARTITIONS) the "
     "worker fetches ~3,200 mostly empty partitions (measured in docs/benchmarks.md)",
 )
+@click.option(
+    "--repeat",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="run the process scenario this many times, each against its own bare-decode ceiling "
+    "with a fresh worker, and report the run of median ratio with every run's ratio: single "
+    "runs on two shared cores spread by about ±0.05 (docs/benchmarks.md)",
+)
 @click.option("--keep", is_flag=True, help="keep the private stack's home and bench databases")
 @click.option(
     "--profile/--no-profile",
@@ -101,6 +110,7 @@ def bench(
     latency_seconds,
     stack_mode,
     agency_partitions,
+    repeat,
     keep,
     profile,
     work,
@@ -147,6 +157,7 @@ def bench(
         log=log,
         command=command,
         agency_partitions=agency_partitions,
+        repeat=repeat,
     )
     click.echo(report(results, ctx))
     if json_path is not None:

@@ -16,9 +16,17 @@ from benchmarks.common import (
     summarize_profile,
 )
 from benchmarks.latency import _schedule
+from benchmarks.process import median_index
 from benchmarks.query import replicate_sql
 
 pytestmark = pytest.mark.unit
+
+
+def test_the_process_row_is_the_run_of_median_ratio_the_lower_of_two_middles():
+    assert median_index([0.44, 0.52, 0.47]) == 2
+    assert median_index([0.50, 0.40]) == 1  # two runs: the worse one, never the better half
+    assert median_index([0.48, 0.46, 0.49, 0.47]) == 3
+    assert median_index([0.45]) == 0
 
 
 def test_percentile_interpolates_like_numpy():
