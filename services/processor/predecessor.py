@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 MEMBERS_DIR = "members"
 SIBLING_CHECK_SECONDS = 1.0
 REMOVE_SECONDS = 5.0  # then the worker starts anyway, and the groups wait out the session
-_UNKNOWN_MEMBER_ID = 25  # Kafka's error code: the member left or timed out already
 
 
 def note(directory: Path, half: str, group: str, member_id: str) -> None:
@@ -169,7 +168,7 @@ async def _leave(client: Any, group: str, member_id: str) -> str:
             code = -1
         if code == 0:
             return "removed"
-        if code == _UNKNOWN_MEMBER_ID:
+        if code == errors.UnknownMemberIdError.errno:  # it left or timed out already
             return "already gone"
         if code != -1 and not errors.for_code(code).retriable:
             return f"not removed (Kafka error code {code}: {errors.for_code(code).__name__})"

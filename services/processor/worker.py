@@ -267,9 +267,8 @@ def create_app(settings: Settings, *, app_id: str | None = None) -> faust.App:
     async def note_member(_app: faust.App, _assigned: Any, **_: Any) -> None:
         """Note derive's member id in its state directory after each assignment, for the next
         process on it should this one die without leaving (predecessor.py)."""
-        try:  # aiokafka's coordinator, on faust's consumer thread: read, not called
-            member = app.consumer._thread._consumer._coordinator.member_id
-            predecessor.note(state_dir, "derive", app_id, member)
+        try:  # on faust's consumer thread: read, not called
+            predecessor.note(state_dir, "derive", app_id, _group_coordinator(app).member_id)
         except Exception as exc:  # noqa: BLE001 - a note, never a reason to stop deriving
             log.warning("derive's member id not noted (%r)", exc)
 
@@ -524,12 +523,12 @@ async def _leave_groups_and_exit(app: faust.App) -> NoReturn:
         loop.run_in_executor(None, intake.leave, LEAVE_SECONDS) if intake is not None else None
     )
     try:
-        thread = app.consumer._thread  # faust's consumer thread, which runs aiokafka's loop
-        coordinator = thread._consumer._coordinator  # None before it started: logged below
         # `close`, not a bare LeaveGroup: aiokafka's coordination task, still running, rejoined
         # at once as a new member, and the next worker waited out that one's session instead
         # (broker log). It ends the task, commits nothing (faust commits itself), then leaves.
-        leaving = asyncio.run_coroutine_threadsafe(coordinator.close(), thread.thread_loop)
+        leaving = asyncio.run_coroutine_threadsafe(
+            _group_coordinator(app).close(), app.consumer._thread.thread_loop
+        )
         await asyncio.wait_for(asyncio.wrap_future(leaving), LEAVE_SECONDS)
     except Exception as exc:  # noqa: BLE001 - not joined yet, broker gone: go anyway
         log.warning("derive did not leave its consumer group (%r)", exc)
@@ -538,6 +537,13 @@ async def _leave_groups_and_exit(app: faust.App) -> NoReturn:
             if not await intake_left:
                 log.warning("the intake did not leave its consumer group in time")
     _leave_now()
+
+
+def _group_coordinator(app: faust.App) -> Any:
+    """derive's aiokafka group coordinator, which lives on faust's consumer thread (its loop is
+    `app.consumer._thread.thread_loop`); None or an AttributeError before it started. A faust
+    internal, listed in docs/guarantees.md."""
+    return app.consumer._thread._consumer._coordinator
 
 
 def _leave_now() -> NoReturn:
